@@ -1,0 +1,88 @@
+"""Settings and messages shared by the measuring parent and its worker process (no TVM, no Ray here)."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from typing import Any, Mapping
+
+from raydgp.errors import ConfigError
+
+
+def default_timing_lock(device: str = "cpu", device_id: int = 0) -> str:
+    """The node-wide lock that makes timings exclusive: one per CPU node, one per GPU."""
+    name = "cpu" if device == "cpu" else f"{device}{device_id}"
+    return os.path.join(tempfile.gettempdir(), f"raydgp-timing-{os.getuid()}-{name}.lock")
+
+
+@dataclass(frozen=True)
+class MeasureSettings:
+    """How a configuration is built, checked and timed.
+
+    Attributes:
+        build_timeout_s: limit for applying the schedule and compiling, seconds.
+        run_timeout_s: limit for the correctness run plus timing, seconds (counted once the timing lock is held).
+        prepare_timeout_s: limit for compiling and running the untouched task once per worker to get the reference
+            output, seconds.
+        lock_timeout_s: how long to wait for the node's timing lock, seconds.
+        repeat: timed repeats kept (each one a median-of-``number`` run of at least ``min_repeat_ms``).
+        min_repeat_ms: minimum duration of one repeat, ms (TVM raises ``number`` until it is reached).
+        warmup: untimed calls before timing.
+        rtol: relative tolerance of the correctness check.
+        atol: absolute tolerance, relative to the largest magnitude of the reference output.
+        num_threads: TVM runtime threads in the worker (the cores the trial owns); None = TVM's default.
+        device: ``cpu`` or ``cuda``.
+        device_id: which GPU (within ``CUDA_VISIBLE_DEVICES``).
+        timing_lock: path of the lock held while timing; None = one per node (cpu) or per GPU.
+    """
+
+    build_timeout_s: float = 60.0
+    run_timeout_s: float = 30.0
+    prepare_timeout_s: float = 600.0
+    lock_timeout_s: float = 1800.0
+    repeat: int = 5
+    min_repeat_ms: float = 40.0
+    warmup: int = 1
+    rtol: float = 1e-3
+    atol: float = 1e-4
+    num_threads: int | None = None
+    device: str = "cpu"
+    device_id: int = 0
+    timing_lock: str | None = None
+
+    def __post_init__(self):
+        for name in ("build_timeout_s", "run_timeout_s", "prepare_timeout_s", "lock_timeout_s"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"MeasureSettings.{name} must be > 0 seconds, got {getattr(self, name)}")
+        if self.repeat < 1:
+            raise ConfigError(f"MeasureSettings.repeat must be >= 1, got {self.repeat}")
+        if self.device not in ("cpu", "cuda"):
+            raise ConfigError(f"MeasureSettings.device must be 'cpu' or 'cuda', got {self.device!r}")
+        if self.num_threads is not None and self.num_threads < 1:
+            raise ConfigError(f"MeasureSettings.num_threads must be >= 1, got {self.num_threads}")
+
+    @property
+    def lock_path(self) -> str:
+        return self.timing_lock or default_timing_lock(self.device, self.device_id)
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, d: Mapping) -> "MeasureSettings":
+        return cls(**dict(d))
+
+
+@dataclass(frozen=True)
+class TaskPayload:
+    """What a worker needs to know about a task: its key, module (TVM JSON text) and target dict."""
+
+    key: str
+    mod_json: str
+    target: Mapping[str, Any] = field(default_factory=dict)
+
+
+def encode_message(obj: Mapping) -> bytes:
+    return (json.dumps(obj, separators=(",", ":")) + "\n").encode()

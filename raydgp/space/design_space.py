@@ -1,0 +1,333 @@
+"""A design space as plain data: MetaSchedule sketches and their knobs, with sampling, neighbours and a numeric encoding.
+
+The space is *built* from TVM's own MetaSchedule space generator (:mod:`raydgp.space.metaschedule`), but once built it is
+pure Python and JSON-serialisable, so searchers, models and Ray drivers use it without importing TVM. Applying a
+configuration to a module (and so truly validating it) is TVM's job and happens in the measurement workers.
+
+Each sampling instruction of a sketch's trace is one knob:
+
+* ``tile`` (``SamplePerfectTile``): ``n`` factors whose product is the loop extent; innermost <= ``max_innermost``.
+* ``categorical`` (``SampleCategorical``): an index into ``values`` (e.g. unroll depth 0/16/64/512).
+* ``compute_location`` (``SampleComputeLocation``): one of the loop positions that TVM accepted when the space was built.
+
+A configuration is ``Config(sketch, decisions)``; its trace is the sketch's instructions plus those decisions, in
+MetaSchedule's own JSON trace format.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+
+from raydgp.errors import InvalidConfigurationError
+from raydgp.records import Config, Workload
+
+#: Encoding layout: sketch one-hot, then one fixed-width slot per knob (padded), then workload features.
+MAX_SKETCHES = 4
+MAX_KNOBS = 24
+SLOT_WIDTH = 5
+
+
+@functools.lru_cache(maxsize=4096)
+def _factor_pairs(n: int) -> tuple[int, ...]:
+    """Prime factors of ``n`` with multiplicity, ascending."""
+    out, p = [], 2
+    while p * p <= n:
+        while n % p == 0:
+            out.append(p)
+            n //= p
+        p += 1
+    if n > 1:
+        out.append(n)
+    return tuple(out)
+
+
+@functools.lru_cache(maxsize=4096)
+def perfect_tilings(extent: int, n: int, max_innermost: int) -> tuple[tuple[int, ...], ...]:
+    """All ordered ``n``-way factorisations of ``extent`` whose innermost factor is <= ``max_innermost``."""
+
+    def rec(rest: int, parts: int) -> list[tuple[int, ...]]:
+        if parts == 1:
+            return [(rest,)]
+        out = []
+        for d in range(1, rest + 1):
+            if rest % d == 0:
+                out.extend((d,) + tail for tail in rec(rest // d, parts - 1))
+        return out
+
+    return tuple(t for t in rec(extent, n) if max_innermost <= 0 or t[-1] <= max_innermost)
+
+
+@dataclass(frozen=True)
+class Knob:
+    """One sampling instruction of a sketch.
+
+    Attributes:
+        kind: ``tile``, ``categorical`` or ``compute_location``.
+        inst: index of the instruction in the sketch's trace.
+        extent: loop extent (tile).
+        parts: number of factors (tile).
+        max_innermost: largest innermost factor allowed (tile; 0 = no limit).
+        values: candidate values (categorical), or accepted loop positions (compute_location).
+    """
+
+    kind: str
+    inst: int
+    extent: int = 0
+    parts: int = 0
+    max_innermost: int = 0
+    values: tuple = ()
+
+    def choices(self) -> tuple:
+        """Every valid decision of this knob."""
+        if self.kind == "tile":
+            return perfect_tilings(self.extent, self.parts, self.max_innermost)
+        if self.kind == "categorical":
+            return tuple(range(len(self.values)))
+        return tuple(self.values)
+
+    def valid(self, decision: Any) -> bool:
+        if self.kind == "tile":
+            return (isinstance(decision, tuple) and len(decision) == self.parts
+                    and all(isinstance(x, int) and x >= 1 for x in decision)
+                    and math.prod(decision) == self.extent
+                    and (self.max_innermost <= 0 or decision[-1] <= self.max_innermost))
+        if self.kind == "categorical":
+            return isinstance(decision, int) and 0 <= decision < len(self.values)
+        return isinstance(decision, int) and decision in self.values
+
+    def to_json(self) -> dict:
+        return {"kind": self.kind, "inst": self.inst, "extent": self.extent, "parts": self.parts,
+                "max_innermost": self.max_innermost, "values": list(self.values)}
+
+    @classmethod
+    def from_json(cls, d: dict) -> "Knob":
+        return cls(kind=d["kind"], inst=int(d["inst"]), extent=int(d["extent"]), parts=int(d["parts"]),
+                   max_innermost=int(d["max_innermost"]), values=tuple(d["values"]))
+
+
+@dataclass(frozen=True)
+class Sketch:
+    """A MetaSchedule sketch: its trace instructions (JSON, decisions removed) and its knobs in trace order."""
+
+    insts: Any
+    knobs: tuple[Knob, ...]
+
+    def to_json(self) -> dict:
+        return {"insts": self.insts, "knobs": [k.to_json() for k in self.knobs]}
+
+    @classmethod
+    def from_json(cls, d: dict) -> "Sketch":
+        return cls(insts=d["insts"], knobs=tuple(Knob.from_json(k) for k in d["knobs"]))
+
+
+@dataclass(frozen=True)
+class DesignSpace:
+    """The design space of one task on one target.
+
+    Attributes:
+        workload: the task's description (its features are appended to every encoding).
+        target: the target dict.
+        sketches: the MetaSchedule sketches, each with its knobs.
+    """
+
+    workload: Workload
+    target: dict
+    sketches: tuple[Sketch, ...] = field(default_factory=tuple)
+
+    # -- basics --------------------------------------------------------------------------------------------------------
+    @property
+    def size(self) -> int:
+        """Number of distinct configurations (sum over sketches of the product of the knobs' choice counts)."""
+        return sum(math.prod(len(k.choices()) for k in s.knobs) for s in self.sketches)
+
+    def validate(self, config: Config) -> None:
+        """Raise :class:`InvalidConfigurationError` unless ``config`` is a point of this space (checked in Python;
+        the measurement worker checks again against TVM)."""
+        if not isinstance(config, Config):
+            raise InvalidConfigurationError(f"expected a Config, got {type(config).__name__}")
+        if not 0 <= config.sketch < len(self.sketches):
+            raise InvalidConfigurationError(f"sketch {config.sketch} out of range 0..{len(self.sketches) - 1}")
+        knobs = self.sketches[config.sketch].knobs
+        if len(config.decisions) != len(knobs):
+            raise InvalidConfigurationError(
+                f"sketch {config.sketch} has {len(knobs)} knobs, the configuration gives {len(config.decisions)}")
+        for i, (k, d) in enumerate(zip(knobs, config.decisions)):
+            if not k.valid(d):
+                detail = f"extent {k.extent}, {k.parts} parts, innermost <= {k.max_innermost}" if k.kind == "tile" \
+                    else f"choices {list(k.choices())}"
+                raise InvalidConfigurationError(f"knob {i} ({k.kind}): {d!r} is not valid ({detail})")
+
+    def is_valid(self, config: Config) -> bool:
+        try:
+            self.validate(config)
+            return True
+        except InvalidConfigurationError:
+            return False
+
+    # -- sampling and mutation -----------------------------------------------------------------------------------------
+    def sample(self, rng: np.random.Generator, sketch: int | None = None) -> Config:
+        """One configuration drawn uniformly per knob (the sketch uniformly, unless given)."""
+        s = int(rng.integers(len(self.sketches))) if sketch is None else sketch
+        decisions = []
+        for k in self.sketches[s].knobs:
+            ch = k.choices()
+            decisions.append(ch[int(rng.integers(len(ch)))])
+        return Config(s, tuple(decisions))
+
+    def sample_many(self, n: int, rng: np.random.Generator, exclude: set | None = None,
+                    max_tries: int | None = None) -> list[Config]:
+        """Up to ``n`` distinct configurations not in ``exclude``."""
+        seen = set(exclude or ())
+        out: list[Config] = []
+        tries = 0
+        max_tries = max_tries or 20 * n + 100
+        while len(out) < n and tries < max_tries:
+            tries += 1
+            c = self.sample(rng)
+            if c not in seen:
+                seen.add(c)
+                out.append(c)
+        return out
+
+    def neighbours(self, config: Config) -> list[Config]:
+        """All configurations that differ from ``config`` in exactly one knob, by one small step.
+
+        A tile moves one prime factor from one position to another (MetaSchedule's MutateTileSize); a categorical
+        knob or a compute location takes any other value.
+        """
+        self.validate(config)
+        knobs = self.sketches[config.sketch].knobs
+        out: list[Config] = []
+        for i, (k, d) in enumerate(zip(knobs, config.decisions)):
+            for nd in self._knob_moves(k, d):
+                decisions = list(config.decisions)
+                decisions[i] = nd
+                out.append(Config(config.sketch, tuple(decisions)))
+        return out
+
+    @staticmethod
+    def _knob_moves(k: Knob, d: Any) -> list:
+        if k.kind != "tile":
+            return [c for c in k.choices() if c != d]
+        moves = []
+        seen = {d}
+        for src, dst in itertools.permutations(range(len(d)), 2):
+            for p in set(_factor_pairs(d[src])):
+                nd = list(d)
+                nd[src] //= p
+                nd[dst] *= p
+                nd = tuple(nd)
+                if nd not in seen and k.valid(nd):
+                    seen.add(nd)
+                    moves.append(nd)
+        return moves
+
+    # -- traces --------------------------------------------------------------------------------------------------------
+    def trace_json(self, config: Config) -> list:
+        """MetaSchedule's JSON trace ``[insts, [[inst_index, decision], ...]]`` of a configuration."""
+        self.validate(config)
+        sk = self.sketches[config.sketch]
+        decisions = [[k.inst, list(d) if isinstance(d, tuple) else d] for k, d in zip(sk.knobs, config.decisions)]
+        return [sk.insts, decisions]
+
+    # -- encoding ------------------------------------------------------------------------------------------------------
+    @property
+    def config_dim(self) -> int:
+        return MAX_SKETCHES + MAX_KNOBS * SLOT_WIDTH
+
+    @property
+    def dim(self) -> int:
+        """Length of :meth:`encode`'s vector: configuration part + workload features."""
+        return self.config_dim + len(self.workload.features)
+
+    def features(self) -> np.ndarray:
+        """The workload features, shape ``(n_features,)``, in :data:`raydgp.space.workloads.FEATURE_NAMES` order."""
+        return np.array(list(self.workload.features.values()), dtype=np.float64)
+
+    def encode(self, config: Config, with_features: bool = True) -> np.ndarray:
+        """A fixed-length numeric vector, shape ``(dim,)`` (or ``(config_dim,)`` without features).
+
+        Layout: sketch one-hot (:data:`MAX_SKETCHES`), then for each knob slot (:data:`MAX_KNOBS`, in trace order)
+        :data:`SLOT_WIDTH` numbers: a tile's ``log2`` factors; a categorical's ``log2(1 + value)`` and index; a
+        compute location's position. Unused slots are zero. Then the workload features.
+        """
+        self.validate(config)
+        knobs = self.sketches[config.sketch].knobs
+        if len(self.sketches) > MAX_SKETCHES or len(knobs) > MAX_KNOBS:
+            raise InvalidConfigurationError(
+                f"space too large to encode: {len(self.sketches)} sketches (max {MAX_SKETCHES}), "
+                f"{len(knobs)} knobs (max {MAX_KNOBS})")
+        v = np.zeros(self.config_dim)
+        v[config.sketch] = 1.0
+        for i, (k, d) in enumerate(zip(knobs, config.decisions)):
+            base = MAX_SKETCHES + i * SLOT_WIDTH
+            if k.kind == "tile":
+                for j, f in enumerate(d[:SLOT_WIDTH]):
+                    v[base + j] = math.log2(f)
+            elif k.kind == "categorical":
+                v[base] = math.log2(1.0 + float(k.values[d]))
+                v[base + 1] = float(d)
+            else:
+                v[base] = float(d)
+        if with_features:
+            v = np.concatenate([v, self.features()])
+        return v
+
+    def encode_many(self, configs: Sequence[Config], with_features: bool = True) -> np.ndarray:
+        """Encodings of several configurations, shape ``(n, dim)``."""
+        if not configs:
+            return np.zeros((0, self.dim if with_features else self.config_dim))
+        return np.stack([self.encode(c, with_features) for c in configs])
+
+    def decode(self, vector: np.ndarray) -> Config:
+        """The configuration of an encoding (the inverse of :meth:`encode`).
+
+        Raises:
+            InvalidConfigurationError: the vector decodes to no valid configuration.
+        """
+        v = np.asarray(vector, dtype=np.float64)
+        if v.shape[0] not in (self.config_dim, self.dim):
+            raise InvalidConfigurationError(f"vector of length {v.shape[0]}, expected {self.config_dim} or {self.dim}")
+        s = int(np.argmax(v[:MAX_SKETCHES]))
+        if s >= len(self.sketches):
+            raise InvalidConfigurationError(f"vector names sketch {s}, the space has {len(self.sketches)}")
+        decisions = []
+        for i, k in enumerate(self.sketches[s].knobs):
+            base = MAX_SKETCHES + i * SLOT_WIDTH
+            if k.kind == "tile":
+                decisions.append(tuple(int(round(2.0 ** v[base + j])) for j in range(k.parts)))
+            elif k.kind == "categorical":
+                decisions.append(int(round(v[base + 1])))
+            else:
+                decisions.append(int(round(v[base])))
+        cfg = Config(s, tuple(decisions))
+        self.validate(cfg)
+        return cfg
+
+    # -- serialisation -------------------------------------------------------------------------------------------------
+    def to_json(self) -> dict:
+        return {"v": 1, "workload": self.workload.to_json(), "target": dict(self.target),
+                "sketches": [s.to_json() for s in self.sketches]}
+
+    @classmethod
+    def from_json(cls, d: dict) -> "DesignSpace":
+        return cls(workload=Workload.from_json(d["workload"]), target=dict(d["target"]),
+                   sketches=tuple(Sketch.from_json(s) for s in d["sketches"]))
+
+    def dumps(self) -> str:
+        return json.dumps(self.to_json(), separators=(",", ":"))
+
+
+def config_from_applied(space: DesignSpace, sketch: int, applied: list) -> Config:
+    """The :class:`Config` of decisions read back from TVM (``[[inst, decision], ...]``), validated against the space."""
+    decisions = tuple(tuple(d) if isinstance(d, list) else d for _i, d in applied)
+    cfg = Config(sketch, decisions)
+    space.validate(cfg)
+    return cfg
