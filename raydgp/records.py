@@ -200,6 +200,13 @@ class JsonLinesFile:
         self.path = Path(path)
         self._lock = FileLock(str(self.path) + ".lock")
 
+    # Picklable by path (Ray ships callbacks holding a store); the lock is recreated on the other side.
+    def __getstate__(self):
+        return {"path": str(self.path)}
+
+    def __setstate__(self, state):
+        self.__init__(state["path"])
+
     def append(self, objs: Iterable[Mapping]) -> int:
         """Append objects as lines, durably. Returns the number written."""
         lines = [dumps_line(o) + "\n" for o in objs]
@@ -303,13 +310,13 @@ class RecordStore:
             records = [records]
         return self._records.append(r.to_json() for r in records)
 
-    def add_workload_module(self, key: str, mod_json: str) -> None:
-        """Store a workload's IRModule (TVM JSON text) once per key, for MetaSchedule export."""
+    def add_workload(self, key: str, mod_json: str, space_json: Mapping | None = None) -> None:
+        """Store a workload's IRModule (TVM JSON text) and design space (JSON) once per key, for MetaSchedule export."""
         if self._known_modules is None:
-            self._known_modules = set(self.workload_modules())
+            self._known_modules = set(self.workload_entries())
         if key in self._known_modules:
             return
-        self._workloads.append([{"v": SCHEMA_VERSION, "key": key, "mod": mod_json}])
+        self._workloads.append([{"v": SCHEMA_VERSION, "key": key, "mod": mod_json, "space": space_json}])
         self._known_modules.add(key)
 
     # -- reading ------------------------------------------------------------------------------------------------------
@@ -327,12 +334,12 @@ class RecordStore:
                 raise RecordsCorruptError(str(self._records.path), lineno, f"not a record: {e}") from None
         return out
 
-    def workload_modules(self) -> dict[str, str]:
-        """Workload key -> IRModule JSON text."""
+    def workload_entries(self) -> dict[str, dict]:
+        """Workload key -> ``{"mod": IRModule JSON text, "space": design space JSON or None}``."""
         out = {}
         for lineno, obj in self._workloads.read():
             try:
-                out[str(obj["key"])] = str(obj["mod"])
+                out[str(obj["key"])] = {"mod": str(obj["mod"]), "space": obj.get("space")}
             except KeyError as e:
                 raise RecordsCorruptError(str(self._workloads.path), lineno, f"missing field {e}") from None
         return out

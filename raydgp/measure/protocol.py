@@ -43,7 +43,7 @@ class MeasureSettings:
     prepare_timeout_s: float = 600.0
     lock_timeout_s: float = 1800.0
     repeat: int = 5
-    min_repeat_ms: float = 40.0
+    min_repeat_ms: float = 20.0
     warmup: int = 1
     rtol: float = 1e-3
     atol: float = 1e-4

@@ -1,0 +1,5 @@
+import sys
+
+from raydgp.cli import main
+
+sys.exit(main())

@@ -1,0 +1,126 @@
+"""One layer = one Ray Tune experiment: a ``Tuner`` over a task's design space, trials as Ray actors.
+
+Also the small amount of Ray set-up raydgp needs: an embedded local Ray (or joining ``--address`` / ``RAY_ADDRESS``) with a
+quiet console.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from raydgp.errors import ConfigError
+from raydgp.measure.protocol import MeasureSettings
+from raydgp.records import Record, RecordStore
+from raydgp.raytune.callbacks import ProgressLine, RecordWriter
+from raydgp.raytune.trainable import METRIC, MODE, measure_trainable
+from raydgp.space.design_space import DesignSpace
+
+
+def quiet_ray_env() -> None:
+    """Environment for a quiet console: Ray's old, silent reporter path; no usage stats prompt."""
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+
+
+def init_ray(address: str | None = None, num_cpus: int | None = None, num_gpus: int | None = None):
+    """Start an embedded local Ray (``address=None`` and no ``RAY_ADDRESS``) or connect to a running cluster."""
+    quiet_ray_env()
+    import logging
+
+    import ray
+
+    if ray.is_initialized():
+        return ray
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    kwargs = dict(logging_level=logging.ERROR, log_to_driver=False, include_dashboard=False,
+                  configure_logging=True)
+    if address:
+        ray.init(address=address, **kwargs)
+    else:
+        ray.init(num_cpus=num_cpus, num_gpus=num_gpus, **kwargs)
+    return ray
+
+
+@dataclass
+class LayerResult:
+    """What one layer's experiment produced."""
+
+    name: str
+    records: list[Record] = field(default_factory=list)
+    wall_s: float = 0.0
+
+    @property
+    def ok(self) -> list[Record]:
+        return [r for r in self.records if r.result.ok]
+
+    @property
+    def best(self) -> Record | None:
+        return min(self.ok, key=lambda r: r.result.median_ms, default=None)
+
+    @property
+    def best_ms(self) -> float:
+        b = self.best
+        return b.result.median_ms if b else math.inf
+
+
+def experiment_name(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)[:100]
+
+
+def tune_layer(task_payload: dict, space: DesignSpace, searcher, *, trials: int, store: RecordStore,
+               settings: MeasureSettings, storage_path: str | os.PathLike, name: str,
+               cpus_per_trial: int = 1, gpus_per_trial: int = 0, max_concurrent: int | None = None,
+               baseline_ms: float | None = None, callbacks: list | None = None, show_progress: bool = True,
+               tag: str = "") -> LayerResult:
+    """Run one layer's search as its own Ray Tune experiment.
+
+    Args:
+        task_payload: ``{"key", "mod_json", "target"}`` of the task.
+        space: its design space.
+        searcher: a Ray Tune ``Searcher`` (``RandomSearcher``, ``DGPSearcher``, ...).
+        trials: number of configurations to measure.
+        store: where every measurement is appended (by the driver, as results arrive).
+        settings: measurement settings (timeouts, repeats, threads).
+        storage_path: Ray Tune's ``storage_path`` (local dir, NFS or bucket URI) for experiment state.
+        name: experiment (layer) name.
+        cpus_per_trial, gpus_per_trial: Ray resources of one trial.
+        max_concurrent: trials in flight at once (None: as resources allow).
+        baseline_ms: untuned latency, shown in the progress line.
+        callbacks: extra Ray Tune callbacks (e.g. MLflow).
+
+    Returns:
+        The :class:`LayerResult` with the records written.
+    """
+    import time
+
+    from ray import tune
+
+    if trials < 1:
+        raise ConfigError(f"--trials must be >= 1, got {trials}")
+    t0 = time.monotonic()
+    writer = RecordWriter(store, space, tag=tag or name)
+    cbs = [writer] + ([ProgressLine(name, trials, baseline_ms=baseline_ms)] if show_progress else [])
+    cbs += list(callbacks or [])
+    resources = {"cpu": cpus_per_trial}
+    if gpus_per_trial:
+        resources["gpu"] = gpus_per_trial
+    trainable = tune.with_resources(
+        tune.with_parameters(measure_trainable, task=task_payload, space=space.to_json(),
+                             settings=settings.to_json()), resources)
+    tuner = tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(search_alg=searcher, num_samples=trials, metric=METRIC, mode=MODE,
+                                    reuse_actors=True, max_concurrent_trials=max_concurrent,
+                                    trial_dirname_creator=lambda t: t.trial_id,
+                                    trial_name_creator=lambda t: t.trial_id),
+        run_config=tune.RunConfig(name=experiment_name(name), storage_path=str(Path(storage_path).resolve())
+                                  if "://" not in str(storage_path) else str(storage_path),
+                                  verbose=0, callbacks=cbs, log_to_file=False),
+    )
+    tuner.fit()
+    return LayerResult(name=name, records=writer.records, wall_s=time.monotonic() - t0)

@@ -1,0 +1,112 @@
+"""Tune one layer end to end: task -> design space -> untuned baseline -> Ray Tune search -> records -> MetaSchedule DB.
+
+Output directory layout (``out``)::
+
+    records/         the record store (records.jsonl, workloads.jsonl)
+    ms_database/     MetaSchedule JSONDatabase of the best records (compile_tir / compile_relax read it)
+    ray/             Ray Tune experiment state (storage_path)
+    summary.json     best vs untuned latency, timings per trial
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import time
+from pathlib import Path
+
+from raydgp.errors import ConfigError
+from raydgp.measure.measurer import Measurer
+from raydgp.measure.protocol import MeasureSettings, TaskPayload
+from raydgp.records import RecordStore
+
+SEARCHERS = ("random",)
+
+
+def make_searcher(name: str, space, seed: int):
+    """A Ray Tune searcher over ``space`` by name."""
+    if name == "random":
+        from raydgp.raytune.random_searcher import RandomSearcher
+
+        return RandomSearcher(space, metric="latency_ms", mode="min", seed=seed)
+    raise ConfigError(f"unknown searcher {name!r}; choose one of {', '.join(SEARCHERS)}")
+
+
+def tune_one_layer(workload: str, *, trials: int, out: str | os.PathLike, searcher: str = "random", seed: int = 0,
+                   target_kind: str = "llvm", cpus_per_trial: int | None = None, address: str | None = None,
+                   settings: MeasureSettings | None = None, log=print) -> dict:
+    """Tune one layer given as a workload spec (see :mod:`raydgp.space.workloads`) and write ``out``.
+
+    Args:
+        workload: e.g. ``conv2d:1,64,56,56,64,3,1,1``.
+        trials: configurations to measure.
+        out: output directory.
+        searcher: ``random`` (the DGP searcher plugs in here).
+        seed: searcher seed.
+        target_kind: ``llvm`` (this CPU) or ``cuda``.
+        cpus_per_trial: CPU cores a trial owns and times with (default: all cores of this machine, so timings match a
+            deployment that uses the whole CPU; one timing runs at a time on a node in any case).
+        address: Ray cluster address; None starts an embedded local Ray.
+
+    Returns:
+        The summary dict (also written to ``out/summary.json``).
+    """
+    from raydgp.raytune.experiment import init_ray, tune_layer
+    from raydgp.space.metaschedule import build_space, host_target
+    from raydgp.space.ms_database import export_to_metaschedule
+    from raydgp.space.workloads import make_task
+
+    if trials < 1:
+        raise ConfigError(f"--trials must be >= 1, got {trials}")
+    t_start = time.monotonic()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    cores = int(cpus_per_trial or os.cpu_count() or 1)
+    gpu = target_kind == "cuda"
+    target = host_target(target_kind, cores)
+    settings = settings or MeasureSettings(num_threads=cores, device="cuda" if gpu else "cpu")
+    task = make_task(workload, target)
+    space = build_space(task)
+    searcher_obj = make_searcher(searcher, space, seed)
+    store = RecordStore(out / "records")
+    store.add_workload(task.workload.key, task.mod_json, space.to_json())
+    payload = {"key": task.workload.key, "mod_json": task.mod_json, "target": target}
+    log(f"layer {task.name}: {len(space.sketches)} sketches, {sum(len(s.knobs) for s in space.sketches)} knobs, "
+        f"{space.size:.3g} configurations; target {target}")
+
+    with Measurer(settings) as m:
+        untuned = m.measure(TaskPayload(**payload), None).result
+    untuned_ms = untuned.median_ms
+    log(f"untuned schedule: {untuned_ms:.3f} ms" if untuned.ok else f"untuned schedule failed: {untuned.message}")
+
+    init_ray(address=address)
+    res = tune_layer(payload, space, searcher_obj, trials=trials, store=store, settings=settings,
+                     storage_path=out / "ray", name=task.name, cpus_per_trial=cores,
+                     gpus_per_trial=1 if gpu else 0, baseline_ms=untuned_ms if untuned.ok else None, tag=searcher)
+    n_exported = export_to_metaschedule(store, out / "ms_database")
+    best = res.best
+    trial_s = [r.result.build_s + r.result.run_s for r in res.records]
+    summary = {
+        "workload": workload, "workload_key": task.workload.key, "target": target, "searcher": searcher,
+        "trials": len(res.records), "ok": len(res.ok),
+        "status_counts": {s: sum(r.result.status == s for r in res.records) for s in
+                          sorted({r.result.status for r in res.records})},
+        "best_ms": best.result.median_ms if best else None, "best_config": best.config.to_json() if best else None,
+        "untuned_ms": untuned_ms if untuned.ok else None,
+        "speedup_vs_untuned": (untuned_ms / best.result.median_ms) if (best and untuned.ok) else None,
+        "median_build_s": statistics.median([r.result.build_s for r in res.records]) if res.records else None,
+        "median_run_s": statistics.median([r.result.run_s for r in res.records]) if res.records else None,
+        "median_measure_s": statistics.median(trial_s) if trial_s else None,
+        "search_wall_s": res.wall_s, "wall_per_trial_s": res.wall_s / max(1, len(res.records)),
+        "exported_records": n_exported, "wall_s": time.monotonic() - t_start,
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, allow_nan=False))
+    if best:
+        sp = summary["speedup_vs_untuned"]
+        log(f"best {best.result.median_ms:.3f} ms after {len(res.records)} trials"
+            + (f", {sp:.1f}x faster than the untuned {untuned_ms:.3f} ms" if sp else "")
+            + f"; records in {out / 'records'}, MetaSchedule database in {out / 'ms_database'}")
+    else:
+        log(f"no configuration measured ok in {len(res.records)} trials; see {out / 'records'}")
+    return summary

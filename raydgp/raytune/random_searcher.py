@@ -1,0 +1,81 @@
+"""``RandomSearcher``: the baseline Ray Tune searcher over a TVM design space (uniform, seeded, no repeats)."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import numpy as np
+from ray.tune.search import Searcher
+
+from raydgp.records import Config
+from raydgp.space.design_space import DesignSpace
+
+
+class RandomSearcher(Searcher):
+    """Propose distinct configurations of a :class:`DesignSpace` uniformly at random.
+
+    Args:
+        space: the design space.
+        metric: the reported metric (``latency_ms``).
+        mode: ``min`` or ``max``.
+        seed: seed of the searcher's own generator.
+
+    Example:
+        >>> from ray import tune
+        >>> searcher = RandomSearcher(space, metric="latency_ms", mode="min", seed=0)
+        >>> tuner = tune.Tuner(trainable, tune_config=tune.TuneConfig(search_alg=searcher, num_samples=32))
+    """
+
+    def __init__(self, space: DesignSpace, metric: str | None = "latency_ms", mode: str | None = "min", seed: int = 0):
+        super().__init__(metric=metric, mode=mode)
+        self.space = space
+        self.seed = int(seed)
+        self._rng = np.random.default_rng(self.seed)
+        self._seen: set[Config] = set()
+
+    def set_search_properties(self, metric, mode, config, **spec) -> bool:
+        if metric and not self._metric:
+            self._metric = metric
+        if mode and not self._mode:
+            self._mode = mode
+        return True
+
+    def suggest(self, trial_id: str) -> dict | str | None:
+        if len(self._seen) >= self.space.size:
+            return Searcher.FINISHED
+        found = self.space.sample_many(1, self._rng, exclude=self._seen, max_tries=1000)
+        if not found:
+            return Searcher.FINISHED
+        self._seen.add(found[0])
+        return found[0].to_json()
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        if result and result.get("applied"):
+            try:
+                self._seen.add(Config.from_json(json.loads(result["applied"])))
+            except (KeyError, TypeError, ValueError):
+                pass
+
+    # JSON, never pickle: a checkpoint file may come from anywhere.
+    def get_state(self) -> dict[str, Any]:
+        return {"seed": self.seed, "rng": self._rng.bit_generator.state,
+                "seen": [c.to_json() for c in self._seen], "metric": self._metric, "mode": self._mode}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self.seed = int(state["seed"])
+        self._rng = np.random.default_rng(self.seed)
+        self._rng.bit_generator.state = state["rng"]
+        self._seen = {Config.from_json(c) for c in state["seen"]}
+        self._metric, self._mode = state["metric"], state["mode"]
+
+    def save(self, checkpoint_path: str) -> None:
+        tmp = checkpoint_path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(self.get_state(), f)
+        os.replace(tmp, checkpoint_path)
+
+    def restore(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path) as f:
+            self.set_state(json.load(f))
