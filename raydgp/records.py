@@ -54,7 +54,7 @@ class Workload:
     """One tunable task (a TVM PrimFunc), described without TVM.
 
     Attributes:
-        key: stable identifier, ``<name>-<structural hash>``; equal modules have equal keys.
+        key: stable identifier, ``<op>-<target kind>-<structural hash>``; equal modules have equal keys.
         name: human-readable task name, e.g. ``conv2d_nchw_bias_relu``.
         op: operator kind used as a feature: ``conv2d``, ``depthwise_conv2d``, ``dense``, ``pool``, ``elementwise``, ...
         features: numeric workload features by name (loop extents, strides, dtype bits, FLOPs); the same names for every

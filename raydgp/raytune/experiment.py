@@ -53,6 +53,7 @@ class LayerResult:
     name: str
     records: list[Record] = field(default_factory=list)
     wall_s: float = 0.0
+    results: object = None  # Ray Tune's ResultGrid
 
     @property
     def ok(self) -> list[Record]:
@@ -122,5 +123,5 @@ def tune_layer(task_payload: dict, space: DesignSpace, searcher, *, trials: int,
                                   if "://" not in str(storage_path) else str(storage_path),
                                   verbose=0, callbacks=cbs, log_to_file=False),
     )
-    tuner.fit()
-    return LayerResult(name=name, records=writer.records, wall_s=time.monotonic() - t0)
+    grid = tuner.fit()
+    return LayerResult(name=name, records=writer.records, wall_s=time.monotonic() - t0, results=grid)

@@ -45,13 +45,21 @@ def host_target(kind: str = "llvm", num_cores: int | None = None, arch: str = "s
 
 
 def tune_context(mod, target: Mapping, name: str = "main"):
-    """MetaSchedule's TuneContext for a task: its space generator (default rules of the target) and postprocessors."""
+    """MetaSchedule's TuneContext for a task: the target's default schedule rules and postprocessors.
+
+    For cuda the plain ``cuda`` rule set is used (thread binding, shared-memory staging, unrolling), not the
+    tensor-core one: raydgp tunes fp32, and the tensor-core rules need 25 s of intrinsic registration per process.
+    """
     import_tvm()
-    load_intrinsics(str(target.get("kind")))
+    kind = str(target.get("kind"))
     from tvm.s_tir import meta_schedule as ms
 
-    return ms.TuneContext(mod=mod, target=make_target(target), space_generator="post-order-apply",
-                          task_name=name, rand_state=1)
+    if kind == "cuda":
+        gen = ms.space_generator.PostOrderApply(sch_rules="cuda", postprocs="cuda", mutator_probs="cuda")
+    else:
+        load_intrinsics(kind)
+        gen = "post-order-apply"
+    return ms.TuneContext(mod=mod, target=make_target(target), space_generator=gen, task_name=name, rand_state=1)
 
 
 def _apply_trace(mod, trace_json: list):

@@ -183,7 +183,7 @@ def workload_of(mod, target: Mapping, name: str = "main") -> Workload:
     feats["num_cores"] = float(target.get("num-cores", 0) or 0)
     shash = int(tvm_ffi.structural_hash(mod)) & ((1 << 64) - 1)
     tkind = target.get("kind", "llvm")
-    key = f"{name}-{kind}-{tkind}-{shash:016x}"
+    key = f"{kind}-{tkind}-{shash:016x}"  # content only: equal layers share records
     return Workload(key=key, name=name, op=kind, features=feats)
 
 

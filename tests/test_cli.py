@@ -1,0 +1,50 @@
+"""The command line: clear one-line errors, and a real (small) one-layer run."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).parent.parent
+
+
+def run(*args, timeout=600):
+    return subprocess.run([sys.executable, "-m", "raydgp", *args], capture_output=True, text=True, timeout=timeout,
+                          cwd=ROOT)
+
+
+@pytest.mark.parametrize("spec", ["conv9d:1,2", "conv2d:1,64,56,56,64,3,1", "dense:1,-4,8"])
+def test_bad_workload_is_one_line_and_nonzero(tmp_path, spec):
+    p = run("layer", "--workload", spec, "--trials", "2", "--out", str(tmp_path / "o"), timeout=120)
+    assert p.returncode == 2
+    lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("raydgp: error:") and "Traceback" not in p.stderr
+    assert "conv2d:N,C,H,W,K,R,stride,pad" in lines[0] or "positive" in lines[0]
+
+
+def test_zero_trials_is_refused(tmp_path):
+    p = run("layer", "--trials", "0", "--out", str(tmp_path / "o"), timeout=120)
+    assert p.returncode == 2 and "--trials must be >= 1" in p.stderr
+
+
+@pytest.mark.slow
+def test_layer_command_end_to_end(tmp_path):
+    out = tmp_path / "run"
+    p = subprocess.run([sys.executable, "scripts/tune.py", "--workload", "conv2d:1,16,14,14,16,3,1,1",
+                        "--trials", "4", "--out", str(out)], capture_output=True, text=True, timeout=900, cwd=ROOT)
+    assert p.returncode == 0, p.stderr[-3000:]
+    s = json.loads((out / "summary.json").read_text())
+    assert s["trials"] == 4 and s["untuned_ms"] > 0
+    from raydgp.records import RecordStore
+
+    recs = RecordStore(out / "records").records()
+    assert len(recs) == 4
+    if s["ok"]:
+        assert s["best_ms"] == min(r.result.median_ms for r in recs)
+        assert (out / "ms_database" / "database_tuning_record.json").stat().st_size > 0
+        assert "faster than the untuned" in p.stdout
+    assert "Traceback" not in p.stderr

@@ -1,0 +1,140 @@
+"""Design spaces from MetaSchedule: seeded valid sampling, neighbours, encode/decode, invalid configurations, cuda."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from raydgp.errors import ConfigError, InvalidConfigurationError
+from raydgp.records import Config
+from raydgp.space.design_space import DesignSpace, perfect_tilings
+
+
+def test_space_comes_from_metaschedule_sketches(small_space):
+    assert len(small_space.sketches) >= 2
+    kinds = {k.kind for s in small_space.sketches for k in s.knobs}
+    assert {"tile", "categorical", "compute_location"} <= kinds
+    tile = next(k for k in small_space.sketches[0].knobs if k.kind == "tile" and k.extent == 16)
+    assert all(np.prod(t) == 16 for t in tile.choices())
+    assert small_space.size > 10_000
+
+
+def test_sampling_is_seeded_and_valid(small_space):
+    a = [small_space.sample(np.random.default_rng(5)) for _ in range(3)]
+    b = [small_space.sample(np.random.default_rng(5)) for _ in range(3)]
+    assert a == b
+    many = small_space.sample_many(50, np.random.default_rng(1))
+    assert len(set(many)) == 50
+    assert all(small_space.is_valid(c) for c in many)
+    assert small_space.sample_many(50, np.random.default_rng(2)) != many
+
+
+def test_sampled_configurations_apply_in_tvm(small_task, small_space):
+    from raydgp.space.metaschedule import apply_config, tune_context
+
+    postprocs = tune_context(small_task.mod, small_task.target).space_generator.postprocs
+    applied = 0
+    for c in small_space.sample_many(12, np.random.default_rng(3)):
+        try:
+            _sch, got = apply_config(small_task.mod, small_space.trace_json(c), postprocs)
+        except InvalidConfigurationError:
+            continue
+        applied += 1
+        # tiles and categorical choices are applied exactly as asked
+        for k, d, (_, g) in zip(small_space.sketches[c.sketch].knobs, c.decisions, got):
+            if k.kind != "compute_location":
+                assert (tuple(g) if isinstance(g, list) else g) == d
+    assert applied >= 6
+
+
+def test_encode_decode_round_trip(small_space):
+    for c in small_space.sample_many(30, np.random.default_rng(0)):
+        v = small_space.encode(c)
+        assert v.shape == (small_space.dim,)
+        assert small_space.decode(v) == c
+        assert small_space.decode(v[: small_space.config_dim]) == c
+    X = small_space.encode_many(small_space.sample_many(4, np.random.default_rng(9)))
+    assert X.shape == (4, small_space.dim)
+    # the workload features are part of the encoding
+    assert np.allclose(X[:, small_space.config_dim:], small_space.features())
+
+
+def test_neighbours_differ_in_exactly_one_knob(small_space):
+    c = small_space.sample(np.random.default_rng(4))
+    nbs = small_space.neighbours(c)
+    assert len(nbs) > 5 and len(set(nbs)) == len(nbs)
+    for n in nbs:
+        assert small_space.is_valid(n) and n.sketch == c.sketch
+        assert sum(a != b for a, b in zip(n.decisions, c.decisions)) == 1
+
+
+def test_invalid_configurations_are_told_apart(small_space):
+    c = small_space.sample(np.random.default_rng(0))
+    tile_i = next(i for i, k in enumerate(small_space.sketches[c.sketch].knobs) if k.kind == "tile")
+    bad_tile = list(c.decisions)
+    bad_tile[tile_i] = (3,) + tuple(bad_tile[tile_i][1:])  # product != extent
+    for bad in (Config(c.sketch, tuple(bad_tile)), Config(99, c.decisions), Config(c.sketch, c.decisions[:-1])):
+        assert not small_space.is_valid(bad)
+        with pytest.raises(InvalidConfigurationError):
+            small_space.trace_json(bad)
+
+
+def test_space_json_round_trip(small_space):
+    again = DesignSpace.from_json(small_space.to_json())
+    assert again == small_space
+    c = again.sample(np.random.default_rng(0))
+    assert again.trace_json(c) == small_space.trace_json(c)
+
+
+def test_perfect_tilings():
+    t = perfect_tilings(12, 3, 4)
+    assert all(np.prod(x) == 12 and x[-1] <= 4 for x in t)
+    assert (1, 3, 4) in t and (1, 1, 12) not in t
+
+
+def test_bad_workload_specs_give_clear_errors():
+    from raydgp.space.workloads import parse_spec
+
+    for bad in ("conv3d:1,2,3", "conv2d:1,2,3", "conv2d:1,64,56,56,64,3,0,1", "dense:a,b,c", "nonsense"):
+        with pytest.raises(ConfigError):
+            parse_spec(bad)
+
+
+def test_workload_features_tell_layers_apart(cpu_target):
+    from raydgp.space.workloads import FEATURE_NAMES, make_task
+
+    a = make_task("conv2d:1,64,56,56,64,3,1,1", cpu_target).workload
+    b = make_task("conv2d:1,64,56,56,128,3,2,1", cpu_target).workload
+    d = make_task("depthwise:1,32,112,112,3,1,1", cpu_target).workload
+    m = make_task("dense:1,512,1000", cpu_target).workload
+    assert list(a.features) == list(FEATURE_NAMES)
+    assert (a.op, d.op, m.op) == ("conv2d", "depthwise_conv2d", "dense")
+    assert a.key != b.key and a.features != b.features
+    assert a.key == make_task("conv2d:1,64,56,56,64,3,1,1", cpu_target).workload.key
+
+
+def test_cuda_space_generates_without_a_gpu():
+    from raydgp.space.metaschedule import apply_config, build_space, host_target, make_target, tune_context
+    from raydgp.space.workloads import make_task
+
+    target = host_target("cuda")
+    task = make_task("conv2d:1,16,14,14,16,3,1,1", target)
+    space = build_space(task)
+    assert space.workload.features["target_cuda"] == 1.0
+    knobs = space.sketches[0].knobs
+    assert any(k.kind == "tile" and k.parts == 5 for k in knobs)  # GPU multi-level tiling (SSSRRSRS)
+    postprocs = tune_context(task.mod, target).space_generator.postprocs
+    import tvm
+
+    built = 0
+    for c in space.sample_many(40, np.random.default_rng(0)):
+        try:
+            sch, _ = apply_config(task.mod, space.trace_json(c), postprocs)
+        except InvalidConfigurationError:
+            continue  # e.g. VerifyGPUCode rejects too many threads: invalid, not a crash
+        src = tvm.compile(sch.mod, target=make_target(target)).mod.imports[0].inspect_source()
+        assert "__global__" in src and "threadIdx" in src
+        built += 1
+        if built == 2:
+            break
+    assert built >= 1
