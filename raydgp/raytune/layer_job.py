@@ -87,6 +87,11 @@ def tune_one_layer(workload: str, *, trials: int, out: str | os.PathLike, search
     n_exported = export_to_metaschedule(store, out / "ms_database")
     best = res.best
     trial_s = [r.result.build_s + r.result.run_s for r in res.records]
+    # Cost per trial, all in: the interval between trial completions on the driver (first trial excluded: it starts
+    # the warm worker), against the time spent inside the trainable.
+    times = sorted(r.time for r in res.records)
+    intervals = [b - a for a, b in zip(times, times[1:])]
+    inside = [float(r.metrics["trial_s"]) for r in (res.results or []) if r.metrics and "trial_s" in r.metrics]
     summary = {
         "workload": workload, "workload_key": task.workload.key, "target": target, "searcher": searcher,
         "trials": len(res.records), "ok": len(res.ok),
@@ -98,6 +103,10 @@ def tune_one_layer(workload: str, *, trials: int, out: str | os.PathLike, search
         "median_build_s": statistics.median([r.result.build_s for r in res.records]) if res.records else None,
         "median_run_s": statistics.median([r.result.run_s for r in res.records]) if res.records else None,
         "median_measure_s": statistics.median(trial_s) if trial_s else None,
+        "median_trainable_s": statistics.median(inside) if inside else None,
+        "median_trial_interval_s": statistics.median(intervals) if intervals else None,
+        "ray_overhead_per_trial_s": (statistics.median(intervals) - statistics.median(inside))
+        if (intervals and inside) else None,
         "search_wall_s": res.wall_s, "wall_per_trial_s": res.wall_s / max(1, len(res.records)),
         "exported_records": n_exported, "wall_s": time.monotonic() - t_start,
     }

@@ -64,6 +64,18 @@ def perfect_tilings(extent: int, n: int, max_innermost: int) -> tuple[tuple[int,
     return tuple(t for t in rec(extent, n) if max_innermost <= 0 or t[-1] <= max_innermost)
 
 
+def _sample_tile(k: "Knob", rng: np.random.Generator) -> tuple[int, ...]:
+    primes = _factor_pairs(k.extent)
+    for _ in range(100):
+        parts = [1] * k.parts
+        for p in primes:
+            parts[int(rng.integers(k.parts))] *= p
+        if k.max_innermost <= 0 or parts[-1] <= k.max_innermost:
+            return tuple(parts)
+    ch = k.choices()  # innermost bound rarely met by chance: fall back to uniform over valid tilings
+    return ch[int(rng.integers(len(ch)))]
+
+
 @dataclass(frozen=True)
 class Knob:
     """One sampling instruction of a sketch.
@@ -173,12 +185,20 @@ class DesignSpace:
 
     # -- sampling and mutation -----------------------------------------------------------------------------------------
     def sample(self, rng: np.random.Generator, sketch: int | None = None) -> Config:
-        """One configuration drawn uniformly per knob (the sketch uniformly, unless given)."""
+        """One random configuration, drawn as MetaSchedule's own sampling instructions draw it.
+
+        The sketch is uniform (unless given); a tile puts each prime factor of the extent into a uniformly chosen
+        position and retries while the innermost factor is too large (``SamplePerfectTile``); categorical knobs and
+        compute locations are uniform.
+        """
         s = int(rng.integers(len(self.sketches))) if sketch is None else sketch
         decisions = []
         for k in self.sketches[s].knobs:
-            ch = k.choices()
-            decisions.append(ch[int(rng.integers(len(ch)))])
+            if k.kind == "tile":
+                decisions.append(_sample_tile(k, rng))
+            else:
+                ch = k.choices()
+                decisions.append(ch[int(rng.integers(len(ch)))])
         return Config(s, tuple(decisions))
 
     def sample_many(self, n: int, rng: np.random.Generator, exclude: set | None = None,
