@@ -4,3 +4,16 @@ Heavy dependencies (TVM, Ray, torch) are imported lazily by the submodules that 
 """
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name):
+    # Lazy: importing raydgp must not import Ray, TVM or torch.
+    if name == "DGPSearcher":
+        from raydgp.raytune.dgp_searcher import DGPSearcher
+
+        return DGPSearcher
+    if name == "RandomSearcher":
+        from raydgp.raytune.random_searcher import RandomSearcher
+
+        return RandomSearcher
+    raise AttributeError(f"module 'raydgp' has no attribute {name!r}")

@@ -88,6 +88,9 @@ class Measurer:
                 pass
         self._proc = None
         self.restarts += 1
+        if self._stderr_path and os.path.exists(self._stderr_path):
+            os.unlink(self._stderr_path)
+        self._stderr_path = None
 
     def close(self) -> None:
         """Stop the worker (a later request starts a new one)."""
@@ -100,8 +103,6 @@ class Measurer:
                 pass
         self._kill()
         self.restarts -= 1
-        if self._stderr_path and os.path.exists(self._stderr_path):
-            os.unlink(self._stderr_path)
 
     def __enter__(self):
         return self

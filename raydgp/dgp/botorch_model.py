@@ -1,0 +1,130 @@
+"""The deep GP as a BoTorch model: its posterior is a Gaussian mixture over the DGP's samples.
+
+Each sample propagated through the hidden layers gives a Gaussian over the outputs; the posterior is the equal-weight
+mixture of those Gaussians (``GaussianMixturePosterior``, the mixture dimension at -3 as for BoTorch's fully Bayesian
+models), so BoTorch's acquisition functions work unchanged. Sampling is seeded and never touches the global RNG.
+"""
+
+from __future__ import annotations
+
+import torch
+from botorch.acquisition.analytic import LogExpectedImprovement
+from botorch.models.model import Model
+from botorch.posteriors.fully_bayesian import GaussianMixturePosterior
+from gpytorch.distributions import MultivariateNormal
+from linear_operator.operators import DiagLinearOperator
+
+from raydgp.dgp.model import DeepGPSurrogate
+
+MIXTURE_DIM = -3
+
+
+class DGPModel(Model):
+    """BoTorch ``Model`` over a :class:`DeepGPSurrogate`.
+
+    Args:
+        dgp: the trained deep GP (inputs already normalised).
+        seed: seed of the posterior's sampling; the same inputs give the same posterior.
+        num_samples: mixture components (samples through the hidden layers).
+    """
+
+    _is_ensemble = True
+    _is_fully_bayesian = True
+
+    def __init__(self, dgp: DeepGPSurrogate, seed: int = 0, num_samples: int | None = None):
+        super().__init__()
+        self.dgp = dgp
+        self.seed = seed
+        self.num_samples = num_samples or dgp.settings.num_samples
+
+    @property
+    def num_outputs(self) -> int:
+        return 1
+
+    @property
+    def batch_shape(self) -> torch.Size:
+        return torch.Size([])
+
+    def posterior(self, X: torch.Tensor, output_indices=None, observation_noise: bool = False,
+                  posterior_transform=None, **kwargs) -> GaussianMixturePosterior:
+        """Posterior at ``X`` of shape ``batch_shape x q x d``.
+
+        Returns:
+            A ``GaussianMixturePosterior`` whose mean is ``batch_shape x S x q x 1`` (S mixture components). For
+            ``q == 1`` all points are evaluated as one flat batch with a diagonal covariance (fast for large pools);
+            for ``q > 1`` each batch gets the joint ``q x q`` covariance of every component.
+        """
+        self.dgp.eval()
+        X = X.to(torch.float32)
+        batch, q, d = X.shape[:-2], X.shape[-2], X.shape[-1]
+        S = self.num_samples
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)
+            import gpytorch
+
+            with gpytorch.settings.num_likelihood_samples(S), gpytorch.settings.fast_pred_var():
+                if q == 1:
+                    out = self.dgp(X.reshape(-1, d))  # S x N
+                    mean = out.mean.reshape(S, *batch, 1)
+                    var = out.variance.reshape(S, *batch, 1).clamp_min(1e-9)
+                    if observation_noise:
+                        var = var + self.dgp.likelihood.noise
+                    mean = mean.movedim(0, -2)  # batch x S x 1
+                    var = var.movedim(0, -2)
+                    mvn = MultivariateNormal(mean, DiagLinearOperator(var))
+                else:
+                    out = self.dgp(X.reshape(-1, q, d))  # S x B x q
+                    B = out.mean.shape[-2]
+                    mean = out.mean.reshape(S, B, q)
+                    cov = out.covariance_matrix.reshape(S, B, q, q)
+                    cov = cov + 1e-6 * torch.eye(q)
+                    if observation_noise:
+                        cov = cov + self.dgp.likelihood.noise * torch.eye(q)
+                    mean = mean.transpose(0, 1).reshape(*batch, S, q)
+                    cov = cov.transpose(0, 1).reshape(*batch, S, q, q)
+                    mvn = MultivariateNormal(mean, cov)
+        post = GaussianMixturePosterior(distribution=mvn)
+        if posterior_transform is not None:
+            return posterior_transform(post)
+        return post
+
+    def condition_on_observations(self, X, Y, **kwargs):  # pragma: no cover - not used by raydgp
+        raise NotImplementedError("refit the DGP with the new data instead (raydgp.dgp.train)")
+
+
+def log_ei_pool(model: DGPModel, X: torch.Tensor, best_f: float, chunk: int = 4096) -> torch.Tensor:
+    """BoTorch's analytic ``LogExpectedImprovement`` of every row of a candidate pool, as one flat batch (q = 1).
+
+    BoTorch averages an analytic acquisition over an ensemble model's mixture components (``_is_ensemble``).
+
+    Args:
+        model: the BoTorch DGP model.
+        X: ``n x d`` candidates (normalised inputs).
+        best_f: the best (largest) target value observed so far.
+
+    Returns:
+        ``n`` log-EI values.
+    """
+    acq = LogExpectedImprovement(model, best_f=best_f)
+    with torch.no_grad():
+        outs = [acq(X[i:i + chunk].unsqueeze(-2)) for i in range(0, X.shape[0], chunk)]
+    return torch.cat(outs) if outs else torch.zeros(0)
+
+
+def q_log_ei_with_pending(model: DGPModel, X: torch.Tensor, best_f: float, pending: torch.Tensor,
+                          seed: int = 0) -> torch.Tensor:
+    """``qLogExpectedImprovement`` of each candidate jointly with the pending points (trials still running).
+
+    Args:
+        X: ``n x d`` candidates; pending: ``p x d`` points being measured now.
+
+    Returns:
+        ``n`` values: the log-EI of measuring the candidate in addition to the pending points.
+    """
+    from botorch.acquisition.logei import qLogExpectedImprovement
+    from botorch.sampling.normal import SobolQMCNormalSampler
+
+    acq = qLogExpectedImprovement(model, best_f=best_f, X_pending=pending,
+                                  sampler=SobolQMCNormalSampler(torch.Size([64]), seed=seed))
+    with torch.no_grad():
+        return acq(X.unsqueeze(-2))

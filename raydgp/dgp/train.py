@@ -1,0 +1,145 @@
+"""Training the deep GP: stage 1 (pre-training on source tasks, cached on disk) and stage 2 (MAP transfer).
+
+Stage 2 maximises ``ELBO(target data) + log p(theta)`` where ``p`` is a Gaussian centred on the pre-trained parameters
+``theta_0`` with precision ``prior_strength``: ``log p = -prior_strength / 2 * ||theta - theta_0||^2`` (summed over the
+parameters being tuned). ``prior_strength = 0`` is plain fine-tuning. The KL term of the ELBO is kept.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import gpytorch
+import numpy as np
+import torch
+from gpytorch.mlls import DeepApproximateMLL, VariationalELBO
+
+from raydgp.dgp.model import DeepGPSurrogate, DGPSettings
+from raydgp.errors import ConfigError
+
+#: Which parameters stage 2 tunes: everything, or only the output GP layer and the likelihood.
+FINETUNE_SCOPES = ("all", "output")
+
+
+def _params(model: DeepGPSurrogate, scope: str) -> dict[str, torch.nn.Parameter]:
+    if scope not in FINETUNE_SCOPES:
+        raise ConfigError(f"fine-tune scope {scope!r}; choose one of {FINETUNE_SCOPES}")
+    named = dict(model.named_parameters())
+    if scope == "all":
+        return named
+    return {k: v for k, v in named.items() if k.startswith("output.") or k.startswith("likelihood.")}
+
+
+def train_elbo(model: DeepGPSurrogate, X: torch.Tensor, y: torch.Tensor, steps: int, lr: float, seed: int = 0,
+               batch_size: int | None = None, scope: str = "all", prior_strength: float = 0.0,
+               prior_center: dict[str, torch.Tensor] | None = None) -> list[float]:
+    """Maximise the (minibatch) ELBO, optionally plus a Gaussian log-prior around ``prior_center``.
+
+    Args:
+        model: the DGP (trained in place).
+        X: ``n x d`` inputs; y: ``n`` targets.
+        steps: Adam steps; lr: learning rate.
+        seed: seed of the minibatch and sampling noise (global RNG untouched).
+        batch_size: minibatch size (None: full batch).
+        scope: ``all`` or ``output`` parameters are trained; the others stay frozen.
+        prior_strength: precision of the Gaussian prior around ``prior_center`` (0: none).
+        prior_center: parameter values the prior is centred on (default: the values at the start).
+
+    Returns:
+        The loss per step (negative ELBO per datum + prior term / n).
+    """
+    n = X.shape[0]
+    if n == 0:
+        raise ConfigError("no training data")
+    params = _params(model, scope)
+    center = prior_center or {k: v.detach().clone() for k, v in params.items()}
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for p in params.values():
+        p.requires_grad_(True)
+    model.train()
+    mll = DeepApproximateMLL(VariationalELBO(model.likelihood, model, num_data=n))
+    opt = torch.optim.Adam(list(params.values()), lr=lr)
+    g = torch.Generator().manual_seed(seed)
+    losses = []
+    bs = n if not batch_size or batch_size >= n else batch_size
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        with gpytorch.settings.num_likelihood_samples(model.settings.num_samples):
+            for _ in range(steps):
+                idx = torch.randint(n, (bs,), generator=g) if bs < n else slice(None)
+                out = model(X[idx])
+                loss = -mll(out, y[idx])
+                if prior_strength > 0:
+                    pen = sum(((params[k] - center[k]) ** 2).sum() for k in params if k in center)
+                    loss = loss + 0.5 * prior_strength * pen / n
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                losses.append(float(loss.detach()))
+    for p in model.parameters():
+        p.requires_grad_(True)
+    model.eval()
+    return losses
+
+
+@dataclass
+class Pretrained:
+    """A pre-trained DGP and the key of the data it came from."""
+
+    model: DeepGPSurrogate
+    key: str
+    from_cache: bool = False
+
+
+def data_key(X: np.ndarray, y: np.ndarray, settings: DGPSettings, seed: int) -> str:
+    h = hashlib.sha256()
+    h.update(np.ascontiguousarray(X, dtype=np.float32).tobytes())
+    h.update(np.ascontiguousarray(y, dtype=np.float32).tobytes())
+    h.update(json.dumps(settings.to_json(), sort_keys=True).encode())
+    h.update(str(seed).encode())
+    return h.hexdigest()[:24]
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("RAYDGP_CACHE", Path.home() / ".cache" / "raydgp")) / "pretrained"
+
+
+def pretrain(X: torch.Tensor, y: torch.Tensor, settings: DGPSettings = DGPSettings(), seed: int = 0,
+             cache_dir: str | os.PathLike | None = None) -> Pretrained:
+    """Stage 1: train a DGP on source-task data, or load it from the cache when the same data was seen before.
+
+    Weights are stored with ``torch.save(state_dict)`` and read back with ``torch.load(weights_only=True)``: no code is
+    ever unpickled. A damaged cache file is ignored and rewritten.
+    """
+    key = data_key(X.numpy(), y.numpy(), settings, seed)
+    model = DeepGPSurrogate(X, settings, seed=seed)
+    path = Path(cache_dir) / f"{key}.pt" if cache_dir is not None else None
+    if path is not None and path.exists():
+        try:
+            state = torch.load(path, weights_only=True, map_location="cpu")
+            model.load_state_dict(state)
+            model.eval()
+            return Pretrained(model, key, from_cache=True)
+        except (RuntimeError, OSError, ValueError, KeyError):
+            pass
+    train_elbo(model, X, y, settings.pretrain_steps, settings.lr, seed=seed, batch_size=settings.batch_size)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        torch.save(model.state_dict(), tmp)
+        os.replace(tmp, path)
+    return Pretrained(model, key)
+
+
+def map_finetune(model: DeepGPSurrogate, X: torch.Tensor, y: torch.Tensor, prior_strength: float = 1.0,
+                 steps: int | None = None, lr: float | None = None, scope: str = "output", seed: int = 0
+                 ) -> list[float]:
+    """Stage 2: MAP transfer of a (pre-trained) DGP to the target data, in place. See the module docstring."""
+    s = model.settings
+    return train_elbo(model, X, y, steps or s.finetune_steps, lr or s.lr, seed=seed, scope=scope,
+                      prior_strength=prior_strength)

@@ -1,0 +1,261 @@
+"""``DGPSearcher``: a Ray Tune searcher driven by a deep Gaussian process, with transfer learning from history.
+
+A thin adapter over :class:`raydgp.search.DGPSearch`: it converts the search space, keeps track of running trials
+(pending points), and turns Ray's callbacks into observations.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import Any, Sequence
+
+import numpy as np
+from ray.tune.search import Searcher
+from ray.tune.search.sample import Categorical, Domain, Float, Integer, LogUniform, Quantized, Uniform
+from ray.tune.search.variant_generator import parse_spec_vars
+
+from raydgp.errors import SearchSpaceError
+from raydgp.records import Config
+from raydgp.search import DGPSearch, History, SearchSettings
+from raydgp.space.design_space import DesignSpace
+from raydgp.space.param_space import Dim, ParamSpace
+
+
+def convert_search_space(spec: dict) -> ParamSpace:
+    """A Ray Tune param space (``tune.choice``, ``randint``, ``qrandint``, ``uniform``, ``loguniform``, ``quniform``,
+    nested dicts, constants) as a :class:`ParamSpace`.
+
+    Raises:
+        SearchSpaceError: ``grid_search``, a normal distribution, a ``sample_from`` or anything else without bounds.
+    """
+    resolved, domains, grids = parse_spec_vars(spec)
+    if grids:
+        raise SearchSpaceError(
+            f"DGPSearcher cannot use grid_search ({'/'.join(map(str, grids[0][0]))}); use tune.choice for a "
+            "categorical parameter, or run the grid without a searcher")
+    dims = []
+    for path, domain in domains:
+        name = "/".join(map(str, path))
+        sampler = domain.get_sampler() if isinstance(domain, Domain) else None
+        q = None
+        if isinstance(sampler, Quantized):
+            q, sampler = sampler.q, sampler.sampler
+        if isinstance(domain, Categorical):
+            dims.append(Dim(tuple(path), "choice", values=tuple(domain.categories)))
+        elif isinstance(domain, Integer):
+            if q:
+                vals = [v for v in range(int(domain.lower), int(domain.upper) + 1) if v % int(q) == 0]
+                dims.append(Dim(tuple(path), "choice" if isinstance(sampler, LogUniform) else "int",
+                                values=tuple(vals), low=vals[0], high=vals[-1] + int(q), q=int(q)))
+            else:
+                dims.append(Dim(tuple(path), "int", low=int(domain.lower), high=int(domain.upper), q=1,
+                                log=isinstance(sampler, LogUniform)))
+        elif isinstance(domain, Float) and isinstance(sampler, (Uniform, LogUniform)):
+            if q:
+                lo, hi = float(domain.lower), float(domain.upper)
+                n = int(round((hi - lo) / q))
+                dims.append(Dim(tuple(path), "choice", values=tuple(round(lo + i * q, 12) for i in range(n + 1))))
+            else:
+                dims.append(Dim(tuple(path), "float", low=float(domain.lower), high=float(domain.upper),
+                                log=isinstance(sampler, LogUniform)))
+        else:
+            raise SearchSpaceError(f"DGPSearcher cannot search parameter {name!r} ({type(domain).__name__} with "
+                                   f"{type(sampler).__name__} sampling); use tune.choice, randint, qrandint, "
+                                   "uniform, quniform or loguniform")
+    constants = {tuple(p): v for p, v in resolved}
+    return ParamSpace(dims, constants)
+
+
+class DGPSearcher(Searcher):
+    """Deep-GP Bayesian optimisation for Ray Tune, with transfer learning from earlier results.
+
+    Works on TVM design spaces (raydgp's own tuning) and on ordinary Ray Tune param spaces alike.
+
+    Args:
+        space: a :class:`DesignSpace`, a Ray Tune param-space dict, or None to take the Tuner's ``param_space``.
+        metric: the metric to optimise (or from ``TuneConfig``).
+        mode: ``min`` or ``max`` (or from ``TuneConfig``).
+        points_to_evaluate: configurations (dicts) to try first.
+        history: stage-1 source data (:class:`raydgp.search.History`) for transfer, e.g. other layers' records.
+        settings: :class:`raydgp.search.SearchSettings` (tuning-set size and mode, pool size, MAP prior strength).
+        seed: seed of every random choice.
+        cache_dir: where pre-trained weights are cached.
+
+    Example:
+        >>> from ray import tune
+        >>> from raydgp import DGPSearcher
+        >>> def objective(config):
+        ...     tune.report({"loss": (config["x"] - 0.3) ** 2 + 0.1 * config["layers"]})
+        >>> tuner = tune.Tuner(
+        ...     objective,
+        ...     param_space={"x": tune.uniform(0, 1), "layers": tune.randint(1, 5)},
+        ...     tune_config=tune.TuneConfig(search_alg=DGPSearcher(metric="loss", mode="min", seed=0),
+        ...                                 num_samples=20),
+        ... )
+        >>> best = tuner.fit().get_best_result(metric="loss", mode="min").config
+    """
+
+    def __init__(self, space: DesignSpace | dict | None = None, metric: str | None = None, mode: str | None = None,
+                 points_to_evaluate: Sequence[dict] | None = None, history: History | None = None,
+                 settings: SearchSettings | None = None, seed: int = 0, cache_dir: str | None = None):
+        if mode is not None and mode not in ("min", "max"):
+            raise SearchSpaceError(f"mode must be 'min' or 'max', got {mode!r}")
+        super().__init__(metric=metric, mode=mode)
+        self._settings = settings or SearchSettings(seed=seed)
+        if settings is not None and seed and settings.seed != seed:
+            from dataclasses import replace
+
+            self._settings = replace(settings, seed=seed)
+        self._history = history
+        self._cache_dir = cache_dir
+        self._points = [dict(p) for p in (points_to_evaluate or [])]
+        self._live: dict[str, Any] = {}
+        self._core: DGPSearch | None = None
+        self._space: DesignSpace | ParamSpace | None = None
+        if space is not None:
+            self._set_space(space)
+
+    # -- space ---------------------------------------------------------------------------------------------------------
+    def _set_space(self, space) -> None:
+        if isinstance(space, DesignSpace):
+            self._space = space
+        elif isinstance(space, ParamSpace):
+            self._space = space
+        elif isinstance(space, dict):
+            self._space = convert_search_space(space)
+        else:
+            raise SearchSpaceError(f"unsupported space type {type(space).__name__}: give a DesignSpace or a Ray "
+                                   "param-space dict")
+        self._core = DGPSearch(self._space, self._settings, history=self._history, cache_dir=self._cache_dir,
+                               maximize=(self._mode == "max"))
+
+    def set_search_properties(self, metric: str | None, mode: str | None, config: dict, **spec) -> bool:
+        if self._core is not None and config and not isinstance(self._space, DesignSpace):
+            return False  # Ray's rule: a searcher given its own space refuses a second one
+        if metric and not self._metric:
+            self._metric = metric
+        if mode and not self._mode:
+            self._mode = mode
+        if self._core is None and config:
+            self._set_space(config)
+        elif self._core is not None:
+            self._core.maximize = self._mode == "max"
+        return True
+
+    def _to_config(self, params: dict):
+        if isinstance(self._space, DesignSpace):
+            return Config.from_json(params)
+        return self._space.from_dict(params)
+
+    def _to_params(self, config) -> dict:
+        if isinstance(self._space, DesignSpace):
+            return config.to_json()
+        return self._space.to_dict(config)
+
+    # -- Searcher API --------------------------------------------------------------------------------------------------
+    def suggest(self, trial_id: str) -> dict | str | None:
+        if self._core is None:
+            raise SearchSpaceError("DGPSearcher has no search space: pass space=... or a Tuner param_space")
+        if not self._metric or not self._mode:
+            raise SearchSpaceError("DGPSearcher needs metric and mode: pass them here or in tune.TuneConfig")
+        if self._points:
+            params = self._points.pop(0)
+            self._live[trial_id] = self._to_config(params)
+            return params
+        cfg = self._core.suggest(pending=list(self._live.values()))
+        if cfg is None:
+            return Searcher.FINISHED
+        self._live[trial_id] = cfg
+        return self._to_params(cfg)
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        cfg = self._live.pop(trial_id, None)
+        if cfg is None or self._core is None:
+            return
+        if error or not result:
+            self._core.observe(cfg, None, "run_error")
+            return
+        status = str(result.get("status", "ok"))
+        if isinstance(self._space, DesignSpace) and result.get("applied"):
+            try:
+                applied = result["applied"]
+                applied_cfg = Config.from_json(json.loads(applied) if isinstance(applied, str) else applied)
+                if applied_cfg != cfg:
+                    self._core.observe(cfg, None, "invalid")  # TVM moved it: never propose it again
+                cfg = applied_cfg
+            except (KeyError, TypeError, ValueError):
+                pass
+        value = result.get(self._metric)
+        try:
+            value = float(value)
+        except (TypeError, ValueError):
+            value = math.nan
+        self._core.observe(cfg, value, status)
+
+    def add_evaluated_point(self, parameters: dict, value: float, error: bool = False, pruned: bool = False,
+                            intermediate_values: list | None = None) -> None:
+        """Warm start: a result obtained elsewhere (same space)."""
+        if self._core is None:
+            raise SearchSpaceError("DGPSearcher.add_evaluated_point needs the search space first (pass space=...)")
+        self._core.observe(self._to_config(parameters), None if error else value, "run_error" if error else "ok")
+
+    # -- state (JSON only) ---------------------------------------------------------------------------------------------
+    def get_state(self) -> dict:
+        core = self._core
+        enc = (lambda c: c.to_json()) if isinstance(self._space, DesignSpace) else (lambda c: list(c))
+        return {
+            "metric": self._metric, "mode": self._mode, "points": self._points,
+            "observed": [[enc(c), s, (v if math.isfinite(v) else None)] for c, (s, v) in core.observed.items()]
+            if core else [],
+            "invalid": [enc(c) for c in core.invalid] if core else [],
+            "live": {t: enc(c) for t, c in self._live.items()},
+            "rng": core.rng.bit_generator.state if core else None,
+        }
+
+    def set_state(self, state: dict) -> None:
+        self._metric, self._mode = state["metric"], state["mode"]
+        self._points = list(state["points"])
+        if self._core is None:
+            raise SearchSpaceError("restore a DGPSearcher constructed with its space")
+        dec = (lambda c: Config.from_json(c)) if isinstance(self._space, DesignSpace) else (lambda c: tuple(c))
+        self._core.maximize = self._mode == "max"
+        for c, s, v in state["observed"]:
+            self._core.observe(dec(c), v, s)
+        for c in state["invalid"]:
+            self._core.invalid.add(dec(c))
+        # Trials that were running at the checkpoint are rerun by Ray under the same ids.
+        self._live = {t: dec(c) for t, c in state["live"].items()}
+        if state.get("rng"):
+            self._core.rng.bit_generator.state = state["rng"]
+
+    def save(self, checkpoint_path: str) -> None:
+        tmp = checkpoint_path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(self.get_state(), f)
+        os.replace(tmp, checkpoint_path)
+
+    def restore(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path) as f:
+            self.set_state(json.load(f))
+
+    def __getstate__(self):
+        # Ray pickles the searcher into its experiment state: drop the fitted models, keep the data.
+        d = self.__dict__.copy()
+        if d.get("_core") is not None:
+            core = d["_core"]
+            d["_core_state"] = self.get_state()
+            d["_core"] = None
+            d["_space_obj"] = self._space
+            del core
+        return d
+
+    def __setstate__(self, d):
+        state = d.pop("_core_state", None)
+        space = d.pop("_space_obj", None)
+        self.__dict__.update(d)
+        if space is not None:
+            self._set_space(space)
+            if state:
+                self.set_state(state)

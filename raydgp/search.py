@@ -1,0 +1,305 @@
+"""The three-stage DGP search over one space (no Ray here; :mod:`raydgp.raytune.dgp_searcher` adapts it).
+
+1. **Pre-train** the deep GP on history (other workloads' records, or earlier points of the same space), once, cached.
+2. **Transfer**: the target's first ``n_init`` measurements are the *tuning set*, chosen by the pre-trained DGP
+   (configurations it predicts fast or is unsure about, kept apart from each other) or at random; then the DGP is
+   fine-tuned on the target's data by MAP estimation (ELBO + Gaussian prior around the pre-trained weights).
+3. **Search**: each proposal scores a candidate pool (fresh samples + neighbours of the best configurations so far) with
+   BoTorch's LogEI under the DGP and proposes the best configuration that is neither measured nor pending; with pending
+   points, the top candidates are rescored jointly with them (qLogEI).
+
+A *space* is anything with ``sample_many(n, rng, exclude)``, ``neighbours(config)``, ``encode_many(configs)`` and
+``size``: a TVM :class:`~raydgp.space.design_space.DesignSpace` or a :class:`~raydgp.space.param_space.ParamSpace`.
+Configurations are hashable.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Hashable, Sequence
+
+import numpy as np
+import torch
+
+from raydgp.dgp.botorch_model import DGPModel, log_ei_pool, q_log_ei_with_pending
+from raydgp.dgp.data import InputScaler, standardised_targets
+from raydgp.dgp.model import DeepGPSurrogate, DGPSettings
+from raydgp.dgp.train import map_finetune, pretrain, train_elbo
+from raydgp.errors import ConfigError
+
+INIT_MODES = ("dgp", "random")
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    """Settings of the three-stage search.
+
+    Attributes:
+        n_init: size of the tuning set (stage 2's first measurements).
+        init: how the tuning set is chosen: ``dgp`` (by the pre-trained model) or ``random``.
+        pool_size: fresh random candidates scored per proposal.
+        neighbour_seeds: how many of the best configurations contribute their neighbours to the pool.
+        prior_strength: precision of the MAP prior around the pre-trained weights (0: plain fine-tuning).
+        finetune_scope: ``output`` (output GP layer + likelihood) or ``all`` parameters are fine-tuned.
+        refit_steps: Adam steps of a warm-started refit when new results arrived.
+        cold_steps: Adam steps of a from-scratch fit without history.
+        dgp: the deep GP's own settings.
+        seed: seed of everything random in the search.
+    """
+
+    n_init: int = 8
+    init: str = "dgp"
+    pool_size: int = 2000
+    neighbour_seeds: int = 5
+    prior_strength: float = 1.0
+    finetune_scope: str = "output"
+    refit_steps: int = 30
+    cold_steps: int = 150
+    dgp: DGPSettings = field(default_factory=DGPSettings)
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.init not in INIT_MODES:
+            raise ConfigError(f"init={self.init!r}: choose one of {INIT_MODES}")
+        if self.n_init < 1 or self.pool_size < 1:
+            raise ConfigError("n_init and pool_size must be >= 1")
+        if self.prior_strength < 0:
+            raise ConfigError("prior_strength must be >= 0")
+
+
+@dataclass(frozen=True)
+class History:
+    """Source data for stage 1: encoded configurations and standardised targets (larger is better)."""
+
+    X: np.ndarray
+    y: np.ndarray
+
+    @classmethod
+    def empty(cls, dim: int) -> "History":
+        return cls(np.zeros((0, dim)), np.zeros(0))
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+
+def history_from_records(records: Sequence, spaces: dict[str, Any], exclude_workload: str | None = None) -> History:
+    """Encode TVM records of several workloads (the spaces by workload key), skipping ``exclude_workload``.
+
+    Failed and invalid measurements follow :mod:`raydgp.dgp.data`.
+    """
+    rows = [r for r in records if r.workload.key in spaces and r.workload.key != exclude_workload
+            and r.config.sketch >= 0]
+    X, keep_rows = [], []
+    for r in rows:
+        sp = spaces[r.workload.key]
+        if sp.is_valid(r.config):
+            X.append(sp.encode(r.config))
+            keep_rows.append(r)
+    if not keep_rows:
+        dim = next(iter(spaces.values())).dim if spaces else 0
+        return History.empty(dim)
+    y, keep = standardised_targets([r.workload.key for r in keep_rows], [r.result.status for r in keep_rows],
+                                   [r.result.median_ms for r in keep_rows])
+    X = np.stack(X)
+    return History(X[keep], y[keep])
+
+
+class DGPSearch:
+    """Propose configurations of one target space, learning from history and from the target's own results.
+
+    Args:
+        space: the target space.
+        settings: search settings.
+        history: stage-1 source data (encoded with the same layout as ``space.encode_many``), or None.
+        cache_dir: where pre-trained weights are cached (None: no cache).
+        maximize: True if larger metric values are better (latency: False).
+    """
+
+    def __init__(self, space, settings: SearchSettings = SearchSettings(), history: History | None = None,
+                 cache_dir: str | None = None, maximize: bool = False):
+        self.space = space
+        self.settings = settings
+        self.history = history if history is not None and len(history) else None
+        self.cache_dir = cache_dir
+        self.maximize = maximize
+        self.rng = np.random.default_rng(settings.seed)
+        self.observed: dict[Hashable, tuple[str, float]] = {}  # config -> (status, metric)
+        self.invalid: set[Hashable] = set()
+        self._pretrained: DeepGPSurrogate | None = None
+        self._model: DeepGPSurrogate | None = None
+        self._fitted_on = -1
+        self._scaler: InputScaler | None = None
+        self._calls = 0
+        self.timings: dict[str, list[float]] = {"suggest": [], "fit": []}
+
+    # -- data ----------------------------------------------------------------------------------------------------------
+    def observe(self, config: Hashable, metric: float | None, status: str = "ok") -> None:
+        """Record a result. ``metric`` None/NaN/inf or a non-``ok`` status is a failure (see :mod:`raydgp.dgp.data`)."""
+        if status == "invalid":
+            self.invalid.add(config)
+            return
+        if metric is None or not math.isfinite(float(metric)):
+            status = "run_error" if status == "ok" else status
+            metric = math.nan
+        self.observed[config] = (status, float(metric))
+
+    @property
+    def seen(self) -> set:
+        return set(self.observed) | self.invalid
+
+    def _latency_like(self, metric: float) -> float:
+        """The metric as a positive cost where smaller is better (``-log`` of it is the target)."""
+        return math.exp(-metric) if self.maximize else metric
+
+    def _target_xy(self) -> tuple[np.ndarray, np.ndarray, list]:
+        configs = list(self.observed)
+        st = [self.observed[c][0] for c in configs]
+        m = [self.observed[c][1] for c in configs]
+        if self.maximize:
+            # larger is better: use exp(-metric) as a "latency" so that -log(latency) = metric
+            lat = [math.exp(-v) if math.isfinite(v) else math.nan for v in m]
+        else:
+            lat = m
+        ok = [s == "ok" and math.isfinite(v) and (v > 0 or self.maximize) for s, v in zip(st, lat)]
+        st = [s if good or s != "ok" else "run_error" for s, good in zip(st, ok)]
+        y, keep = standardised_targets(["t"] * len(configs), st, lat)
+        X = self.space.encode_many(configs)
+        return X[keep], y[keep], [c for c, k in zip(configs, keep) if k]
+
+    # -- model ---------------------------------------------------------------------------------------------------------
+    def _scaler_for(self) -> InputScaler:
+        if self._scaler is None:
+            if self.history is not None:
+                self._scaler = InputScaler.fit(self.history.X)
+            else:
+                sample = self.space.sample_many(512, np.random.default_rng(self.settings.seed + 1))
+                self._scaler = InputScaler.fit(self.space.encode_many(sample))
+        return self._scaler
+
+    def pretrained(self) -> DeepGPSurrogate | None:
+        """Stage 1 (lazily, once): the DGP trained on the history, or None without history."""
+        if self._pretrained is None and self.history is not None:
+            t0 = time.perf_counter()
+            sc = self._scaler_for()
+            X = sc.transform(self.history.X)
+            y = torch.as_tensor(self.history.y, dtype=torch.float32)
+            self._pretrained = pretrain(X, y, self.settings.dgp, seed=self.settings.seed,
+                                        cache_dir=self.cache_dir).model
+            self.timings["fit"].append(time.perf_counter() - t0)
+        return self._pretrained
+
+    def fit(self) -> DeepGPSurrogate | None:
+        """Stage 2 (and its warm-started refits): the model for the current target data."""
+        X, y, _ = self._target_xy()
+        if len(y) == 0:
+            return self.pretrained()
+        if self._model is not None and self._fitted_on == len(y):
+            return self._model
+        t0 = time.perf_counter()
+        sc = self._scaler_for()
+        Xt = sc.transform(X)
+        yt = torch.as_tensor(y, dtype=torch.float32)
+        base = self.pretrained()
+        s = self.settings
+        if base is not None:
+            if self._model is None:
+                self._model = copy.deepcopy(base)
+                steps = s.dgp.finetune_steps
+            else:
+                steps = s.refit_steps
+            center = {k: v.detach().clone() for k, v in base.named_parameters()}
+            from raydgp.dgp.train import _params
+
+            center = {k: v for k, v in center.items() if k in _params(self._model, s.finetune_scope)}
+            train_elbo(self._model, Xt, yt, steps, s.dgp.lr, seed=s.seed + len(y), scope=s.finetune_scope,
+                       prior_strength=s.prior_strength, prior_center=center)
+        else:
+            if self._model is None or len(y) < 2 * s.n_init:
+                # Cold start: re-place the inducing points on the (growing) target data.
+                self._model = DeepGPSurrogate(Xt, s.dgp, seed=s.seed)
+                steps = s.cold_steps
+            else:
+                steps = s.refit_steps
+            train_elbo(self._model, Xt, yt, steps, s.dgp.lr, seed=s.seed + len(y))
+        self._fitted_on = len(y)
+        self.timings["fit"].append(time.perf_counter() - t0)
+        return self._model
+
+    # -- proposals -----------------------------------------------------------------------------------------------------
+    def _pool(self, exclude: set) -> list:
+        s = self.settings
+        pool = self.space.sample_many(s.pool_size, self.rng, exclude=exclude)
+        good = sorted(((v, c) for c, (st, v) in self.observed.items() if st == "ok" and math.isfinite(v)),
+                      key=lambda t: -t[0] if self.maximize else t[0])
+        seen_pool = set(pool)
+        for _, c in good[: s.neighbour_seeds]:
+            for n in self.space.neighbours(c):
+                if n not in exclude and n not in seen_pool:
+                    seen_pool.add(n)
+                    pool.append(n)
+        return pool
+
+    def suggest(self, pending: Sequence[Hashable] = ()) -> Hashable | None:
+        """The next configuration to measure, or None when the space is exhausted.
+
+        Args:
+            pending: configurations being measured right now (never proposed again, and accounted for).
+        """
+        t0 = time.perf_counter()
+        self._calls += 1
+        exclude = self.seen | set(pending)
+        if len(exclude) >= self.space.size:
+            return None
+        n_target = len(self.observed)
+        s = self.settings
+        try:
+            if n_target + len(pending) < s.n_init:
+                return self._tuning_set_pick(exclude, pending)
+            model = self.fit()
+            pool = self._pool(exclude)
+            if not pool:
+                return None
+            if model is None:
+                return pool[0]
+            X = self._scaler_for().transform(self.space.encode_many(pool))
+            _, y, _ = self._target_xy()
+            best_f = float(y.max()) if len(y) else 0.0
+            bm = DGPModel(model, seed=s.seed + self._calls)
+            scores = log_ei_pool(bm, X, best_f)
+            if pending:
+                top = torch.topk(scores, min(32, len(pool))).indices
+                P = self._scaler_for().transform(self.space.encode_many(list(pending)))
+                q = q_log_ei_with_pending(bm, X[top], best_f, P, seed=s.seed + self._calls)
+                return pool[int(top[int(torch.argmax(q))])]
+            return pool[int(torch.argmax(scores))]
+        finally:
+            self.timings["suggest"].append(time.perf_counter() - t0)
+
+    def _tuning_set_pick(self, exclude: set, pending: Sequence) -> Hashable | None:
+        """A tuning-set point: random, or the pre-trained DGP's pick (predicted fast or uncertain, kept diverse)."""
+        s = self.settings
+        model = self.pretrained() if s.init == "dgp" else None
+        if model is None:
+            got = self.space.sample_many(1, self.rng, exclude=exclude)
+            return got[0] if got else None
+        pool = self.space.sample_many(s.pool_size, self.rng, exclude=exclude)
+        if not pool:
+            return None
+        sc = self._scaler_for()
+        X = sc.transform(self.space.encode_many(pool))
+        mean, var = model.predict(X, seed=s.seed + self._calls)
+        mu = mean.mean(0)
+        sd = (var.mean(0) + mean.var(0)).sqrt()
+        score = mu + 0.5 * sd  # optimistic: fast, or fast-if-lucky
+        chosen = list(self.observed) + list(pending)
+        if chosen:
+            C = sc.transform(self.space.encode_many(chosen))
+            d = torch.cdist(X, C).min(dim=1).values
+            # Keep the tuning set diverse: skip candidates closer than a quarter of the pool's typical spacing.
+            ref = torch.cdist(X[:256], X[:256])
+            thresh = 0.25 * ref[ref > 0].median() if (ref > 0).any() else 0.0
+            score = torch.where(d < thresh, torch.full_like(score, -1e9), score)
+        return pool[int(torch.argmax(score))]
