@@ -33,6 +33,22 @@ from raydgp.errors import ConfigError
 INIT_MODES = ("dgp", "random")
 
 
+class _torch_threads:
+    """Temporarily set torch's intra-op threads (restored on exit)."""
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def __enter__(self):
+        self.old = torch.get_num_threads()
+        if self.n and self.n != self.old:
+            torch.set_num_threads(self.n)
+
+    def __exit__(self, *exc):
+        if torch.get_num_threads() != self.old:
+            torch.set_num_threads(self.old)
+
+
 @dataclass(frozen=True)
 class SearchSettings:
     """Settings of the three-stage search.
@@ -48,6 +64,8 @@ class SearchSettings:
         cold_steps: Adam steps of a from-scratch fit without history.
         dgp: the deep GP's own settings.
         seed: seed of everything random in the search.
+        torch_threads: torch threads while fitting and scoring (small GP algebra is fastest on one thread, and on a
+            tuning node the other cores are building and timing kernels).
     """
 
     n_init: int = 8
@@ -60,6 +78,7 @@ class SearchSettings:
     cold_steps: int = 150
     dgp: DGPSettings = field(default_factory=DGPSettings)
     seed: int = 0
+    torch_threads: int = 1
 
     def __post_init__(self):
         if self.init not in INIT_MODES:
@@ -193,6 +212,10 @@ class DGPSearch:
 
     def fit(self) -> DeepGPSurrogate | None:
         """Stage 2 (and its warm-started refits): the model for the current target data."""
+        with _torch_threads(self.settings.torch_threads):
+            return self._fit()
+
+    def _fit(self) -> DeepGPSurrogate | None:
         X, y, _ = self._target_xy()
         if len(y) == 0:
             return self.pretrained()
@@ -250,33 +273,37 @@ class DGPSearch:
         """
         t0 = time.perf_counter()
         self._calls += 1
+        with _torch_threads(self.settings.torch_threads):
+            try:
+                return self._suggest(pending)
+            finally:
+                self.timings["suggest"].append(time.perf_counter() - t0)
+
+    def _suggest(self, pending: Sequence[Hashable]) -> Hashable | None:
         exclude = self.seen | set(pending)
         if len(exclude) >= self.space.size:
             return None
         n_target = len(self.observed)
         s = self.settings
-        try:
-            if n_target + len(pending) < s.n_init:
-                return self._tuning_set_pick(exclude, pending)
-            model = self.fit()
-            pool = self._pool(exclude)
-            if not pool:
-                return None
-            if model is None:
-                return pool[0]
-            X = self._scaler_for().transform(self.space.encode_many(pool))
-            _, y, _ = self._target_xy()
-            best_f = float(y.max()) if len(y) else 0.0
-            bm = DGPModel(model, seed=s.seed + self._calls)
-            scores = log_ei_pool(bm, X, best_f)
-            if pending:
-                top = torch.topk(scores, min(32, len(pool))).indices
-                P = self._scaler_for().transform(self.space.encode_many(list(pending)))
-                q = q_log_ei_with_pending(bm, X[top], best_f, P, seed=s.seed + self._calls)
-                return pool[int(top[int(torch.argmax(q))])]
-            return pool[int(torch.argmax(scores))]
-        finally:
-            self.timings["suggest"].append(time.perf_counter() - t0)
+        if n_target + len(pending) < s.n_init:
+            return self._tuning_set_pick(exclude, pending)
+        model = self._fit()
+        pool = self._pool(exclude)
+        if not pool:
+            return None
+        if model is None:
+            return pool[0]
+        X = self._scaler_for().transform(self.space.encode_many(pool))
+        _, y, _ = self._target_xy()
+        best_f = float(y.max()) if len(y) else 0.0
+        bm = DGPModel(model, seed=s.seed + self._calls)
+        scores = log_ei_pool(bm, X, best_f)
+        if pending:
+            top = torch.topk(scores, min(32, len(pool))).indices
+            P = self._scaler_for().transform(self.space.encode_many(list(pending)))
+            q = q_log_ei_with_pending(bm, X[top], best_f, P, seed=s.seed + self._calls)
+            return pool[int(top[int(torch.argmax(q))])]
+        return pool[int(torch.argmax(scores))]
 
     def _tuning_set_pick(self, exclude: set, pending: Sequence) -> Hashable | None:
         """A tuning-set point: random, or the pre-trained DGP's pick (predicted fast or uncertain, kept diverse)."""

@@ -67,3 +67,18 @@ def hanging_module():
             B[0] = B[0] + T.float32(1)
 
     return tvm.IRModule({"main": main})
+
+
+def synthetic_loss(config: dict) -> float:
+    """A known-optimum test function over a mixed space (0 at x=0.3, lr=1e-2, k=0, q=32, act=relu)."""
+    import math
+
+    return ((config["x"] - 0.3) ** 2 + (math.log10(config["nested"]["lr"]) + 2) ** 2 / 4 + 0.05 * config["k"]
+            + (0.0 if config["act"] == "relu" else 0.2) + abs(config["q"] - 32) / 100)
+
+
+def synthetic_trainable(config: dict) -> None:
+    """Ray Tune function trainable reporting :func:`synthetic_loss` as ``loss``."""
+    from ray import tune
+
+    tune.report({"loss": synthetic_loss(config)})

@@ -63,7 +63,6 @@ def main(argv=None) -> int:
             configs = space.sample_many(args.per_task, rng)
             payload = TaskPayload(task.workload.key, task.mod_json, target)
             t0 = time.monotonic()
-            batch = []
             for c in configs[done:]:
                 out = meas.measure(payload, space.trace_json(c))
                 cfg = c
@@ -72,11 +71,8 @@ def main(argv=None) -> int:
                         cfg = config_from_applied(space, c.sketch, out.applied)
                     except Exception:  # noqa: BLE001 - keep the proposed one; the status says it failed
                         pass
-                batch.append(Record.now(task.workload, target, cfg, out.result, tag=tag, host=host))
-                if len(batch) >= 10:
-                    store.append(batch)
-                    batch = []
-            store.append(batch)
+                # one durable append per measurement: a kill loses nothing that finished
+                store.append(Record.now(task.workload, target, cfg, out.result, tag=tag, host=host))
             print(f"[{ti + 1}/{len(specs)}] {spec}: {len(configs) - done} measured in {time.monotonic() - t0:.0f} s",
                   flush=True)
     return 0

@@ -77,3 +77,11 @@ def local_ray():
     ray = init_ray(num_cpus=2)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread():
+    """Small GP linear algebra runs fastest on one thread, and leaves the other core to TVM's workers."""
+    import torch
+
+    torch.set_num_threads(1)

@@ -32,15 +32,19 @@ class DGPSettings:
         finetune_steps: Adam steps of stage-2 MAP fine-tuning.
         lr: Adam learning rate.
         batch_size: minibatch size for pre-training on large histories.
+        skip: the output GP also sees the raw input (measured: worse on small data, so off by default).
+        hidden_noise: initial output scale of the hidden GPs (the warping starts small).
     """
 
-    hidden_dims: tuple[int, ...] = (4,)
+    hidden_dims: tuple[int, ...] = (8,)
     num_inducing: int = 64
     num_samples: int = 8
     pretrain_steps: int = 300
     finetune_steps: int = 100
     lr: float = 0.02
     batch_size: int = 1024
+    skip: bool = False
+    hidden_noise: float = 0.01
 
     def __post_init__(self):
         if not self.hidden_dims or any(h < 1 for h in self.hidden_dims):
@@ -78,9 +82,36 @@ class DGPLayer(DeepGPLayer):
     def forward(self, x: torch.Tensor) -> MultivariateNormal:
         return MultivariateNormal(self.mean_module(x), self.covar_module(x))
 
+    def __call__(self, x, *other_inputs, **kwargs):
+        """With ``other_inputs`` (a skip connection), samples of ``x`` are joined with those deterministic inputs."""
+        if other_inputs:
+            if isinstance(x, gpytorch.distributions.MultitaskMultivariateNormal):
+                x = x.rsample()
+            extra = [inp.unsqueeze(0).expand(gpytorch.settings.num_likelihood_samples.value(), *inp.shape)
+                     for inp in other_inputs]
+            x = torch.cat([x] + extra, dim=-1)
+            return super().__call__(x, are_samples=True, **kwargs)
+        return super().__call__(x, **kwargs)
+
+
+def _pca_directions(X: torch.Tensor, k: int) -> torch.Tensor:
+    """``d x k`` projection: the top-``k`` principal directions of ``X`` (padded with unit vectors if needed)."""
+    d = X.shape[-1]
+    if k == d:
+        return torch.eye(d)
+    Xc = X - X.mean(0)
+    try:
+        _, _, V = torch.linalg.svd(Xc, full_matrices=False)
+        W = V[:k].T
+    except RuntimeError:
+        W = torch.zeros(d, 0)
+    if W.shape[1] < k:
+        W = torch.cat([W, torch.eye(d)[:, : k - W.shape[1]]], dim=1)
+    return W.contiguous()
+
 
 class DeepGPSurrogate(DeepGP):
-    """A deep GP: hidden GP layer(s) feeding one output GP, with a Gaussian likelihood.
+    """A deep GP: hidden GP layer(s) feeding one output GP (which also sees the input), with a Gaussian likelihood.
 
     Args:
         train_x: training inputs, ``n x d`` (used to place the inducing points).
@@ -100,12 +131,27 @@ class DeepGPSurrogate(DeepGP):
             inducing = torch.cat([inducing, inducing + 0.1 * torch.randn(2 - m, d, generator=g)])
         layers = []
         in_pts = inducing
+        data = train_x
         for h in settings.hidden_dims:
-            layers.append(DGPLayer(in_pts, h, linear_mean=True))
-            # Inducing inputs of the next layer live in the hidden space: start from a random projection's scale.
-            in_pts = torch.randn(in_pts.shape[0], h, generator=g)
+            layer = DGPLayer(in_pts, h, linear_mean=True)
+            # Salimbeni & Deisenroth's recipe: each hidden layer starts as a linear projection of its input onto the
+            # data's top principal directions (the identity when widths match), with a small GP perturbation on top,
+            # so a fresh DGP behaves like a GP on the projected inputs and depth only adds what the data asks for.
+            W = _pca_directions(data, h)  # d_in x h
+            with torch.no_grad():
+                layer.mean_module.weights.copy_(W.T.unsqueeze(-1))
+                layer.mean_module.bias.zero_()
+                layer.covar_module.outputscale = torch.full_like(layer.covar_module.outputscale,
+                                                                 settings.hidden_noise)
+            layers.append(layer)
+            data = data @ W
+            in_pts = in_pts @ W
         self.hidden = torch.nn.ModuleList(layers)
-        self.output = DGPLayer(in_pts, None, linear_mean=False)
+        # Skip connection: the output GP sees the last hidden layer AND the raw input, so the deep GP can always fall
+        # back to a plain (sparse) GP on the input; depth adds a learned warping where the data supports one.
+        self.skip = bool(settings.skip)
+        out_pts = torch.cat([in_pts, inducing], dim=-1) if self.skip else in_pts
+        self.output = DGPLayer(out_pts, None, linear_mean=False)
         self.likelihood = GaussianLikelihood()
         self.input_dim = d
 
@@ -113,7 +159,7 @@ class DeepGPSurrogate(DeepGP):
         h = x
         for layer in self.hidden:
             h = layer(h)
-        return self.output(h)
+        return self.output(h, x) if self.skip else self.output(h)
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor, seed: int = 0, num_samples: int | None = None,

@@ -1,0 +1,115 @@
+"""The deep GP core (no Ray, no TVM): fit, posterior shapes, acquisition over a pool, MAP transfer, the search loop."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from raydgp.dgp.botorch_model import DGPModel, log_ei_pool, q_log_ei_with_pending
+from raydgp.dgp.data import FAILURE_MARGIN, standardised_targets
+from raydgp.dgp.model import DeepGPSurrogate, DGPSettings
+from raydgp.dgp.train import map_finetune, pretrain, train_elbo
+
+SMALL = DGPSettings(hidden_dims=(3,), num_inducing=24, num_samples=4, pretrain_steps=150, finetune_steps=60)
+
+
+def toy(n, seed=0, shift=0.0):
+    g = torch.Generator().manual_seed(seed)
+    X = torch.rand(n, 3, generator=g)
+    y = torch.sin(5 * X[:, 0] + shift) + X[:, 1] ** 2 + 0.02 * torch.randn(n, generator=g)
+    return X, y
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    X, y = toy(150)
+    m = DeepGPSurrogate(X, SMALL, seed=0)
+    train_elbo(m, X, y, 150, 0.03, seed=0)
+    return m, X, y
+
+
+def test_dgp_fits_better_than_a_constant(fitted):
+    m, X, y = fitted
+    Xt, yt = toy(100, seed=1)
+    mean, var = m.predict(Xt, seed=0)
+    assert mean.shape == var.shape == (SMALL.num_samples, 100)
+    mse = ((mean.mean(0) - yt) ** 2).mean()
+    const = ((y.mean() - yt) ** 2).mean()
+    assert mse < 0.3 * const
+
+
+def test_prediction_is_seeded(fitted):
+    m, X, _ = fitted
+    a, _ = m.predict(X[:5], seed=3)
+    b, _ = m.predict(X[:5], seed=3)
+    state = torch.random.get_rng_state()
+    m.predict(X[:5], seed=4)
+    assert torch.equal(a, b) and torch.equal(state, torch.random.get_rng_state())
+
+
+def test_posterior_shapes_q1_and_q3(fitted):
+    m, X, _ = fitted
+    bm = DGPModel(m, seed=0)
+    p1 = bm.posterior(X[:7].unsqueeze(-2))
+    assert p1.mean.shape == (7, SMALL.num_samples, 1, 1)
+    assert p1.mixture_mean.shape == (7, 1, 1)
+    p3 = bm.posterior(X[:6].reshape(2, 3, 3))
+    assert p3.mean.shape == (2, SMALL.num_samples, 3, 1)
+    assert p3.covariance_matrix.shape == (2, SMALL.num_samples, 3, 3)
+    s = p3.rsample(torch.Size([5]))
+    assert s.shape[-2:] == (3, 1)
+
+
+def test_acquisition_over_a_pool_prefers_the_optimum(fitted):
+    m, X, y = fitted
+    pool = torch.rand(3000, 3, generator=torch.Generator().manual_seed(5))
+    scores = log_ei_pool(DGPModel(m, seed=0), pool, best_f=float(y.max()))
+    assert scores.shape == (3000,) and torch.isfinite(scores).all()
+    truth = torch.sin(5 * pool[:, 0]) + pool[:, 1] ** 2
+    top = torch.topk(scores, 30).indices
+    assert truth[top].mean() > truth.quantile(0.8)
+    q = q_log_ei_with_pending(DGPModel(m, seed=0), pool[top], float(y.max()), pending=pool[top[:2]])
+    assert q.shape == (30,)
+    assert q[0] < q[5:].max() or q[1] < q[5:].max()  # a pending point adds little over itself
+
+
+def test_map_finetune_moves_less_with_a_stronger_prior():
+    Xs, ys = toy(150, seed=0)
+    Xt, yt = toy(12, seed=2, shift=0.8)
+    base = pretrain(Xs, ys, SMALL, seed=0).model
+    moves = []
+    for strength in (0.0, 100.0):
+        import copy
+
+        m = copy.deepcopy(base)
+        map_finetune(m, Xt, yt, prior_strength=strength, scope="all", steps=60)
+        d = sum(((p - q) ** 2).sum() for p, q in zip(m.parameters(), base.parameters()))
+        moves.append(float(d))
+    assert moves[1] < 0.5 * moves[0]
+
+
+def test_pretrain_cache_round_trip(tmp_path):
+    X, y = toy(60)
+    s = DGPSettings(hidden_dims=(2,), num_inducing=8, num_samples=2, pretrain_steps=10)
+    a = pretrain(X, y, s, seed=0, cache_dir=tmp_path)
+    b = pretrain(X, y, s, seed=0, cache_dir=tmp_path)
+    assert not a.from_cache and b.from_cache and a.key == b.key
+    for p, q in zip(a.model.parameters(), b.model.parameters()):
+        assert torch.equal(p, q)
+    (tmp_path / f"{a.key}.pt").write_bytes(b"not a tensor file")
+    c = pretrain(X, y, s, seed=0, cache_dir=tmp_path)  # damaged cache: retrained, not trusted
+    assert not c.from_cache
+    other = pretrain(X, y + 1, s, seed=0, cache_dir=tmp_path)
+    assert other.key != a.key
+
+
+def test_failures_are_slow_never_fast():
+    y, keep = standardised_targets(["a"] * 5 + ["b"] * 2, ["ok", "ok", "ok", "timeout", "invalid", "ok", "run_error"],
+                                   [1.0, 2.0, 4.0, math.nan, math.nan, 10.0, math.nan])
+    assert keep.tolist() == [True, True, True, True, False, True, True]
+    assert y[3] == pytest.approx(y[:3].min() - FAILURE_MARGIN)
+    assert y[0] > y[1] > y[2]  # faster is larger
+    assert y[6] < y[5]
