@@ -22,7 +22,10 @@ def _layer_parser(sub) -> None:
                         f"(default: the ResNet-18 3x3 conv {RESNET18_CONV})")
     p.add_argument("--trials", type=int, default=32, help="configurations to measure (default 32)")
     p.add_argument("--out", default="runs/layer", help="output directory (records, MetaSchedule database, summary)")
-    p.add_argument("--searcher", default="random", help="search algorithm (default: random)")
+    p.add_argument("--searcher", default="random", choices=["dgp", "random"],
+                   help="dgp: deep-GP Bayesian optimisation with transfer from --history; random (default)")
+    p.add_argument("--history", action="append", default=None,
+                   help="record store (directory) of earlier tuning to transfer from; repeatable")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--target", default="llvm", choices=["llvm", "cuda"], help="llvm = this CPU; cuda = a GPU per trial")
     p.add_argument("--cpus-per-trial", type=int, default=None,
@@ -48,7 +51,8 @@ def main(argv: list[str] | None = None) -> int:
             settings = MeasureSettings(build_timeout_s=args.build_timeout, run_timeout_s=args.run_timeout,
                                        num_threads=cores, device="cuda" if args.target == "cuda" else "cpu")
             tune_one_layer(args.workload, trials=args.trials, out=args.out, searcher=args.searcher, seed=args.seed,
-                           target_kind=args.target, cpus_per_trial=cores, address=args.address, settings=settings)
+                           target_kind=args.target, cpus_per_trial=cores, address=args.address, settings=settings,
+                           history=args.history)
         return 0
     except RayDGPError as e:
         print(f"raydgp: error: {e}", file=sys.stderr)

@@ -87,7 +87,7 @@ def test_map_finetune_moves_less_with_a_stronger_prior():
         m = copy.deepcopy(base)
         map_finetune(m, Xt, yt, prior_strength=strength, scope="all", steps=60)
         d = sum(((p - q) ** 2).sum() for p, q in zip(m.parameters(), base.parameters()))
-        moves.append(float(d))
+        moves.append(float(d.detach()))
     assert moves[1] < 0.5 * moves[0]
 
 

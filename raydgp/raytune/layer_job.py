@@ -21,33 +21,65 @@ from raydgp.measure.measurer import Measurer
 from raydgp.measure.protocol import MeasureSettings, TaskPayload
 from raydgp.records import RecordStore
 
-SEARCHERS = ("random",)
+SEARCHERS = ("dgp", "random")
 
 
-def make_searcher(name: str, space, seed: int):
+def load_history(paths, target_space, log=print):
+    """Stage-1 source data from record stores: every other workload's records, encoded with its own space."""
+    from raydgp.records import RecordStore
+    from raydgp.search import History, history_from_records
+    from raydgp.space.design_space import DesignSpace
+
+    records, spaces = [], {}
+    for p in paths or ():
+        if not Path(p).exists():
+            raise ConfigError(f"--history {p}: no such record store (a directory holding records.jsonl)")
+        store = RecordStore(p)
+        records.extend(store.records())
+        for key, entry in store.workload_entries().items():
+            if entry.get("space") and key not in spaces:
+                sp = DesignSpace.from_json(entry["space"])
+                if sp.dim == target_space.dim:
+                    spaces[key] = sp
+    if not records:
+        return None
+    hist = history_from_records(records, spaces, exclude_workload=target_space.workload.key)
+    log(f"history: {len(hist)} measurements of {len(spaces) - (target_space.workload.key in spaces)} other workloads")
+    return hist if len(hist) else None
+
+
+def make_searcher(name: str, space, seed: int, history=None):
     """A Ray Tune searcher over ``space`` by name."""
     if name == "random":
         from raydgp.raytune.random_searcher import RandomSearcher
 
         return RandomSearcher(space, metric="latency_ms", mode="min", seed=seed)
+    if name == "dgp":
+        from raydgp.dgp.train import default_cache_dir
+        from raydgp.raytune.dgp_searcher import DGPSearcher
+        from raydgp.search import SearchSettings
+
+        return DGPSearcher(space, metric="latency_ms", mode="min", seed=seed, history=history,
+                           settings=SearchSettings(seed=seed), cache_dir=str(default_cache_dir()))
     raise ConfigError(f"unknown searcher {name!r}; choose one of {', '.join(SEARCHERS)}")
 
 
 def tune_one_layer(workload: str, *, trials: int, out: str | os.PathLike, searcher: str = "random", seed: int = 0,
                    target_kind: str = "llvm", cpus_per_trial: int | None = None, address: str | None = None,
-                   settings: MeasureSettings | None = None, log=print) -> dict:
+                   settings: MeasureSettings | None = None, history: list | None = None, log=print) -> dict:
     """Tune one layer given as a workload spec (see :mod:`raydgp.space.workloads`) and write ``out``.
 
     Args:
         workload: e.g. ``conv2d:1,64,56,56,64,3,1,1``.
         trials: configurations to measure.
         out: output directory.
-        searcher: ``random`` (the DGP searcher plugs in here).
+        searcher: ``dgp`` (deep-GP Bayesian optimisation with transfer from ``history``) or ``random``.
         seed: searcher seed.
         target_kind: ``llvm`` (this CPU) or ``cuda``.
         cpus_per_trial: CPU cores a trial owns and times with (default: all cores of this machine, so timings match a
             deployment that uses the whole CPU; one timing runs at a time on a node in any case).
         address: Ray cluster address; None starts an embedded local Ray.
+        history: record stores whose other workloads pre-train the DGP (stage 1).
 
     Returns:
         The summary dict (also written to ``out/summary.json``).
@@ -68,7 +100,10 @@ def tune_one_layer(workload: str, *, trials: int, out: str | os.PathLike, search
     settings = settings or MeasureSettings(num_threads=cores, device="cuda" if gpu else "cpu")
     task = make_task(workload, target)
     space = build_space(task)
-    searcher_obj = make_searcher(searcher, space, seed)
+    if searcher not in SEARCHERS:
+        raise ConfigError(f"unknown searcher {searcher!r}; choose one of {', '.join(SEARCHERS)}")
+    hist = load_history(history, space, log) if searcher == "dgp" else None
+    searcher_obj = make_searcher(searcher, space, seed, hist)
     store = RecordStore(out / "records")
     store.add_workload(task.workload.key, task.mod_json, space.to_json())
     payload = {"key": task.workload.key, "mod_json": task.mod_json, "target": target}
