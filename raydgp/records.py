@@ -253,11 +253,23 @@ class JsonLinesFile:
         f.seek(0, os.SEEK_END)
 
     def read(self) -> Iterator[tuple[int, dict]]:
-        """Yield ``(line_number, object)`` for every complete line.
+        """Yield ``(line_number, object)`` for every complete line (lines of a ``<file>.gz`` part first, numbered
+        negatively).
 
         Raises:
             RecordsCorruptError: a line other than a torn last one is not valid JSON.
         """
+        gz = Path(str(self.path) + ".gz")
+        if gz.exists():
+            # A compressed, read-only part (shipped datasets) comes first; its lines must all be complete.
+            import gzip
+
+            for i, raw in enumerate(gzip.decompress(gz.read_bytes()).split(b"\n")):
+                if raw.strip():
+                    try:
+                        yield -(i + 1), json.loads(raw)
+                    except ValueError as e:
+                        raise RecordsCorruptError(str(gz), i + 1, f"invalid JSON: {e}") from None
         if not self.path.exists():
             return
         data = self.path.read_bytes()

@@ -59,7 +59,8 @@ class SearchSettings:
         pool_size: fresh random candidates scored per proposal.
         neighbour_seeds: how many of the best configurations contribute their neighbours to the pool.
         prior_strength: precision of the MAP prior around the pre-trained weights (0: plain fine-tuning).
-        finetune_scope: ``output`` (output GP layer + likelihood) or ``all`` parameters are fine-tuned.
+        finetune_scope: ``head`` (output mean, output scale, noise: measured best on 10-point tuning sets), ``output``
+            (the whole output GP layer + likelihood) or ``all`` parameters are fine-tuned.
         refit_steps: Adam steps of a warm-started refit when new results arrived.
         cold_steps: Adam steps of a from-scratch fit without history.
         dgp: the deep GP's own settings.
@@ -73,7 +74,7 @@ class SearchSettings:
     pool_size: int = 2000
     neighbour_seeds: int = 5
     prior_strength: float = 1.0
-    finetune_scope: str = "output"
+    finetune_scope: str = "head"
     refit_steps: int = 30
     cold_steps: int = 150
     dgp: DGPSettings = field(default_factory=DGPSettings)

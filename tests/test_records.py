@@ -128,3 +128,18 @@ def test_package_never_unpickles():
         for line in text.splitlines():
             if "torch.load(" in line:
                 assert "weights_only=True" in line, f
+
+
+def test_a_compressed_part_is_read_first_then_appended_to(tmp_path):
+    import gzip
+
+    from raydgp.records import dumps_line
+
+    d = tmp_path / "s"
+    d.mkdir()
+    lines = "".join(dumps_line(make_record(i).to_json()) + "\n" for i in range(3))
+    (d / "records.jsonl.gz").write_bytes(gzip.compress(lines.encode()))
+    store = RecordStore(d)
+    assert store.records() == [make_record(i) for i in range(3)]
+    store.append(make_record(5))
+    assert store.records() == [make_record(i) for i in (0, 1, 2, 5)]

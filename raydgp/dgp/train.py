@@ -21,8 +21,9 @@ from gpytorch.mlls import DeepApproximateMLL, VariationalELBO
 from raydgp.dgp.model import DeepGPSurrogate, DGPSettings
 from raydgp.errors import ConfigError
 
-#: Which parameters stage 2 tunes: everything, or only the output GP layer and the likelihood.
-FINETUNE_SCOPES = ("all", "output")
+#: Which parameters stage 2 tunes: everything; the output GP layer and the likelihood; or only the "head": the output
+#: GP's mean and output scale and the likelihood noise (a handful of numbers: cannot overfit a 10-point tuning set).
+FINETUNE_SCOPES = ("all", "output", "head")
 
 
 def _params(model: DeepGPSurrogate, scope: str) -> dict[str, torch.nn.Parameter]:
@@ -31,6 +32,9 @@ def _params(model: DeepGPSurrogate, scope: str) -> dict[str, torch.nn.Parameter]
     named = dict(model.named_parameters())
     if scope == "all":
         return named
+    if scope == "head":
+        return {k: v for k, v in named.items() if k.startswith("likelihood.") or k.startswith("output.mean_module")
+                or k == "output.covar_module.raw_outputscale"}
     return {k: v for k, v in named.items() if k.startswith("output.") or k.startswith("likelihood.")}
 
 
@@ -137,7 +141,7 @@ def pretrain(X: torch.Tensor, y: torch.Tensor, settings: DGPSettings = DGPSettin
 
 
 def map_finetune(model: DeepGPSurrogate, X: torch.Tensor, y: torch.Tensor, prior_strength: float = 1.0,
-                 steps: int | None = None, lr: float | None = None, scope: str = "output", seed: int = 0
+                 steps: int | None = None, lr: float | None = None, scope: str = "head", seed: int = 0
                  ) -> list[float]:
     """Stage 2: MAP transfer of a (pre-trained) DGP to the target data, in place. See the module docstring."""
     s = model.settings

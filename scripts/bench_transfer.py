@@ -1,0 +1,157 @@
+#!/usr/bin/env python
+"""Replay benchmark (a): how well models predict held-out configurations of a target layer.
+
+For each target task of the recorded dataset: the other tasks are the history; ``--n-target`` random target
+measurements form the tuning set; the rest of the target's ``ok`` measurements are held out. Models compared:
+
+* cold DGP: trained on the tuning set only;
+* zero-shot DGP: pre-trained on the history, not shown the target;
+* MAP DGP: the pre-trained DGP fine-tuned on the tuning set (ELBO + Gaussian prior around the pre-trained weights);
+* exact GP: BoTorch ``SingleTaskGP`` on a history subsample + the tuning set, with the workload features.
+
+Metrics on the held-out points: MAE of the standardised ``-log(latency)``, Spearman rank correlation, top-10 recall
+(how many of the truly 10 fastest are among the predicted 10 fastest).
+
+    python scripts/bench_transfer.py --history data/history --targets 6 --seeds 1 --out bench_a.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+import time
+
+import numpy as np
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--history", default="data/history")
+    ap.add_argument("--targets", default="conv2d:1,64,56,56,64,3,1,1,conv2d:1,128,28,28,256,3,2,1,"
+                                          "conv2d:1,128,56,56,128,1,1,0,depthwise:1,256,28,28,3,1,1,dense:1,512,1000")
+    ap.add_argument("--n-target", type=int, default=10)
+    ap.add_argument("--seeds", type=int, default=1)
+    ap.add_argument("--pretrain-steps", type=int, default=300)
+    ap.add_argument("--source-models", default=None,
+                    help="restrict the history to these models' layers (e.g. resnet18 for leave-one-model-out)")
+    ap.add_argument("--out", default=None)
+    ap.add_argument("--cache", default=None, help="cache directory for pre-trained weights")
+    ap.add_argument("--prior", type=float, default=1.0, help="MAP prior strength")
+    ap.add_argument("--scope", default="head", help="fine-tune scope: all, output, head")
+    args = ap.parse_args(argv)
+
+    import torch
+    from scipy.stats import spearmanr
+
+    torch.set_num_threads(1)
+    from raydgp.dgp.data import InputScaler, standardised_targets
+    from raydgp.dgp.model import DeepGPSurrogate, DGPSettings
+    from raydgp.dgp.train import map_finetune, pretrain, train_elbo
+    from raydgp.records import RecordStore
+    from raydgp.space.design_space import DesignSpace
+    from raydgp.space.zoo import MODELS
+
+    store = RecordStore(args.history)
+    recs = [r for r in store.records() if r.config.sketch >= 0]
+    spaces = {k: DesignSpace.from_json(e["space"]) for k, e in store.workload_entries().items() if e.get("space")}
+    spec_of = {r.workload.key: r.tag.split("dataset:", 1)[-1] for r in recs}
+    allowed = None
+    if args.source_models:
+        allowed = {s for m in args.source_models.split(",") for s in MODELS[m]}
+    targets = _split_specs(args.targets)
+    settings = DGPSettings(pretrain_steps=args.pretrain_steps)
+
+    def encode(rs):
+        return np.stack([spaces[r.workload.key].encode(r.config) for r in rs])
+
+    rows = []
+    for spec in targets:
+        tkey = next((k for k, s in spec_of.items() if s == spec), None)
+        if tkey is None:
+            print(f"skip {spec}: not in the dataset", file=sys.stderr)
+            continue
+        src = [r for r in recs if r.workload.key != tkey and (allowed is None or spec_of[r.workload.key] in allowed)]
+        tgt = [r for r in recs if r.workload.key == tkey and r.result.ok]
+        ys, keep = standardised_targets([r.workload.key for r in src], [r.result.status for r in src],
+                                        [r.result.median_ms for r in src])
+        Xs = encode(src)[keep]
+        ys = ys[keep]
+        scaler = InputScaler.fit(Xs)
+        t0 = time.monotonic()
+        base = pretrain(scaler.transform(Xs), torch.tensor(ys, dtype=torch.float32), settings, seed=0,
+                        cache_dir=args.cache).model
+        pre_s = time.monotonic() - t0
+        Xt_all = encode(tgt)
+        lat = np.array([r.result.median_ms for r in tgt])
+        for seed in range(args.seeds):
+            rng = np.random.default_rng(seed)
+            idx = rng.permutation(len(tgt))
+            tr, te = idx[: args.n_target], idx[args.n_target:]
+            raw = -np.log(lat)
+            mu, sd = raw[tr].mean(), raw[tr].std() or 1.0
+            y_tr = (raw[tr] - mu) / sd
+            y_te = (raw[te] - mu) / sd
+            Xtr, Xte = scaler.transform(Xt_all[tr]), scaler.transform(Xt_all[te])
+            ytr_t = torch.tensor(y_tr, dtype=torch.float32)
+            preds = {}
+            cold = DeepGPSurrogate(Xtr, settings, seed=seed)
+            train_elbo(cold, Xtr, ytr_t, 150, settings.lr, seed=seed)
+            preds["cold DGP"] = cold.predict(Xte, seed=seed)[0].mean(0).numpy()
+            preds["zero-shot DGP"] = base.predict(Xte, seed=seed)[0].mean(0).numpy()
+            t1 = time.monotonic()
+            tuned = copy.deepcopy(base)
+            map_finetune(tuned, Xtr, ytr_t, prior_strength=args.prior, scope=args.scope, seed=seed)
+            ft_s = time.monotonic() - t1
+            preds["MAP DGP"] = tuned.predict(Xte, seed=seed)[0].mean(0).numpy()
+            preds["exact GP (history+target)"] = _exact_gp(scaler, Xs, ys, Xt_all[tr], y_tr, Xt_all[te], seed)
+            for name, p in preds.items():
+                top_true = set(np.argsort(-y_te)[:10])
+                top_pred = set(np.argsort(-p)[:10])
+                rows.append({"target": spec, "seed": seed, "model": name,
+                             "mae": float(np.mean(np.abs(p - y_te))),
+                             "spearman": float(spearmanr(p, y_te).correlation),
+                             "top10_recall": len(top_true & top_pred), "pretrain_s": pre_s, "finetune_s": ft_s})
+            print(json.dumps([r for r in rows if r["target"] == spec and r["seed"] == seed]), flush=True)
+    summary = {}
+    for name in dict.fromkeys(r["model"] for r in rows):
+        sub = [r for r in rows if r["model"] == name]
+        summary[name] = {k: float(np.median([r[k] for r in sub])) for k in ("mae", "spearman", "top10_recall")}
+    print(json.dumps(summary, indent=1))
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump({"rows": rows, "median": summary, "args": vars(args)}, f, indent=1)
+    return 0
+
+
+def _split_specs(s: str) -> list[str]:
+    out, cur = [], []
+    for tok in s.split(","):
+        if ":" in tok and cur:
+            out.append(",".join(cur))
+            cur = []
+        cur.append(tok)
+    if cur:
+        out.append(",".join(cur))
+    return out
+
+
+def _exact_gp(scaler, Xs, ys, Xtr, ytr, Xte, seed, n_hist=600):
+    import torch
+    from botorch.fit import fit_gpytorch_mll
+    from botorch.models import SingleTaskGP
+    from gpytorch.mlls import ExactMarginalLogLikelihood
+
+    rng = np.random.default_rng(seed)
+    sub = rng.choice(len(ys), size=min(n_hist, len(ys)), replace=False)
+    X = torch.cat([scaler.transform(Xs[sub]), scaler.transform(Xtr)]).double()
+    y = torch.tensor(np.concatenate([ys[sub], ytr]), dtype=torch.float64).unsqueeze(-1)
+    gp = SingleTaskGP(X, y)
+    fit_gpytorch_mll(ExactMarginalLogLikelihood(gp.likelihood, gp))
+    with torch.no_grad():
+        return gp.posterior(scaler.transform(Xte).double()).mean.squeeze(-1).numpy()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
