@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 import math
 
 import numpy as np
@@ -74,3 +75,31 @@ def test_eight_real_trials_through_ray_tune(tmp_path, local_ray, small_task, sma
             assert math.isnan(m["latency_ms"])
     assert all(r.workload.key == small_task.workload.key and r.host for r in on_disk)
     assert res.best_ms == min(r.result.median_ms for r in on_disk)
+
+
+@pytest.mark.slow
+def test_dgp_searcher_tunes_a_real_tvm_layer_through_ray(tmp_path, local_ray, small_task, small_space):
+    """Transfer from a record store of another layer, then real trials of the small conv, records on disk."""
+    from raydgp.dgp.model import DGPSettings
+    from raydgp.measure.protocol import MeasureSettings
+    from raydgp.raytune.dgp_searcher import DGPSearcher
+    from raydgp.raytune.experiment import tune_layer
+    from raydgp.raytune.layer_job import load_history
+    from raydgp.search import SearchSettings
+
+    root = Path(__file__).parent.parent
+    hist = load_history([root / "data" / "dataset"], small_space, log=lambda *_: None)
+    assert hist is not None and len(hist) > 3000
+    settings = SearchSettings(n_init=3, pool_size=300, refit_steps=10,
+                              dgp=DGPSettings(num_inducing=32, num_samples=4, pretrain_steps=40, finetune_steps=20))
+    searcher = DGPSearcher(small_space, metric="latency_ms", mode="min", seed=0, history=hist, settings=settings)
+    store = RecordStore(tmp_path / "records")
+    payload = {"key": small_task.workload.key, "mod_json": small_task.mod_json, "target": small_task.target}
+    res = tune_layer(payload, small_space, searcher, trials=6, store=store,
+                     settings=MeasureSettings(num_threads=2, repeat=3, min_repeat_ms=5,
+                                              timing_lock=str(tmp_path / "lock")),
+                     storage_path=tmp_path / "ray", name="dgp small conv", cpus_per_trial=2, show_progress=False)
+    recs = RecordStore(tmp_path / "records").records()
+    assert len(recs) == 6 and sum(r.result.ok for r in recs) >= 3
+    assert len({r.config for r in recs}) == 6  # never the same configuration twice
+    assert res.best_ms == min(r.result.median_ms for r in recs)
