@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from typing import Any, Sequence
 
 import numpy as np
 from ray.tune.search import Searcher
+
+from raydgp.raytune.json_state import JsonStateMixin
 from ray.tune.search.sample import Categorical, Domain, Float, Integer, LogUniform, Quantized, Uniform
 from ray.tune.search.variant_generator import parse_spec_vars
 
@@ -68,7 +69,7 @@ def convert_search_space(spec: dict) -> ParamSpace:
     return ParamSpace(dims, constants)
 
 
-class DGPSearcher(Searcher):
+class DGPSearcher(JsonStateMixin, Searcher):
     """Deep-GP Bayesian optimisation for Ray Tune, with transfer learning from earlier results.
 
     Works on TVM design spaces (raydgp's own tuning) and on ordinary Ray Tune param spaces alike.
@@ -230,15 +231,6 @@ class DGPSearcher(Searcher):
         if state.get("rng"):
             self._core.rng.bit_generator.state = state["rng"]
 
-    def save(self, checkpoint_path: str) -> None:
-        tmp = checkpoint_path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(self.get_state(), f)
-        os.replace(tmp, checkpoint_path)
-
-    def restore(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path) as f:
-            self.set_state(json.load(f))
 
     def __getstate__(self):
         # Ray pickles the searcher into its experiment state: drop the fitted models, keep the data.

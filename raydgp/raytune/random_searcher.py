@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import json
-import os
 from typing import Any
 
 import numpy as np
 from ray.tune.search import Searcher
 
+from raydgp.raytune.json_state import JsonStateMixin
+
 from raydgp.records import Config
 from raydgp.space.design_space import DesignSpace
 
 
-class RandomSearcher(Searcher):
+class RandomSearcher(JsonStateMixin, Searcher):
     """Propose distinct configurations of a :class:`DesignSpace` uniformly at random.
 
     Args:
@@ -70,12 +71,3 @@ class RandomSearcher(Searcher):
         self._seen = {Config.from_json(c) for c in state["seen"]}
         self._metric, self._mode = state["metric"], state["mode"]
 
-    def save(self, checkpoint_path: str) -> None:
-        tmp = checkpoint_path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(self.get_state(), f)
-        os.replace(tmp, checkpoint_path)
-
-    def restore(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path) as f:
-            self.set_state(json.load(f))

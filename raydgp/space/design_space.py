@@ -34,6 +34,21 @@ MAX_KNOBS = 24
 SLOT_WIDTH = 5
 
 
+def sample_distinct(sample, n: int, rng: np.random.Generator, exclude: set | None = None,
+                    max_tries: int | None = None) -> list:
+    """Up to ``n`` distinct draws of ``sample(rng)`` that are not in ``exclude`` (gives up after ``max_tries``)."""
+    seen = set(exclude or ())
+    out: list = []
+    tries, limit = 0, max_tries or 20 * n + 100
+    while len(out) < n and tries < limit:
+        tries += 1
+        c = sample(rng)
+        if c not in seen:
+            seen.add(c)
+            out.append(c)
+    return out
+
+
 @functools.lru_cache(maxsize=4096)
 def _factor_pairs(n: int) -> tuple[int, ...]:
     """Prime factors of ``n`` with multiplicity, ascending."""
@@ -204,17 +219,7 @@ class DesignSpace:
     def sample_many(self, n: int, rng: np.random.Generator, exclude: set | None = None,
                     max_tries: int | None = None) -> list[Config]:
         """Up to ``n`` distinct configurations not in ``exclude``."""
-        seen = set(exclude or ())
-        out: list[Config] = []
-        tries = 0
-        max_tries = max_tries or 20 * n + 100
-        while len(out) < n and tries < max_tries:
-            tries += 1
-            c = self.sample(rng)
-            if c not in seen:
-                seen.add(c)
-                out.append(c)
-        return out
+        return sample_distinct(self.sample, n, rng, exclude, max_tries)
 
     def neighbours(self, config: Config) -> list[Config]:
         """All configurations that differ from ``config`` in exactly one knob, by one small step.

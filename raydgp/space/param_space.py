@@ -14,6 +14,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from raydgp.errors import SearchSpaceError
+from raydgp.space.design_space import sample_distinct
 
 
 @dataclass(frozen=True)
@@ -117,16 +118,7 @@ class ParamSpace:
 
     def sample_many(self, n: int, rng: np.random.Generator, exclude: set | None = None,
                     max_tries: int | None = None) -> list[tuple]:
-        seen = set(exclude or ())
-        out = []
-        tries, limit = 0, max_tries or 20 * n + 100
-        while len(out) < n and tries < limit:
-            tries += 1
-            c = self.sample(rng)
-            if c not in seen:
-                seen.add(c)
-                out.append(c)
-        return out
+        return sample_distinct(self.sample, n, rng, exclude, max_tries)
 
     def neighbours(self, config: tuple, rng: np.random.Generator | None = None) -> list[tuple]:
         rng = rng or np.random.default_rng(abs(hash(config)) % (2**32))

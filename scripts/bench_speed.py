@@ -1,0 +1,80 @@
+#!/usr/bin/env python
+"""Speed of the DGP search core on this machine: pre-training on N history records, MAP fine-tuning on 50 target
+records, and ``suggest()`` with a candidate pool of P configurations (median of repeated calls).
+
+The history is the shipped dataset, repeated (with a small jitter on the targets) up to ``--history-size`` rows when
+it holds fewer: the timing depends on the row count, not on the values.
+
+    python scripts/bench_speed.py --history-size 10000 --pool 5000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+
+import numpy as np
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--dataset", default="data/dataset")
+    ap.add_argument("--history-size", type=int, default=10000)
+    ap.add_argument("--pool", type=int, default=5000)
+    ap.add_argument("--target", default="conv2d:1,64,56,56,64,3,1,1")
+    ap.add_argument("--calls", type=int, default=7)
+    args = ap.parse_args(argv)
+
+    import torch
+
+    from raydgp.records import RecordStore
+    from raydgp.search import DGPSearch, History, SearchSettings, history_from_records
+    from raydgp.space.design_space import DesignSpace
+
+    store = RecordStore(args.dataset)
+    recs = store.records()
+    spaces = {k: DesignSpace.from_json(e["space"]) for k, e in store.workload_entries().items() if e.get("space")}
+    tkey = next(r.workload.key for r in recs if r.tag == f"dataset:{args.target}")
+    space = spaces[tkey]
+    hist = history_from_records(recs, spaces, exclude_workload=tkey)
+    reps = int(np.ceil(args.history_size / len(hist)))
+    rng = np.random.default_rng(0)
+    X = np.tile(hist.X, (reps, 1))[: args.history_size]
+    y = np.tile(hist.y, reps)[: args.history_size] + rng.normal(0, 0.01, size=min(args.history_size, reps * len(hist)))
+    history = History(X, y)
+    target = [r for r in recs if r.workload.key == tkey and r.result.ok][:50]
+
+    s = SearchSettings(pool_size=args.pool, seed=0)
+    search = DGPSearch(space, s, history=history, cache_dir=None)
+    t0 = time.perf_counter()
+    search.pretrained()
+    pretrain_s = time.perf_counter() - t0
+    for r in target:
+        search.observe(r.config, r.result.median_ms, "ok")
+    t0 = time.perf_counter()
+    search.fit()
+    finetune_s = time.perf_counter() - t0
+    times = []
+    for i in range(args.calls):
+        search.observe(target[i % len(target)].config, target[i % len(target)].result.median_ms * 1.001, "ok")
+        t0 = time.perf_counter()
+        search.suggest()
+        times.append(time.perf_counter() - t0)
+    # suggest() with no new result since the last fit: the cost of scoring alone
+    score_only = []
+    for _ in range(args.calls):
+        t0 = time.perf_counter()
+        search.suggest()
+        score_only.append(time.perf_counter() - t0)
+    out = {"history_rows": len(history), "pool": args.pool, "pretrain_s": pretrain_s, "finetune_50_s": finetune_s,
+           "suggest_with_refit_median_s": statistics.median(times),
+           "suggest_scoring_only_median_s": statistics.median(score_only), "torch_threads": s.torch_threads}
+    print(json.dumps(out, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
