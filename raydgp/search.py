@@ -235,11 +235,8 @@ class DGPSearch:
             else:
                 steps = s.refit_steps
             center = {k: v.detach().clone() for k, v in base.named_parameters()}
-            from raydgp.dgp.train import _params
-
-            center = {k: v for k, v in center.items() if k in _params(self._model, s.finetune_scope)}
-            train_elbo(self._model, Xt, yt, steps, s.dgp.lr, seed=s.seed + len(y), scope=s.finetune_scope,
-                       prior_strength=s.prior_strength, prior_center=center)
+            map_finetune(self._model, Xt, yt, prior_strength=s.prior_strength, steps=steps,
+                         scope=s.finetune_scope, seed=s.seed + len(y), prior_center=center)
         else:
             if self._model is None or len(y) < 2 * s.n_init:
                 # Cold start: re-place the inducing points on the (growing) target data.

@@ -32,7 +32,7 @@ def wrong_result_module():
 
 def build_error_module():
     """Binds a loop to ``threadIdx.x``: TVM cannot compile that for a CPU."""
-    tvm = import_tvm()
+    import_tvm()
     from tvm import s_tir
 
     mod = copy_task_module()

@@ -11,7 +11,6 @@ torch.set_num_threads(1)
 from raydgp.records import RecordStore
 from raydgp.search import DGPSearch, SearchSettings, history_from_records
 from raydgp.space.design_space import DesignSpace
-from raydgp.dgp.train import pretrain
 store=RecordStore("data/dataset"); recs=store.records()
 spaces={k: DesignSpace.from_json(e["space"]) for k,e in store.workload_entries().items()}
 spec=sys.argv[1] if len(sys.argv)>1 else "conv2d:1,64,56,56,64,3,1,1"  # target layer

@@ -28,7 +28,6 @@ def main(argv=None) -> int:
     ap.add_argument("--calls", type=int, default=7)
     args = ap.parse_args(argv)
 
-    import torch
 
     from raydgp.records import RecordStore
     from raydgp.search import DGPSearch, History, SearchSettings, history_from_records

@@ -11,7 +11,6 @@ import pytest
 from raydgp import testing
 from raydgp.measure.measurer import Measurer
 from raydgp.measure.protocol import MeasureSettings, TaskPayload
-from raydgp.records import Config
 
 
 def _payload(mod, target, key):

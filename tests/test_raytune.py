@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 import math
 
-import numpy as np
 import pytest
 
 from raydgp.records import Config, RecordStore, Workload

@@ -141,9 +141,13 @@ def pretrain(X: torch.Tensor, y: torch.Tensor, settings: DGPSettings = DGPSettin
 
 
 def map_finetune(model: DeepGPSurrogate, X: torch.Tensor, y: torch.Tensor, prior_strength: float = 1.0,
-                 steps: int | None = None, lr: float | None = None, scope: str = "head", seed: int = 0
-                 ) -> list[float]:
-    """Stage 2: MAP transfer of a (pre-trained) DGP to the target data, in place. See the module docstring."""
+                 steps: int | None = None, lr: float | None = None, scope: str = "head", seed: int = 0,
+                 prior_center: dict[str, torch.Tensor] | None = None) -> list[float]:
+    """Stage 2: MAP transfer of a (pre-trained) DGP to the target data, in place. See the module docstring.
+
+    ``prior_center`` defaults to the model's current parameters; a warm-started refit passes the pre-trained ones so
+    the prior stays anchored where stage 1 left it.
+    """
     s = model.settings
     return train_elbo(model, X, y, steps or s.finetune_steps, lr or s.lr, seed=seed, scope=scope,
-                      prior_strength=prior_strength)
+                      prior_strength=prior_strength, prior_center=prior_center)

@@ -70,7 +70,7 @@ class Measurer:
         self._buf = b""
         self._wait_event({"ready"}, 300.0)
 
-    def _kill(self) -> None:
+    def _kill(self, count_restart: bool = True) -> None:
         if self._proc is None:
             return
         try:
@@ -87,7 +87,7 @@ class Measurer:
             except OSError:
                 pass
         self._proc = None
-        self.restarts += 1
+        self.restarts += int(count_restart)
         if self._stderr_path and os.path.exists(self._stderr_path):
             os.unlink(self._stderr_path)
         self._stderr_path = None
@@ -101,8 +101,7 @@ class Measurer:
                 self._proc.wait(timeout=5)
             except (OSError, subprocess.TimeoutExpired):
                 pass
-        self._kill()
-        self.restarts -= 1
+        self._kill(count_restart=False)
 
     def __enter__(self):
         return self

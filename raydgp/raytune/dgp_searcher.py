@@ -10,7 +10,6 @@ import json
 import math
 from typing import Any, Sequence
 
-import numpy as np
 from ray.tune.search import Searcher
 
 from raydgp.raytune.json_state import JsonStateMixin
@@ -236,11 +235,9 @@ class DGPSearcher(JsonStateMixin, Searcher):
         # Ray pickles the searcher into its experiment state: drop the fitted models, keep the data.
         d = self.__dict__.copy()
         if d.get("_core") is not None:
-            core = d["_core"]
             d["_core_state"] = self.get_state()
             d["_core"] = None
             d["_space_obj"] = self._space
-            del core
         return d
 
     def __setstate__(self, d):

@@ -27,7 +27,7 @@ SEARCHERS = ("dgp", "random")
 def load_history(paths, target_space, log=print):
     """Stage-1 source data from record stores: every other workload's records, encoded with its own space."""
     from raydgp.records import RecordStore
-    from raydgp.search import History, history_from_records
+    from raydgp.search import history_from_records
     from raydgp.space.design_space import DesignSpace
 
     records, spaces = [], {}

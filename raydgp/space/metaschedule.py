@@ -23,7 +23,7 @@ _LOCATION_PROBE = range(-2, 48)
 
 def make_target(target: Mapping):
     """``tvm.target.Target`` from raydgp's target dict."""
-    tvm = import_tvm()
+    import_tvm()
     from tvm.target import Target
 
     return Target(dict(target))

@@ -78,7 +78,7 @@ def import_from_metaschedule(work_dir: str | os.PathLike, store: RecordStore, ta
     Returns:
         The number of records imported.
     """
-    tvm = import_tvm()
+    import_tvm()
     from tvm.s_tir import meta_schedule as ms
 
     wd = Path(work_dir)

@@ -166,7 +166,7 @@ def op_kind(block_name: str, n_reduce: int) -> str:
 
 def workload_of(mod, target: Mapping, name: str = "main") -> Workload:
     """Describe a task module without TVM: key, op kind and the features of :data:`FEATURE_NAMES`."""
-    tvm = import_tvm()
+    import_tvm()
     import tvm_ffi
 
     anchor, spatial, reduce, bits, n_blocks, flops = _anchor_block_info(mod)
