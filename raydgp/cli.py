@@ -35,12 +35,65 @@ def _layer_parser(sub) -> None:
     p.add_argument("--run-timeout", type=float, default=30.0, help="seconds (default 30)")
 
 
+def _tune_parser(sub) -> None:
+    p = sub.add_parser("tune", help="tune a whole network and build a verified, faster library",
+                       description="Tune every layer of a network (one Ray Tune experiment per layer, one shared "
+                                   "budget), then build, verify and time the tuned library.")
+    p.add_argument("--model", default="resnet18",
+                   help="resnet18 | mobilenet_v1 | vgg16 | alexnet | tiny_cnn, a path to an .onnx file, or "
+                        "package.module:factory (with --input-shape). Default resnet18")
+    p.add_argument("--input-shape", default=None, help="e.g. 1,3,224,224 (PyTorch factories, dynamic ONNX inputs)")
+    p.add_argument("--trials", type=int, default=300, help="trials for the whole model (default 300)")
+    p.add_argument("--time-budget", type=float, default=None,
+                   help="seconds; no new layer chunk starts after it (default: none)")
+    p.add_argument("--out", default="runs/model", help="output directory; re-running resumes from its records")
+    p.add_argument("--searcher", default="dgp", choices=["dgp", "random"], help="default dgp")
+    p.add_argument("--history", action="append", default=None,
+                   help="extra record store to pre-train on (repeatable); the shipped dataset and the user store "
+                        "(~/.raydgp/records) are used unless --no-default-history")
+    p.add_argument("--no-default-history", action="store_true",
+                   help="start from this model's own records only (no shipped dataset, no user store)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--target", default="llvm", choices=["llvm", "cuda"])
+    p.add_argument("--threads", type=int, default=None,
+                   help="threads of a timing and of the final model (default: all cores)")
+    p.add_argument("--cpus-per-trial", type=float, default=1.0,
+                   help="Ray CPUs a trial requests (default 1: builds overlap; timings are exclusive per node)")
+    p.add_argument("--max-concurrent-layers", type=int, default=None,
+                   help="layer experiments at once (default: cluster CPUs / cpus-per-trial, or GPUs)")
+    p.add_argument("--chunk", type=int, default=16, help="trials per scheduler chunk (default 16)")
+    p.add_argument("--warmup", type=int, default=8, help="every layer's first trials (default 8)")
+    p.add_argument("--storage", default=None, help="Ray Tune storage_path (path or bucket URI; default OUT/ray)")
+    p.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or a local Ray)")
+    p.add_argument("--build-timeout", type=float, default=60.0, help="seconds (default 60)")
+    p.add_argument("--run-timeout", type=float, default=30.0, help="seconds (default 30)")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="raydgp", description="DNN deployment tuner: TVM + deep GP + Ray Tune")
     sub = parser.add_subparsers(dest="command", required=True)
+    _tune_parser(sub)
     _layer_parser(sub)
     args = parser.parse_args(argv)
     try:
+        if args.command == "tune":
+            import os
+
+            from raydgp.measure.protocol import MeasureSettings
+            from raydgp.network.importer import parse_shape
+            from raydgp.network.job import tune_model
+
+            threads = args.threads or os.cpu_count() or 1
+            settings = MeasureSettings(build_timeout_s=args.build_timeout, run_timeout_s=args.run_timeout,
+                                       num_threads=threads, device="cuda" if args.target == "cuda" else "cpu")
+            summary = tune_model(args.model, trials=args.trials, out=args.out, searcher=args.searcher,
+                                 time_budget_s=args.time_budget, seed=args.seed, target_kind=args.target,
+                                 input_shape=parse_shape(args.input_shape), history=args.history,
+                                 default_history=not args.no_default_history, cpus_per_trial=args.cpus_per_trial,
+                                 threads=threads, address=args.address,
+                                 max_concurrent_layers=args.max_concurrent_layers, settings=settings,
+                                 chunk=args.chunk, warmup=args.warmup, storage=args.storage)
+            return 0 if summary.get("verified") else 3
         if args.command == "layer":
             from raydgp.measure.protocol import MeasureSettings
             from raydgp.raytune.layer_job import tune_one_layer

@@ -39,3 +39,11 @@ class InvalidConfigurationError(RayDGPError):
 
 class SearchSpaceError(RayDGPError, ValueError):
     """A Ray Tune param space contains something the searcher cannot handle."""
+
+
+class ModelError(RayDGPError):
+    """A model cannot be loaded or imported: unknown name, bad file, unsupported operator."""
+
+
+class VerificationError(RayDGPError):
+    """A built model's outputs differ from the reference beyond the stated tolerance."""

@@ -1,11 +1,12 @@
 #!/usr/bin/env python
-"""raydgp's entry point (also what ``ray submit cluster.yaml scripts/tune.py`` runs).
+"""raydgp's entry point (also what ``ray submit cluster.yaml scripts/tune.py`` runs): ``raydgp tune``.
 
-For now it tunes one built-in layer, the ResNet-18 3x3 conv (64 channels, 56x56), on an embedded local Ray, or on the
-cluster named by ``--address`` / ``RAY_ADDRESS``. Every ``raydgp layer`` option works here, e.g.::
+Tunes a whole network on an embedded local Ray, or on the cluster named by ``--address`` / ``RAY_ADDRESS``, then builds,
+verifies and times the tuned library. Every ``raydgp tune`` option works here, e.g.::
 
-    python scripts/tune.py --trials 32 --out runs/conv
-    python scripts/tune.py --workload conv2d:1,128,28,28,128,3,1,1 --trials 64
+    python scripts/tune.py --model resnet18 --trials 300 --out runs/r18
+    python scripts/tune.py --model model.onnx --trials 200 --out runs/onnx
+    python scripts/tune.py layer --workload conv2d:1,64,56,56,64,3,1,1 --trials 32   # one layer
 """
 
 import sys
@@ -13,4 +14,5 @@ import sys
 from raydgp.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main(["layer", *sys.argv[1:]]))
+    args = sys.argv[1:]
+    sys.exit(main(args if args[:1] in (["tune"], ["layer"]) else ["tune", *args]))

@@ -73,6 +73,19 @@ def experiment_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)[:100]
 
 
+def _unique_trainable(name: str):
+    """``measure_trainable`` under a name of its own: Ray Tune keys registered trainables and ``with_parameters``
+    objects by the function's name and ``str()`` in a cluster-wide store, so two experiments running at once (one per
+    layer) would otherwise read each other's task and space."""
+    import uuid
+
+    def trainable(config, task, space, settings):
+        measure_trainable(config, task, space, settings)
+
+    trainable.__name__ = trainable.__qualname__ = f"raydgp_{experiment_name(name)[:60]}_{uuid.uuid4().hex[:12]}"
+    return trainable
+
+
 def tune_layer(task_payload: dict, space: DesignSpace, searcher, *, trials: int, store: RecordStore,
                settings: MeasureSettings, storage_path: str | os.PathLike, name: str,
                cpus_per_trial: int = 1, gpus_per_trial: int = 0, max_concurrent: int | None = None,
@@ -111,7 +124,7 @@ def tune_layer(task_payload: dict, space: DesignSpace, searcher, *, trials: int,
     if gpus_per_trial:
         resources["gpu"] = gpus_per_trial
     trainable = tune.with_resources(
-        tune.with_parameters(measure_trainable, task=task_payload, space=space.to_json(),
+        tune.with_parameters(_unique_trainable(name), task=task_payload, space=space.to_json(),
                              settings=settings.to_json()), resources)
     tuner = tune.Tuner(
         trainable,

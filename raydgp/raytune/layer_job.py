@@ -24,10 +24,18 @@ from raydgp.records import RecordStore
 SEARCHERS = ("dgp", "random")
 
 
-def load_history(paths, target_space, log=print):
-    """Stage-1 source data from record stores: every other workload's records, encoded with its own space."""
+def load_history(paths, target_space, log=print, exclude_target: bool = True, max_points: int | None = None,
+                 seed: int = 0):
+    """Stage-1 source data from record stores, each workload encoded with its own space.
+
+    Args:
+        paths: record-store directories (missing ones are an error; an empty list gives None).
+        target_space: the space being tuned: only workloads with encodings of its width are used.
+        exclude_target: leave the target workload's own records out (True for a layer run: those enter as target data).
+        max_points: subsample to at most this many points (seeded), bounding stage-1 cost.
+    """
     from raydgp.records import RecordStore
-    from raydgp.search import history_from_records
+    from raydgp.search import History, history_from_records
     from raydgp.space.design_space import DesignSpace
 
     records, spaces = [], {}
@@ -43,8 +51,15 @@ def load_history(paths, target_space, log=print):
                     spaces[key] = sp
     if not records:
         return None
-    hist = history_from_records(records, spaces, exclude_workload=target_space.workload.key)
-    log(f"history: {len(hist)} measurements of {len(spaces) - (target_space.workload.key in spaces)} other workloads")
+    exclude = target_space.workload.key if exclude_target else None
+    hist = history_from_records(records, spaces, exclude_workload=exclude)
+    if max_points is not None and len(hist) > max_points:
+        import numpy as np
+
+        idx = np.sort(np.random.default_rng(seed).choice(len(hist), max_points, replace=False))
+        hist = History(hist.X[idx], hist.y[idx])
+    n_work = len(spaces) - (exclude in spaces)
+    log(f"history: {len(hist)} measurements of {n_work} workloads")
     return hist if len(hist) else None
 
 

@@ -59,6 +59,14 @@ class RandomSearcher(JsonStateMixin, Searcher):
             except (KeyError, TypeError, ValueError):
                 pass
 
+    def add_evaluated_point(self, parameters: dict, value: float, error: bool = False, pruned: bool = False,
+                            intermediate_values: list | None = None) -> None:
+        """A configuration measured elsewhere (e.g. in an earlier run): never proposed again."""
+        try:
+            self._seen.add(Config.from_json(parameters))
+        except (KeyError, TypeError, ValueError):
+            pass
+
     # JSON, never pickle: a checkpoint file may come from anywhere.
     def get_state(self) -> dict[str, Any]:
         return {"seed": self.seed, "rng": self._rng.bit_generator.state,

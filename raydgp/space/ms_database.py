@@ -20,8 +20,10 @@ from raydgp.space.workloads import make_task
 from raydgp.tvm_loader import import_tvm
 
 
-def export_to_metaschedule(store: RecordStore, work_dir: str | os.PathLike, top_k: int = 8) -> int:
-    """Write the ``top_k`` fastest ``ok`` records of every workload to a MetaSchedule JSONDatabase.
+def export_to_metaschedule(store: RecordStore, work_dir: str | os.PathLike, top_k: int = 8,
+                           keys: set | None = None) -> int:
+    """Write the ``top_k`` fastest ``ok`` records of every workload (or of those in ``keys``) to a MetaSchedule
+    JSONDatabase.
 
     Returns:
         The number of tuning records written.
@@ -35,7 +37,7 @@ def export_to_metaschedule(store: RecordStore, work_dir: str | os.PathLike, top_
     entries = store.workload_entries()
     by_key: dict[str, list[Record]] = defaultdict(list)
     for r in store.records():
-        if r.result.ok:
+        if r.result.ok and (keys is None or r.workload.key in keys):
             by_key[r.workload.key].append(r)
     n = 0
     for key, recs in by_key.items():

@@ -1,0 +1,62 @@
+"""Time the framework reference in a fresh process, as the tuned library is timed: ``python -m
+raydgp.network.run_reference MODEL SHAPE SEED THREADS REPEAT MIN_REPEAT_MS`` prints ``{"latencies_ms": [...],
+"framework": ...}``. PyTorch eager for built-in models and factories, ONNX Runtime for ``.onnx`` files."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+
+def _timed(fn, repeat: int, min_repeat_ms: float) -> list[float]:
+    fn()
+    per = []
+    for _ in range(repeat):
+        n, t0 = 0, time.perf_counter()
+        while True:
+            fn()
+            n += 1
+            el = time.perf_counter() - t0
+            if el * 1e3 >= min_repeat_ms:
+                break
+        per.append(el * 1e3 / n)
+    return per
+
+
+def main(argv: list[str]) -> int:
+    model, shape, seed, threads, repeat, min_ms = argv
+    threads, repeat, min_ms = int(threads), int(repeat), float(min_ms)
+    from raydgp.network.importer import parse_shape
+
+    shape_t = parse_shape(shape) if shape != "-" else None
+    if model.lower().endswith(".onnx"):
+        import numpy as np
+        import onnxruntime as ort
+
+        from raydgp.network.importer import load_model
+
+        m = load_model(model, shape_t, int(seed))
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+        sess = ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
+        feed = {k: np.ascontiguousarray(v) for k, v in m.inputs.items()}
+        lat = _timed(lambda: sess.run(None, feed), repeat, min_ms)
+        fw = "onnxruntime"
+    else:
+        import torch
+
+        torch.set_num_threads(threads)
+        from raydgp.network.importer import load_torch_module
+
+        module, x = load_torch_module(model, shape_t, int(seed))
+        with torch.no_grad():
+            lat = _timed(lambda: module(x), repeat, min_ms)
+        fw = "pytorch"
+    print(json.dumps({"latencies_ms": lat, "framework": fw}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,97 @@
+"""Layers out: the passes that make a Relax model's layers extractable, and MetaSchedule's task extraction.
+
+:func:`prepare` is what both extraction and the final build start from (``compile_relax`` re-runs the same fusion, so
+the fused PrimFuncs, and with them the tuning records' workloads, match): batch norm folded into the preceding
+convolution's weights where the pattern allows (no per-channel epilogue left), decomposed elsewhere, constants folded.
+:func:`extract_layers` fuses exactly as ``compile_relax`` does (library dispatch, ``LegalizeOps``,
+``AnnotateTIROpPattern``, ``FoldConstant``, ``FuseOps``, ``FuseTIR``: activations and residual adds end up in the conv
+epilogue) and asks MetaSchedule for the tasks, de-duplicated structurally, with how often each occurs (its weight).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping
+
+from raydgp.space.workloads import Task, make_task
+from raydgp.tvm_loader import import_tvm
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One distinct task of a network.
+
+    Attributes:
+        name: MetaSchedule's task name (e.g. ``fused_conv2d_add_relu``), unique within the model.
+        task: the tunable task (one PrimFunc ``main``) and its workload.
+        weight: how many times the network calls it.
+    """
+
+    name: str
+    task: Task
+    weight: int
+
+    @property
+    def flops(self) -> float:
+        import math
+
+        return float(2 ** self.task.workload.features.get("log2_flops", 0.0)) if self.task.workload.features else \
+            math.nan
+
+
+def prepare(mod, target: Mapping):
+    """Inference-time simplification before fusion: batch norm folded into conv weights, the rest decomposed."""
+    tvm = import_tvm()
+    from tvm import relax
+
+    from raydgp.space.metaschedule import make_target
+
+    with make_target(target):
+        seq = tvm.transform.Sequential([
+            relax.transform.FoldBatchnormToConv2D(),
+            relax.transform.FoldConstant(),
+            relax.transform.DecomposeOpsForInference(),
+            relax.transform.CanonicalizeBindings(),
+            relax.transform.FoldConstant(),
+        ])
+        return seq(mod)
+
+
+def fuse(mod, target: Mapping):
+    """The fusion ``compile_relax`` applies before looking schedules up (same passes, same order)."""
+    tvm = import_tvm()
+    from tvm import relax
+    from tvm.relax import pipeline
+
+    from raydgp.space.metaschedule import make_target
+
+    t = make_target(target)
+    try:
+        dispatch = pipeline.library_dispatch_passes(t)
+    except (ValueError, AttributeError):
+        dispatch = []
+    with t, tvm.transform.PassContext(opt_level=3):
+        return tvm.transform.Sequential([*dispatch, relax.transform.LegalizeOps(),
+                                         relax.transform.AnnotateTIROpPattern(), relax.transform.FoldConstant(),
+                                         relax.transform.FuseOps(), relax.transform.FuseTIR()])(mod)
+
+
+def extract_layers(prepared_mod, target: Mapping) -> list[Layer]:
+    """The distinct tasks of a prepared Relax module, largest FLOPs first."""
+    import_tvm()
+    from tvm.s_tir import meta_schedule as ms
+
+    from raydgp.space.metaschedule import make_target
+
+    fused = fuse(prepared_mod, target)
+    extracted = ms.relax_integration.extract_tasks(fused, make_target(target))
+    layers, names = [], set()
+    for t in extracted:
+        mod = t.dispatched[0]
+        name = str(t.task_name)
+        while name in names:
+            name += "_"
+        names.add(name)
+        layers.append(Layer(name=name, task=make_task(mod, target, name=name), weight=int(t.weight)))
+    layers.sort(key=lambda l: -l.flops * l.weight)
+    return layers
