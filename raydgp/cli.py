@@ -75,6 +75,11 @@ def main(argv: list[str] | None = None) -> int:
     _tune_parser(sub)
     _layer_parser(sub)
     args = parser.parse_args(argv)
+    import warnings
+
+    # Library deprecation chatter (torch.export, TVM) is not for the user's console: errors stay one line.
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
     try:
         if args.command == "tune":
             import os

@@ -65,6 +65,8 @@ class SearchSettings:
         cold_steps: Adam steps of a from-scratch fit without history.
         dgp: the deep GP's own settings.
         seed: seed of everything random in the search.
+        pretrain_seed: seed of stage 1 (None: ``seed``). Searchers that share a history and this seed share one cached
+            pre-trained model (e.g. every layer chunk of a whole-model run).
         torch_threads: torch threads while fitting and scoring (small GP algebra is fastest on one thread, and on a
             tuning node the other cores are building and timing kernels).
     """
@@ -80,6 +82,7 @@ class SearchSettings:
     dgp: DGPSettings = field(default_factory=DGPSettings)
     seed: int = 0
     torch_threads: int = 1
+    pretrain_seed: int | None = None
 
     def __post_init__(self):
         if self.init not in INIT_MODES:
@@ -206,8 +209,10 @@ class DGPSearch:
             sc = self._scaler_for()
             X = sc.transform(self.history.X)
             y = torch.as_tensor(self.history.y, dtype=torch.float32)
-            self._pretrained = pretrain(X, y, self.settings.dgp, seed=self.settings.seed,
-                                        cache_dir=self.cache_dir).model
+            with _torch_threads(self.settings.torch_threads):
+                ps = self.settings.seed if self.settings.pretrain_seed is None else self.settings.pretrain_seed
+                self._pretrained = pretrain(X, y, self.settings.dgp, seed=ps,
+                                            cache_dir=self.cache_dir).model
             self.timings["fit"].append(time.perf_counter() - t0)
         return self._pretrained
 

@@ -34,7 +34,7 @@ def test_zero_trials_is_refused(tmp_path):
 @pytest.mark.slow
 def test_layer_command_end_to_end(tmp_path):
     out = tmp_path / "run"
-    p = subprocess.run([sys.executable, "scripts/tune.py", "--workload", "conv2d:1,16,14,14,16,3,1,1",
+    p = subprocess.run([sys.executable, "scripts/tune.py", "layer", "--workload", "conv2d:1,16,14,14,16,3,1,1",
                         "--trials", "4", "--out", str(out)], capture_output=True, text=True, timeout=900, cwd=ROOT)
     assert p.returncode == 0, p.stderr[-3000:]
     s = json.loads((out / "summary.json").read_text())

@@ -6,7 +6,7 @@ Output directory layout (``out``)::
     untuned.json        each layer's untuned latency (measured once)
     ms_database/        MetaSchedule JSONDatabase with the best record of every layer
     <model>.so          the tuned library (tvm.runtime.load_module + relax.VirtualMachine)
-    ray/                Ray Tune experiment state, one experiment per layer chunk (``<layer>.t<trials-before>``)
+    ray/                Ray Tune experiment state, one experiment per layer chunk (``<layer>.t<trials-before>.<run>``)
     tuning_curves.png   best latency vs trials, per layer
     summary.json        see :func:`tune_model`
 
@@ -65,6 +65,7 @@ class ChunkSpec:
     gpus_per_trial: int
     prior: list  # [(config json, latency ms or None)] measured earlier for this layer
     cache_dir: str | None
+    pretrain_seed: int = 0
 
 
 def run_chunk(spec: ChunkSpec, history=None, callbacks=None) -> list[float]:
@@ -74,7 +75,8 @@ def run_chunk(spec: ChunkSpec, history=None, callbacks=None) -> list[float]:
     from raydgp.space.design_space import DesignSpace
 
     space = DesignSpace.from_json(spec.space_json)
-    searcher = make_searcher(spec.searcher, space, spec.seed, history)
+    searcher = make_searcher(spec.searcher, space, spec.seed, history, pretrain_seed=spec.pretrain_seed,
+                             cache_dir=spec.cache_dir)
     for cfg, value in spec.prior:
         searcher.add_evaluated_point(cfg, value if value is not None else math.nan, error=value is None)
     res = tune_layer(spec.payload, space, searcher, trials=spec.trials, store=RecordStore(spec.store_path),
@@ -198,7 +200,8 @@ def tune_model(model: str, *, trials: int = 300, out: str | os.PathLike, searche
         target_kind: ``llvm`` (this CPU) or ``cuda`` (one GPU per trial).
         input_shape: input shape, for PyTorch factories and dynamic ONNX inputs.
         history: record stores that pre-train the DGP (stage 1) in addition to the defaults.
-        default_history: also use the shipped dataset and the user store (:func:`user_store`).
+        default_history: also pre-train on the shipped dataset and the user store (:func:`user_store`). Every run
+            appends its records to the user store either way.
         cpus_per_trial: Ray CPUs one trial requests (default 1: builds overlap, timings take the node's lock).
         threads: threads a timing and the final model use (default: all cores of this machine).
         address: Ray cluster address (None: ``RAY_ADDRESS`` or an embedded local Ray).
@@ -285,7 +288,8 @@ def tune_model(model: str, *, trials: int = 300, out: str | os.PathLike, searche
         cache_dir = str(default_cache_dir())
         if hist is not None:
             t0 = time.monotonic()
-            DGPSearch(first, SearchSettings(seed=seed), history=hist, cache_dir=cache_dir).pretrained()
+            DGPSearch(first, SearchSettings(seed=seed, pretrain_seed=seed), history=hist,
+                      cache_dir=cache_dir).pretrained()
             log(f"stage 1: deep GP pre-trained on {len(hist)} measurements in {time.monotonic() - t0:.1f} s")
         else:
             log("stage 1: no history; the DGP starts cold")
@@ -308,6 +312,7 @@ def tune_model(model: str, *, trials: int = 300, out: str | os.PathLike, searche
     inflight: dict[Any, tuple[str, int]] = {}
     progress = _Progress(trials, len(layers))
     n_chunks = 0
+    run_id = time.strftime("%Y%m%d-%H%M%S")  # a resumed run never reuses an experiment directory
     stopped_by_time = False
     while True:
         out_of_time = time_budget_s is not None and time.monotonic() - t_start > time_budget_s
@@ -320,14 +325,14 @@ def tune_model(model: str, *, trials: int = 300, out: str | os.PathLike, searche
             l, st = by_name[name], sched.layers[name]
             recs = [r for r in store.records() if r.workload.key == l.task.workload.key]
             spec = ChunkSpec(
-                name=name, experiment=experiment_name(f"{name}.t{st.trials}"),
+                name=name, experiment=experiment_name(f"{name}.t{st.trials}.{run_id}"),
                 payload={"key": l.task.workload.key, "mod_json": l.task.mod_json, "target": target},
                 space_json=space_json[name], searcher=searcher, seed=seed * 100003 + n_chunks, trials=n,
                 store_path=str(out / "records"), storage_path=storage_path, settings_json=settings.to_json(),
                 cpus_per_trial=cpt, gpus_per_trial=1 if gpu else 0,
                 prior=[(r.config.to_json(), r.result.median_ms if r.result.ok else None) for r in recs
                        if r.config.sketch >= 0],
-                cache_dir=cache_dir)
+                cache_dir=cache_dir, pretrain_seed=seed)
             inflight[remote.remote(spec, hist_ref, callbacks)] = (name, n)
             n_chunks += 1
         if not inflight:
@@ -338,7 +343,9 @@ def tune_model(model: str, *, trials: int = 300, out: str | os.PathLike, searche
             try:
                 lats = ray.get(ref)
             except Exception as e:  # noqa: BLE001 - one layer's failure must not end the model's tuning
-                log(f"layer {name}: its experiment failed ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
+                cause = getattr(e, "cause", None) or e
+                msg = (str(cause).strip().splitlines() or [""])[-1][:300]
+                log(f"layer {name}: its experiment failed ({type(cause).__name__}: {msg}); "
                     "its finished measurements are in the records")
                 lats = [r.result.median_ms if r.result.ok else math.nan for r in store.records()
                         if r.workload.key == by_name[name].task.workload.key][len(sched.layers[name].curve):]
@@ -352,8 +359,7 @@ def tune_model(model: str, *, trials: int = 300, out: str | os.PathLike, searche
     tune_wall = time.monotonic() - t_start
 
     # -- user-level store: the next model starts from what this one taught --------------------------------------------
-    if default_history:
-        _append_to_user_store(store, set(key_to_layer))
+    _append_to_user_store(store, set(key_to_layer))
 
     # -- model out: tuned library, verified and timed -----------------------------------------------------------------
     summary = _build_and_report(m, prepared, target, layers, states, untuned, store, out, threads, gpu, trials,

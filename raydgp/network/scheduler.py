@@ -28,6 +28,7 @@ class LayerState:
         trials: trials measured so far.
         curve: best latency (ms) after each trial so far (inf while none succeeded).
         running: trials handed out and not yet returned.
+        stalls: chunks that came back without a single trial (a failing experiment); two and the layer is dropped.
     """
 
     name: str
@@ -37,6 +38,7 @@ class LayerState:
     trials: int = 0
     curve: list = field(default_factory=list)
     running: int = 0
+    stalls: int = 0
 
     @property
     def best_ms(self) -> float:
@@ -96,6 +98,8 @@ class TaskScheduler:
         return sum(l.weight * l.estimate_ms() for l in self.layers.values())
 
     def _cap(self, l: LayerState) -> int:
+        if l.stalls >= 2:
+            return 0
         return max(0, int(min(l.space_size, 1e9)) - l.trials - l.running)
 
     def _warm(self, l: LayerState) -> bool:
@@ -151,6 +155,8 @@ class TaskScheduler:
         """A chunk came back: ``latencies_ms`` per finished trial (NaN = failed); fewer than handed out is fine."""
         l = self.layers[name]
         l.running = max(0, l.running - handed_out)
+        latencies_ms = list(latencies_ms)
+        l.stalls = 0 if latencies_ms else l.stalls + 1
         l.add(latencies_ms)
 
     def done(self) -> bool:

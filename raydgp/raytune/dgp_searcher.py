@@ -164,11 +164,25 @@ class DGPSearcher(JsonStateMixin, Searcher):
             params = self._points.pop(0)
             self._live[trial_id] = self._to_config(params)
             return params
-        cfg = self._core.suggest(pending=list(self._live.values()))
+        try:
+            cfg = self._core.suggest(pending=list(self._live.values()))
+        except Exception as e:  # noqa: BLE001 - a model failure must not end the search: fall back to random
+            cfg = self._random_fallback(e)
         if cfg is None:
             return Searcher.FINISHED
         self._live[trial_id] = cfg
         return self._to_params(cfg)
+
+    def _random_fallback(self, err: BaseException):
+        if not getattr(self, "_warned", False):
+            import warnings
+
+            warnings.warn(f"DGPSearcher: the model failed ({type(err).__name__}: {err}); proposing at random",
+                          RuntimeWarning, stacklevel=2)
+            self._warned = True
+        exclude = self._core.seen | set(self._live.values())
+        got = self._space.sample_many(1, self._core.rng, exclude=exclude)
+        return got[0] if got else None
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         cfg = self._live.pop(trial_id, None)

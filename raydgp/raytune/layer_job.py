@@ -63,7 +63,8 @@ def load_history(paths, target_space, log=print, exclude_target: bool = True, ma
     return hist if len(hist) else None
 
 
-def make_searcher(name: str, space, seed: int, history=None):
+def make_searcher(name: str, space, seed: int, history=None, pretrain_seed: int | None = None,
+                  cache_dir: str | None = None):
     """A Ray Tune searcher over ``space`` by name."""
     if name == "random":
         from raydgp.raytune.random_searcher import RandomSearcher
@@ -75,7 +76,8 @@ def make_searcher(name: str, space, seed: int, history=None):
         from raydgp.search import SearchSettings
 
         return DGPSearcher(space, metric="latency_ms", mode="min", seed=seed, history=history,
-                           settings=SearchSettings(seed=seed), cache_dir=str(default_cache_dir()))
+                           settings=SearchSettings(seed=seed, pretrain_seed=pretrain_seed),
+                           cache_dir=cache_dir or str(default_cache_dir()))
     raise ConfigError(f"unknown searcher {name!r}; choose one of {', '.join(SEARCHERS)}")
 
 

@@ -29,7 +29,7 @@ from raydgp.errors import InvalidConfigurationError
 from raydgp.records import Config, Workload
 
 #: Encoding layout: sketch one-hot, then one fixed-width slot per knob (padded), then workload features.
-MAX_SKETCHES = 4
+MAX_SKETCHES = 8
 MAX_KNOBS = 24
 SLOT_WIDTH = 5
 
@@ -281,17 +281,15 @@ class DesignSpace:
 
         Layout: sketch one-hot (:data:`MAX_SKETCHES`), then for each knob slot (:data:`MAX_KNOBS`, in trace order)
         :data:`SLOT_WIDTH` numbers: a tile's ``log2`` factors; a categorical's ``log2(1 + value)`` and index; a
-        compute location's position. Unused slots are zero. Then the workload features.
+        compute location's position. Unused slots are zero. Then the workload features. Knobs past :data:`MAX_KNOBS`
+        are left out and sketches past :data:`MAX_SKETCHES` share the last one-hot slot: such encodings are lossy
+        (fine for a surrogate model; :meth:`decode` refuses them).
         """
         self.validate(config)
         knobs = self.sketches[config.sketch].knobs
-        if len(self.sketches) > MAX_SKETCHES or len(knobs) > MAX_KNOBS:
-            raise InvalidConfigurationError(
-                f"space too large to encode: {len(self.sketches)} sketches (max {MAX_SKETCHES}), "
-                f"{len(knobs)} knobs (max {MAX_KNOBS})")
         v = np.zeros(self.config_dim)
-        v[config.sketch] = 1.0
-        for i, (k, d) in enumerate(zip(knobs, config.decisions)):
+        v[min(config.sketch, MAX_SKETCHES - 1)] = 1.0
+        for i, (k, d) in enumerate(zip(knobs[:MAX_KNOBS], config.decisions)):
             base = MAX_SKETCHES + i * SLOT_WIDTH
             if k.kind == "tile":
                 for j, f in enumerate(d[:SLOT_WIDTH]):
@@ -320,6 +318,9 @@ class DesignSpace:
         v = np.asarray(vector, dtype=np.float64)
         if v.shape[0] not in (self.config_dim, self.dim):
             raise InvalidConfigurationError(f"vector of length {v.shape[0]}, expected {self.config_dim} or {self.dim}")
+        if len(self.sketches) > MAX_SKETCHES or any(len(sk.knobs) > MAX_KNOBS for sk in self.sketches):
+            raise InvalidConfigurationError(f"this space's encoding is lossy ({len(self.sketches)} sketches, max "
+                                            f"{MAX_SKETCHES}; up to {MAX_KNOBS} knobs): it cannot be decoded")
         s = int(np.argmax(v[:MAX_SKETCHES]))
         if s >= len(self.sketches):
             raise InvalidConfigurationError(f"vector names sketch {s}, the space has {len(self.sketches)}")
