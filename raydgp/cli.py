@@ -43,7 +43,8 @@ def _tune_parser(sub) -> None:
                    help="resnet18 | mobilenet_v1 | vgg16 | alexnet | tiny_cnn, a path to an .onnx file, or "
                         "package.module:factory (with --input-shape). Default resnet18")
     p.add_argument("--input-shape", default=None, help="e.g. 1,3,224,224 (PyTorch factories, dynamic ONNX inputs)")
-    p.add_argument("--trials", type=int, default=300, help="trials for the whole model (default 300)")
+    p.add_argument("--trials", type=int, default=64,
+                   help="trials for the whole model (default 64: a few minutes here; 300+ for real use)")
     p.add_argument("--time-budget", type=float, default=None,
                    help="seconds; no new layer chunk starts after it (default: none)")
     p.add_argument("--out", default="runs/model", help="output directory; re-running resumes from its records")
