@@ -297,6 +297,8 @@ def tune_model(model: str, *, trials: int = 300, out: str | os.PathLike, searche
     # -- per-layer experiments under one budget ----------------------------------------------------------------------
     ray = init_ray(address=address)
     res = ray.cluster_resources()
+    log(f"ray: {ray.get_runtime_context().gcs_address}, {res.get('CPU', 0):g} CPUs, {res.get('GPU', 0):g} GPUs, "
+        f"{len([n for n in ray.nodes() if n.get('Alive')])} nodes")
     cpt = float(cpus_per_trial if cpus_per_trial is not None else 1)
     if max_concurrent_layers is None:
         slots = res.get("GPU", 0) if gpu else res.get("CPU", 1) / max(cpt, 1e-9)
