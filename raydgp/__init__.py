@@ -16,4 +16,8 @@ def __getattr__(name):
         from raydgp.raytune.random_searcher import RandomSearcher
 
         return RandomSearcher
+    if name == "tune_model":
+        from raydgp.network.job import tune_model
+
+        return tune_model
     raise AttributeError(f"module 'raydgp' has no attribute {name!r}")

@@ -65,6 +65,10 @@ def _tune_parser(sub) -> None:
     p.add_argument("--chunk", type=int, default=16, help="trials per scheduler chunk (default 16)")
     p.add_argument("--warmup", type=int, default=8, help="every layer's first trials (default 8)")
     p.add_argument("--storage", default=None, help="Ray Tune storage_path (path or bucket URI; default OUT/ray)")
+    p.add_argument("--callbacks", default="",
+                   help="comma-separated trackers for every layer experiment: mlflow, wandb, tensorboard "
+                        "(Ray's own logger callbacks; MLflow file store in OUT/mlruns and W&B offline in OUT/wandb "
+                        "unless MLFLOW_TRACKING_URI / WANDB_MODE say otherwise)")
     p.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or a local Ray)")
     p.add_argument("--build-timeout", type=float, default=60.0, help="seconds (default 60)")
     p.add_argument("--run-timeout", type=float, default=30.0, help="seconds (default 30)")
@@ -98,7 +102,8 @@ def main(argv: list[str] | None = None) -> int:
                                  default_history=not args.no_default_history, cpus_per_trial=args.cpus_per_trial,
                                  threads=threads, address=args.address,
                                  max_concurrent_layers=args.max_concurrent_layers, settings=settings,
-                                 chunk=args.chunk, warmup=args.warmup, storage=args.storage)
+                                 chunk=args.chunk, warmup=args.warmup, storage=args.storage,
+                                 trackers=[c for c in args.callbacks.split(",") if c.strip()])
             return 0 if summary.get("verified") else 3
         if args.command == "layer":
             from raydgp.measure.protocol import MeasureSettings

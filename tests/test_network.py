@@ -334,3 +334,36 @@ def test_scheduler_drops_a_layer_whose_experiments_keep_failing():
         else:
             s.finish("good", list(np.linspace(1.0, 0.5, c[1])), c[1])
     assert n_bad == 2 and s.layers["good"].trials > 4 and s.done()
+
+
+@pytest.mark.slow
+def test_python_api_inside_the_users_ray_with_mlflow_and_wandb(tmp_path, monkeypatch):
+    """raydgp.tune_model inside a Ray the user started; Ray's own MLflow (file store) and W&B (offline) callbacks."""
+    pytest.importorskip("mlflow")
+    pytest.importorskip("wandb")
+    import ray
+
+    import raydgp
+
+    monkeypatch.setenv("RAYDGP_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    if ray.is_initialized():
+        ray.shutdown()
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        out = tmp_path / "run"
+        s = raydgp.tune_model("tiny_cnn", trials=4, out=out, searcher="random", default_history=False, warmup=1,
+                              chunk=2, trackers=["mlflow", "wandb"], compare_pytorch=False, log=lambda *_: None)
+        assert ray.is_initialized()  # the user's Ray is left running
+    finally:
+        ray.shutdown()
+    assert s["verified"] is True and s["trials_total"] == 4
+    # MLflow: one run per trial with the latency metric, in the file store under out/mlruns
+    metrics = list((out / "mlruns").glob("*/*/metrics/latency_ms"))
+    assert len(metrics) >= 3, list((out / "mlruns").rglob("*"))[:20]
+    # W&B offline runs with the trial metrics
+    runs = list((out / "wandb").glob("offline-run-*"))
+    assert len(runs) >= 3, list(out.iterdir())
+    assert all(any(r.glob("*.wandb")) for r in runs)

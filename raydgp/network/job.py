@@ -66,10 +66,13 @@ class ChunkSpec:
     prior: list  # [(config json, latency ms or None)] measured earlier for this layer
     cache_dir: str | None
     pretrain_seed: int = 0
+    trackers: tuple = ()
+    model: str = ""
 
 
 def run_chunk(spec: ChunkSpec, history=None, callbacks=None) -> list[float]:
     """One layer chunk as its own Ray Tune experiment; returns the latencies (NaN = failed) in completion order."""
+    from raydgp.raytune.callbacks import tracker_callbacks
     from raydgp.raytune.experiment import tune_layer
     from raydgp.raytune.layer_job import make_searcher
     from raydgp.space.design_space import DesignSpace
@@ -82,7 +85,9 @@ def run_chunk(spec: ChunkSpec, history=None, callbacks=None) -> list[float]:
     res = tune_layer(spec.payload, space, searcher, trials=spec.trials, store=RecordStore(spec.store_path),
                      settings=MeasureSettings.from_json(spec.settings_json), storage_path=spec.storage_path,
                      name=spec.experiment, cpus_per_trial=spec.cpus_per_trial, gpus_per_trial=spec.gpus_per_trial,
-                     show_progress=False, tag=spec.name, callbacks=callbacks)
+                     show_progress=False, tag=spec.name,
+                     callbacks=list(callbacks or []) + tracker_callbacks(
+                         spec.trackers, f"raydgp-{spec.model}", {"layer": spec.name, "chunk": spec.experiment}))
     return [r.result.median_ms if r.result.ok else math.nan for r in res.records]
 
 
@@ -187,6 +192,7 @@ def tune_model(model: str, *, trials: int = 300, out: str | os.PathLike, searche
                cpus_per_trial: float | None = None, threads: int | None = None, address: str | None = None,
                max_concurrent_layers: int | None = None, settings: MeasureSettings | None = None,
                chunk: int = 16, warmup: int = 8, storage: str | None = None, callbacks: list | None = None,
+               trackers: list[str] | None = None,
                compare_pytorch: bool = True, log: Callable[[str], Any] = print) -> dict:
     """Tune every layer of a network and build, verify and time the tuned library.
 
@@ -209,7 +215,9 @@ def tune_model(model: str, *, trials: int = 300, out: str | os.PathLike, searche
         settings: measurement settings (timeouts, repeats).
         chunk, warmup: trials per scheduler chunk, and every layer's first chunk.
         storage: Ray Tune ``storage_path`` (local path or bucket URI; default ``out/ray``).
-        callbacks: extra Ray Tune callbacks for every layer experiment (e.g. MLflow).
+        callbacks: extra Ray Tune callbacks for every layer experiment (they must pickle: they run in Ray tasks).
+        trackers: ``mlflow``, ``wandb``, ``tensorboard``: Ray's own logger callbacks in every layer experiment
+            (MLflow file store under ``out/mlruns`` and W&B offline under ``out/wandb`` unless configured by env).
         compare_pytorch: also time the framework reference (PyTorch eager / ONNX Runtime) on the same threads.
 
     Returns:
@@ -225,8 +233,11 @@ def tune_model(model: str, *, trials: int = 300, out: str | os.PathLike, searche
     from raydgp.space.metaschedule import build_space, host_target
     from raydgp.space.ms_database import export_to_metaschedule
 
+    from raydgp.raytune.callbacks import check_trackers, tracker_env
+
     if searcher not in SEARCHERS:
         raise ConfigError(f"unknown searcher {searcher!r}; choose one of {', '.join(SEARCHERS)}")
+    trackers = check_trackers(trackers)
     if trials < 1:
         raise ConfigError(f"--trials must be >= 1, got {trials}")
     if time_budget_s is not None and time_budget_s <= 0:
@@ -306,7 +317,11 @@ def tune_model(model: str, *, trials: int = 300, out: str | os.PathLike, searche
     node = ray.get_runtime_context().get_node_id()
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    remote = _remote_chunk().options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False))
+    opts = {"scheduling_strategy": NodeAffinitySchedulingStrategy(node, soft=False)}
+    tenv = tracker_env(trackers, str(out.resolve()))
+    if tenv:
+        opts["runtime_env"] = {"env_vars": tenv}
+    remote = _remote_chunk().options(**opts)
     hist_ref = ray.put(hist) if hist is not None else None
     storage_path = storage or str((out / "ray").resolve())
     space_json = {n: sp.to_json() for n, sp in spaces.items()}
@@ -334,7 +349,7 @@ def tune_model(model: str, *, trials: int = 300, out: str | os.PathLike, searche
                 cpus_per_trial=cpt, gpus_per_trial=1 if gpu else 0,
                 prior=[(r.config.to_json(), r.result.median_ms if r.result.ok else None) for r in recs
                        if r.config.sketch >= 0],
-                cache_dir=cache_dir, pretrain_seed=seed)
+                cache_dir=cache_dir, pretrain_seed=seed, trackers=tuple(trackers), model=m.name)
             inflight[remote.remote(spec, hist_ref, callbacks)] = (name, n)
             n_chunks += 1
         if not inflight:
