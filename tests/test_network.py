@@ -367,3 +367,28 @@ def test_python_api_inside_the_users_ray_with_mlflow_and_wandb(tmp_path, monkeyp
     runs = list((out / "wandb").glob("offline-run-*"))
     assert len(runs) >= 3, list(out.iterdir())
     assert all(any(r.glob("*.wandb")) for r in runs)
+
+
+def test_cuda_model_spaces_and_code_generation_without_a_gpu(tmp_path):
+    """The cuda path as far as this machine allows: GPU design spaces for a model's layers, and the whole model built
+    to CUDA source (MetaSchedule database + DLight fallback for layers without records). Timing needs a GPU."""
+    from raydgp.network.build import compile_tuned
+    from raydgp.network.importer import load_model
+    from raydgp.network.tasks import extract_layers, prepare
+    from raydgp.space.metaschedule import build_space, host_target
+
+    target = host_target("cuda")
+    prepared = prepare(load_model("tiny_cnn").mod, target)
+    layers = extract_layers(prepared, target)
+    convs = [l for l in layers if l.task.workload.op in ("conv2d", "depthwise_conv2d")]
+    assert len(convs) == 3
+    for l in convs:
+        space = build_space(l.task)
+        assert any(k.kind == "tile" and k.parts == 5 for k in space.sketches[0].knobs)  # GPU multi-level tiling
+    ex = compile_tuned(prepared, target, tmp_path / "db")
+
+    def walk(m):
+        return [m] + [x for i in m.imports for x in walk(i)]
+
+    cuda = [m for m in walk(ex.mod) if getattr(m, "kind", "") == "cuda"]
+    assert cuda and cuda[0].inspect_source().count("__global__") >= len(layers) - 1

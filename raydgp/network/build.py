@@ -29,6 +29,7 @@ def compile_tuned(prepared_mod, target: Mapping, ms_db_dir: str | os.PathLike):
 
     from raydgp.space.metaschedule import make_target
 
+    Path(ms_db_dir).mkdir(parents=True, exist_ok=True)
     db = ms.database.JSONDatabase(work_dir=str(ms_db_dir))
     return ms.relax_integration.compile_relax(db, prepared_mod, make_target(target), params=None)
 
