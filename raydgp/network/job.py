@@ -322,6 +322,11 @@ def tune_model(model: str, *, trials: int = 300, out: str | os.PathLike, searche
     if tenv:
         opts["runtime_env"] = {"env_vars": tenv}
     remote = _remote_chunk().options(**opts)
+    service = None
+    if not gpu:
+        from raydgp.raytune.measure_service import start_service
+
+        service = start_service()  # warm TVM workers on this node, shared by every layer experiment
     hist_ref = ray.put(hist) if hist is not None else None
     storage_path = storage or str((out / "ray").resolve())
     space_json = {n: sp.to_json() for n, sp in spaces.items()}
@@ -371,6 +376,12 @@ def tune_model(model: str, *, trials: int = 300, out: str | os.PathLike, searche
                                                                     or sched._cap(s) == 0))
         progress.show(sched.used, done_layers, sched.model_estimate_ms(), [v[0] for v in inflight.values()])
     progress.show(sched.used, len(layers), sched.model_estimate_ms(), [], final=True)
+    if service is not None:
+        try:
+            ray.get(service.close.remote(), timeout=60)
+            ray.kill(service)
+        except Exception:  # noqa: BLE001 - it ends with the job anyway
+            pass
     if stopped_by_time:
         log(f"time budget of {time_budget_s:.0f} s reached: no new chunks were started after it")
     tune_wall = time.monotonic() - t_start

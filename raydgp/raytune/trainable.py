@@ -51,6 +51,29 @@ def _node_settings(settings: Mapping) -> MeasureSettings:
     return s
 
 
+_service = None
+
+
+def _measure(settings: Mapping, task: Mapping, trace: list):
+    """Measure through this node's warm measurement service when the job started one (CPU trials only), else with
+    this actor's own Measurer."""
+    global _service
+    s = _node_settings(settings)
+    if s.device == "cpu":
+        if _service is None:
+            from raydgp.raytune.measure_service import find_service
+
+            _service = find_service() or False
+        if _service:
+            try:
+                import ray
+
+                return ray.get(_service.measure.remote(s.to_json(), dict(task), trace))
+            except Exception:  # noqa: BLE001 - the service died: measure here from now on
+                _service = False
+    return _measurer(s).measure(TaskPayload(task["key"], task["mod_json"], task["target"]), trace)
+
+
 def measure_config(config: Mapping[str, Any], task: Mapping, space: Mapping, settings: Mapping) -> dict:
     """Measure one configuration; return the result dict a trial reports.
 
@@ -77,8 +100,7 @@ def measure_config(config: Mapping[str, Any], task: Mapping, space: Mapping, set
         out.update(status="invalid", message=f"not a configuration of this space: {e}", latencies_ms=[],
                    build_s=0.0, run_s=0.0)
     else:
-        o = _measurer(_node_settings(settings)).measure(TaskPayload(task["key"], task["mod_json"], task["target"]),
-                                                        trace)
+        o = _measure(settings, task, trace)
         r = o.result
         out.update(status=r.status, message=r.message, latencies_ms=list(r.latencies_ms), build_s=r.build_s,
                    run_s=r.run_s)

@@ -1,0 +1,80 @@
+"""A per-node measurement service: warm TVM worker processes that outlive one Ray Tune experiment.
+
+Each layer chunk of a whole-model run is its own experiment, and each experiment's trial actors are new processes: a
+:class:`~raydgp.measure.measurer.Measurer` created inside a trial pays ``import tvm`` and the task's preparation again
+(about 5 s here, measured). The job driver therefore starts one ``MeasureService`` actor on its own node (owned by the
+driver, so it ends with the job); trials that land on that node and time on the CPU hand their measurement to it. It
+keeps a pool of warm Measurers (one per concurrent caller), so builds still overlap while the node's timing lock keeps
+timings exclusive. Trials elsewhere, GPU trials (which must time on the GPU Ray gave them) and trials run outside such a
+job keep their own Measurer.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from raydgp.measure.measurer import Measurer, Outcome
+from raydgp.measure.protocol import MeasureSettings, TaskPayload
+
+NAMESPACE = "raydgp"
+
+
+def service_name(job_id: str, node_id: str) -> str:
+    return f"measure-{job_id}-{node_id}"
+
+
+class MeasureService:
+    """Ray actor body (threaded): ``measure`` with a warm Measurer taken from a pool per settings."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._idle: dict[str, list[Measurer]] = {}
+        self.calls = 0
+
+    def measure(self, settings_json: dict, task: dict, trace: list | None) -> Outcome:
+        key = repr(sorted(settings_json.items()))
+        with self._lock:
+            pool = self._idle.setdefault(key, [])
+            m = pool.pop() if pool else None
+            self.calls += 1
+        if m is None:
+            m = Measurer(MeasureSettings.from_json(settings_json))
+        try:
+            return m.measure(TaskPayload(task["key"], task["mod_json"], task["target"]), trace)
+        finally:
+            with self._lock:
+                self._idle[key].append(m)
+
+    def stats(self) -> dict:
+        with self._lock:
+            return {"calls": self.calls, "workers": sum(len(v) for v in self._idle.values())}
+
+    def close(self) -> None:
+        with self._lock:
+            for pool in self._idle.values():
+                for m in pool:
+                    m.close()
+            self._idle.clear()
+
+
+def start_service(max_concurrency: int = 16):
+    """Start (or find) this job's service on the caller's node; returns the actor handle."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    ctx = ray.get_runtime_context()
+    node = ctx.get_node_id()
+    actor = ray.remote(num_cpus=0, max_concurrency=max_concurrency)(MeasureService)
+    return actor.options(name=service_name(ctx.get_job_id(), node), namespace=NAMESPACE, get_if_exists=True,
+                         scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)).remote()
+
+
+def find_service():
+    """This job's service on the caller's node, or None."""
+    try:
+        import ray
+
+        ctx = ray.get_runtime_context()
+        return ray.get_actor(service_name(ctx.get_job_id(), ctx.get_node_id()), namespace=NAMESPACE)
+    except Exception:  # noqa: BLE001 - no Ray, no service: the caller measures itself
+        return None
