@@ -177,9 +177,24 @@ def test_scheduler_stops_cheap_and_converged_layers():
                       warmup=4, patience=8)
     while (c := s.next_chunk()) is not None:
         s.finish(c[0], [3.0 if c[0] == "heavy" else 0.01] * c[1], c[1])
-    assert s.layers["cheap"].trials == 4  # warm-up only: below 1% of the model
+    assert s.layers["cheap"].trials == 2  # a short warm-up only: below 1% of the model
     assert s.layers["heavy"].trials < 500  # converged long before the budget
     assert s.done()
+
+
+def test_scheduler_gives_more_trials_to_the_layer_that_matters_more():
+    """Fake measurer: both layers improve the same way; the one called 3x per inference gets most of the budget."""
+    from raydgp.network.scheduler import TaskScheduler
+
+    s = TaskScheduler(_states([("once", 1, 1e6, 10.0), ("thrice", 3, 1e6, 10.0)]), total_trials=120, chunk=8,
+                      warmup=8, patience=1000)
+    rng = np.random.default_rng(0)
+    while (c := s.next_chunk()) is not None:
+        name, n = c
+        st = s.layers[name]
+        fake = [max(1.0, (st.best_ms if np.isfinite(st.best_ms) else 10.0) * rng.uniform(0.8, 1.0)) for _ in range(n)]
+        s.finish(name, fake, n)
+    assert s.layers["thrice"].trials > 1.5 * s.layers["once"].trials, {k: v.trials for k, v in s.layers.items()}
 
 
 def test_scheduler_resumes_from_earlier_trials():
@@ -392,3 +407,22 @@ def test_cuda_model_spaces_and_code_generation_without_a_gpu(tmp_path):
 
     cuda = [m for m in walk(ex.mod) if getattr(m, "kind", "") == "cuda"]
     assert cuda and cuda[0].inspect_source().count("__global__") >= len(layers) - 1
+
+
+def test_seed_configs_take_the_best_valid_configurations_of_other_layers(small_space):
+    """A sibling layer (same loop nest, other key) donates its fastest configurations; invalid ones and ones already
+    measured here are skipped."""
+    from dataclasses import replace
+
+    from raydgp.network.job import seed_configs, top_configs
+    from raydgp.records import Config, MeasureResult, Record
+
+    rng = np.random.default_rng(0)
+    cfgs = small_space.sample_many(6, rng)
+    sibling = replace(small_space.workload, key="conv2d-llvm-sibling")
+    recs = [Record.now(sibling, small_space.target, c, MeasureResult("ok", (float(i + 1),))) for i, c in enumerate(cfgs)]
+    recs.append(Record.now(sibling, small_space.target, Config(0, ((1, 1),)), MeasureResult("ok", (0.1,))))  # invalid
+    donors = top_configs(recs, per_workload=4)
+    assert [round(d[0], 1) for d in donors[:2]] == [1.0, 10.0]  # relative to the sibling's best (the invalid 0.1 ms)
+    got = seed_configs(small_space, {cfgs[0]}, donors, k=2)
+    assert got == [cfgs[1].to_json(), cfgs[2].to_json()]

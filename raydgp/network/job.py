@@ -68,6 +68,7 @@ class ChunkSpec:
     pretrain_seed: int = 0
     trackers: tuple = ()
     model: str = ""
+    seeds: tuple = ()  # configurations (JSON) to try first: the best of sibling layers / history workloads
 
 
 def run_chunk(spec: ChunkSpec, history=None, callbacks=None) -> list[float]:
@@ -79,7 +80,7 @@ def run_chunk(spec: ChunkSpec, history=None, callbacks=None) -> list[float]:
 
     space = DesignSpace.from_json(spec.space_json)
     searcher = make_searcher(spec.searcher, space, spec.seed, history, pretrain_seed=spec.pretrain_seed,
-                             cache_dir=spec.cache_dir)
+                             cache_dir=spec.cache_dir, points_to_evaluate=list(spec.seeds))
     for cfg, value in spec.prior:
         searcher.add_evaluated_point(cfg, value if value is not None else math.nan, error=value is None)
     res = tune_layer(spec.payload, space, searcher, trials=spec.trials, store=RecordStore(spec.store_path),
@@ -89,6 +90,42 @@ def run_chunk(spec: ChunkSpec, history=None, callbacks=None) -> list[float]:
                      callbacks=list(callbacks or []) + tracker_callbacks(
                          spec.trackers, f"raydgp-{spec.model}", {"layer": spec.name, "chunk": spec.experiment}))
     return [r.result.median_ms if r.result.ok else math.nan for r in res.records]
+
+
+def top_configs(records, per_workload: int = 3) -> list[tuple[float, str, object]]:
+    """The ``per_workload`` fastest ok configurations of every workload in ``records``, as
+    ``(latency / that workload's best, workload key, config)``."""
+    by: dict[str, list] = {}
+    for r in records:
+        if r.result.ok and r.config.sketch >= 0:
+            by.setdefault(r.workload.key, []).append((r.result.median_ms, r.config))
+    out = []
+    for key, rows in by.items():
+        rows.sort(key=lambda t: t[0])
+        best = rows[0][0]
+        seen = set()
+        for ms, cfg in rows:
+            if cfg in seen:
+                continue
+            seen.add(cfg)
+            out.append((ms / best, key, cfg))
+            if len(seen) >= per_workload:
+                break
+    return sorted(out, key=lambda t: t[0])
+
+
+def seed_configs(space, own: set, donors, k: int) -> list[dict]:
+    """Configurations to try first on a layer: the best ones of other layers (siblings with the same loop nest in this
+    model, or history workloads) that are valid points of this layer's space and not measured here yet."""
+    out, seen = [], set(own)
+    for _, key, cfg in donors:
+        if len(out) >= k:
+            break
+        if key == space.workload.key or cfg in seen or not space.is_valid(cfg):
+            continue
+        seen.add(cfg)
+        out.append(cfg.to_json())
+    return out
 
 
 def _remote_chunk():
@@ -118,9 +155,10 @@ def _measure_untuned(layers, settings: MeasureSettings, cache: Path, log) -> dic
 
 
 def time_reference(model: str, input_shape, seed: int, threads: int, repeat: int = 10,
-                   min_repeat_ms: float = 50.0, timeout_s: float = 600.0) -> tuple[str, float] | None:
-    """The framework reference's latency (PyTorch eager, or ONNX Runtime for .onnx), timed in a fresh process on
-    ``threads`` threads like the tuned library: ``(framework, median ms)``, or None if it could not run."""
+                   min_repeat_ms: float = 50.0, timeout_s: float = 600.0) -> dict | None:
+    """The framework references' latencies, timed in a fresh process on ``threads`` threads like the tuned library:
+    ``{"pytorch": ms, "onnxruntime": ms}`` (PyTorch models: eager, and ONNX Runtime on the model exported to ONNX;
+    .onnx models: ONNX Runtime only), or None if it could not run."""
     import subprocess
 
     shape = ",".join(str(v) for v in input_shape) if input_shape else "-"
@@ -130,7 +168,10 @@ def time_reference(model: str, input_shape, seed: int, threads: int, repeat: int
     try:
         p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=env)
         info = json.loads(p.stdout.strip().splitlines()[-1])
-        return info["framework"], float(np.median(info["latencies_ms"]))
+        got = {info["framework"]: float(np.median(info["latencies_ms"]))}
+        if info.get("onnxruntime_latencies_ms"):
+            got["onnxruntime"] = float(np.median(info["onnxruntime_latencies_ms"]))
+        return got
     except (subprocess.TimeoutExpired, IndexError, ValueError, KeyError):
         return None
 
@@ -284,6 +325,7 @@ def tune_model(model: str, *, trials: int = 300, out: str | os.PathLike, searche
     # -- stage 1 once, on the driver: every layer chunk then loads it from the cache ---------------------------------
     hist = None
     cache_dir = None
+    hist_donors: list = []
     if searcher == "dgp":
         from raydgp.dgp.train import default_cache_dir
         from raydgp.raytune.layer_job import load_history
@@ -296,6 +338,8 @@ def tune_model(model: str, *, trials: int = 300, out: str | os.PathLike, searche
         paths.append(out / "records")
         first = spaces[layers[0].name]
         hist = load_history(paths, first, log=log, exclude_target=False, max_points=4000, seed=seed)
+        hist_donors = top_configs([r for p in paths if p != out / "records" and Path(p).exists()
+                                   for r in RecordStore(p).records()])
         cache_dir = str(default_cache_dir())
         if hist is not None:
             t0 = time.monotonic()
@@ -345,7 +389,10 @@ def tune_model(model: str, *, trials: int = 300, out: str | os.PathLike, searche
                 break
             name, n = nxt
             l, st = by_name[name], sched.layers[name]
-            recs = [r for r in store.records() if r.workload.key == l.task.workload.key]
+            all_recs = store.records()
+            recs = [r for r in all_recs if r.workload.key == l.task.workload.key]
+            donors = sorted(top_configs(all_recs) + hist_donors, key=lambda t: t[0])
+            seeds = seed_configs(spaces[name], {r.config for r in recs}, donors, k=min(4, max(1, n // 2)))
             spec = ChunkSpec(
                 name=name, experiment=experiment_name(f"{name}.t{st.trials}.{run_id}"),
                 payload={"key": l.task.workload.key, "mod_json": l.task.mod_json, "target": target},
@@ -354,7 +401,7 @@ def tune_model(model: str, *, trials: int = 300, out: str | os.PathLike, searche
                 cpus_per_trial=cpt, gpus_per_trial=1 if gpu else 0,
                 prior=[(r.config.to_json(), r.result.median_ms if r.result.ok else None) for r in recs
                        if r.config.sketch >= 0],
-                cache_dir=cache_dir, pretrain_seed=seed, trackers=tuple(trackers), model=m.name)
+                cache_dir=cache_dir, pretrain_seed=seed, trackers=tuple(trackers), model=m.name, seeds=tuple(seeds))
             inflight[remote.remote(spec, hist_ref, callbacks)] = (name, n)
             n_chunks += 1
         if not inflight:
@@ -452,10 +499,8 @@ def _build_and_report(m, prepared, target, layers, states, untuned, store, out, 
         got = time_reference(m.extra.get("path") or model_arg, input_shape, seed, threads)
         if got is None:
             log(f"warning: could not time the {m.reference_name} reference")
-        elif got[0] == "pytorch":
-            ref_ms = got[1]
         else:
-            ort_ms = got[1]
+            ref_ms, ort_ms = got.get("pytorch"), got.get("onnxruntime")
     layer_rows = []
     for l in layers:
         s = st_by[l.name]

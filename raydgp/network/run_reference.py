@@ -54,6 +54,28 @@ def main(argv: list[str]) -> int:
         with torch.no_grad():
             lat = _timed(lambda: module(x), repeat, min_ms)
         fw = "pytorch"
+        ort_lat = None
+        try:  # ONNX Runtime on the same model, exported with torch's (TorchScript-based) ONNX exporter
+            import os
+            import tempfile
+            import warnings
+
+            import onnxruntime as ort
+
+            with tempfile.TemporaryDirectory() as d, warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                path = os.path.join(d, "m.onnx")
+                torch.onnx.export(module, (x,), path, dynamo=False)
+                so = ort.SessionOptions()
+                so.intra_op_num_threads = threads
+                so.inter_op_num_threads = 1
+                sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+                feed = {sess.get_inputs()[0].name: x.numpy()}
+                ort_lat = _timed(lambda: sess.run(None, feed), repeat, min_ms)
+        except Exception:  # noqa: BLE001 - ONNX Runtime is a comparison, not a requirement
+            ort_lat = None
+        print(json.dumps({"latencies_ms": lat, "framework": fw, "onnxruntime_latencies_ms": ort_lat}))
+        return 0
     print(json.dumps({"latencies_ms": lat, "framework": fw}))
     return 0
 

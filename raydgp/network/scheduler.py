@@ -6,7 +6,7 @@ the layer whose tuning is expected to cut end-to-end latency most,
     priority = weight x best_ms x expected relative gain,
 
 where the expected gain is the relative improvement the layer's last chunk bought (plus a small optimism bonus that
-shrinks with its trial count). Layers stop early when they are *converged* (no improvement over their last ``patience``
+shrinks with its trial count). Warm-up is shorter (2 trials) for layers that are cheap already by their untuned latency. Layers stop early when they are *converged* (no improvement over their last ``patience``
 trials) or *cheap* (below ``cheap_fraction`` of the model's estimated latency), or when their space is exhausted.
 """
 
@@ -102,8 +102,15 @@ class TaskScheduler:
             return 0
         return max(0, int(min(l.space_size, 1e9)) - l.trials - l.running)
 
+    def warmup_of(self, l: LayerState) -> int:
+        """Warm-up trials of a layer: the full warm-up, or 2 for a layer that is cheap by its untuned latency."""
+        n = self.warmup
+        if self.cheap(l):
+            n = min(n, 2)
+        return max(1, min(n, int(min(l.space_size, 1e9))))
+
     def _warm(self, l: LayerState) -> bool:
-        return l.trials + l.running >= min(self.warmup, int(min(l.space_size, 1e9)))
+        return l.trials + l.running >= self.warmup_of(l)
 
     def converged(self, l: LayerState) -> bool:
         if l.trials < max(self.warmup, self.patience) or not math.isfinite(l.best_ms):
@@ -139,7 +146,7 @@ class TaskScheduler:
         cold = [l for l in idle if not self._warm(l)]
         if cold:
             l = max(cold, key=lambda l: l.weight * l.estimate_ms())
-            n = min(int(min(self.warmup, l.space_size)) - l.trials, self._cap(l), self.remaining)
+            n = min(self.warmup_of(l) - l.trials - l.running, self._cap(l), self.remaining)
             return self._hand_out(l, max(1, n))
         live = [l for l in idle if not self.converged(l) and not self.cheap(l)]
         if not live:

@@ -64,18 +64,19 @@ def load_history(paths, target_space, log=print, exclude_target: bool = True, ma
 
 
 def make_searcher(name: str, space, seed: int, history=None, pretrain_seed: int | None = None,
-                  cache_dir: str | None = None):
+                  cache_dir: str | None = None, points_to_evaluate: list | None = None):
     """A Ray Tune searcher over ``space`` by name."""
     if name == "random":
         from raydgp.raytune.random_searcher import RandomSearcher
 
-        return RandomSearcher(space, metric="latency_ms", mode="min", seed=seed)
+        return RandomSearcher(space, metric="latency_ms", mode="min", seed=seed, points_to_evaluate=points_to_evaluate)
     if name == "dgp":
         from raydgp.dgp.train import default_cache_dir
         from raydgp.raytune.dgp_searcher import DGPSearcher
         from raydgp.search import SearchSettings
 
         return DGPSearcher(space, metric="latency_ms", mode="min", seed=seed, history=history,
+                           points_to_evaluate=points_to_evaluate,
                            settings=SearchSettings(seed=seed, pretrain_seed=pretrain_seed),
                            cache_dir=cache_dir or str(default_cache_dir()))
     raise ConfigError(f"unknown searcher {name!r}; choose one of {', '.join(SEARCHERS)}")

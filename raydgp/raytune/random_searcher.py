@@ -29,9 +29,11 @@ class RandomSearcher(JsonStateMixin, Searcher):
         >>> tuner = tune.Tuner(trainable, tune_config=tune.TuneConfig(search_alg=searcher, num_samples=32))
     """
 
-    def __init__(self, space: DesignSpace, metric: str | None = "latency_ms", mode: str | None = "min", seed: int = 0):
+    def __init__(self, space: DesignSpace, metric: str | None = "latency_ms", mode: str | None = "min", seed: int = 0,
+                 points_to_evaluate: list[dict] | None = None):
         super().__init__(metric=metric, mode=mode)
         self.space = space
+        self._points = [dict(p) for p in (points_to_evaluate or [])]
         self.seed = int(seed)
         self._rng = np.random.default_rng(self.seed)
         self._seen: set[Config] = set()
@@ -44,6 +46,14 @@ class RandomSearcher(JsonStateMixin, Searcher):
         return True
 
     def suggest(self, trial_id: str) -> dict | str | None:
+        while self._points:
+            try:
+                cfg = Config.from_json(self._points.pop(0))
+            except (KeyError, TypeError, ValueError):
+                continue
+            if cfg not in self._seen and self.space.is_valid(cfg):
+                self._seen.add(cfg)
+                return cfg.to_json()
         if len(self._seen) >= self.space.size:
             return Searcher.FINISHED
         found = self.space.sample_many(1, self._rng, exclude=self._seen, max_tries=1000)
@@ -70,7 +80,8 @@ class RandomSearcher(JsonStateMixin, Searcher):
     # JSON, never pickle: a checkpoint file may come from anywhere.
     def get_state(self) -> dict[str, Any]:
         return {"seed": self.seed, "rng": self._rng.bit_generator.state,
-                "seen": [c.to_json() for c in self._seen], "metric": self._metric, "mode": self._mode}
+                "seen": [c.to_json() for c in self._seen], "metric": self._metric, "mode": self._mode,
+                "points": self._points}
 
     def set_state(self, state: dict[str, Any]) -> None:
         self.seed = int(state["seed"])
@@ -78,4 +89,5 @@ class RandomSearcher(JsonStateMixin, Searcher):
         self._rng.bit_generator.state = state["rng"]
         self._seen = {Config.from_json(c) for c in state["seen"]}
         self._metric, self._mode = state["metric"], state["mode"]
+        self._points = list(state.get("points", []))
 
