@@ -361,7 +361,7 @@ def test_python_api_inside_the_users_ray_with_mlflow_and_wandb(tmp_path, monkeyp
     import raydgp
 
     monkeypatch.setenv("RAYDGP_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    # RAY_AUTH_MODE is left alone: Ray caches it per process, and later in-process tests start Ray with the default
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("WANDB_MODE", raising=False)
     if ray.is_initialized():
