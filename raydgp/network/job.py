@@ -116,12 +116,13 @@ def top_configs(records, per_workload: int = 3) -> list[tuple[float, str, object
 
 def seed_configs(space, own: set, donors, k: int) -> list[dict]:
     """Configurations to try first on a layer: the best ones of other layers (siblings with the same loop nest in this
-    model, or history workloads) that are valid points of this layer's space and not measured here yet."""
+    model, history workloads, the same layer in an earlier run) that are valid points of this layer's space and not
+    measured here yet."""
     out, seen = [], set(own)
     for _, key, cfg in donors:
         if len(out) >= k:
             break
-        if key == space.workload.key or cfg in seen or not space.is_valid(cfg):
+        if cfg in seen or not space.is_valid(cfg):  # the same layer measured in an earlier run is a donor too
             continue
         seen.add(cfg)
         out.append(cfg.to_json())
