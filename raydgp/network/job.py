@@ -267,13 +267,11 @@ def tune_model(model: str, *, trials: int = 300, out: str | os.PathLike, searche
         ``layers`` (``name``, ``workload_key``, ``weight``, ``flops``, ``trials``, ``best_ms``, ``untuned_ms``),
         ``end_to_end_ms``, ``untuned_end_to_end_ms``, ``pytorch_ms``, ``max_abs_err``, ``verified`` and more.
     """
-    from raydgp.network.build import compare, compile_tuned, compile_untuned, export, run_library
     from raydgp.network.importer import load_model
     from raydgp.network.scheduler import LayerState, TaskScheduler
     from raydgp.network.tasks import extract_layers, prepare
     from raydgp.raytune.experiment import experiment_name, init_ray
     from raydgp.space.metaschedule import build_space, host_target
-    from raydgp.space.ms_database import export_to_metaschedule
 
     from raydgp.raytune.callbacks import check_trackers, tracker_env
 
