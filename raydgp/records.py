@@ -38,8 +38,8 @@ STATUSES = ("ok", "build_error", "run_error", "timeout", "wrong_result", "invali
 
 def _freeze(value: Any) -> Any:
     """Lists (JSON arrays) to tuples, recursively, so configurations compare and hash by value."""
-    if isinstance(value, (list, tuple)):
-        return tuple(_freeze(v) for v in value)
+    if type(value) in (list, tuple) or isinstance(value, (list, tuple)):
+        return tuple(_freeze(v) if isinstance(v, (list, tuple)) else v for v in value)
     return value
 
 

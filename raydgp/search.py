@@ -27,7 +27,7 @@ import torch
 from raydgp.dgp.botorch_model import DGPModel, log_ei_pool, q_log_ei_with_pending
 from raydgp.dgp.data import InputScaler, standardised_targets
 from raydgp.dgp.model import DeepGPSurrogate, DGPSettings
-from raydgp.dgp.train import map_finetune, pretrain, train_elbo
+from raydgp.dgp.train import fit_dgp, map_finetune, pretrain, train_elbo
 from raydgp.errors import ConfigError
 
 INIT_MODES = ("dgp", "random")
@@ -56,7 +56,11 @@ class SearchSettings:
     Attributes:
         n_init: size of the tuning set (stage 2's first measurements).
         init: how the tuning set is chosen: ``dgp`` (by the pre-trained model) or ``random``.
-        pool_size: fresh random candidates scored per proposal.
+        pool_size: random candidates scored per proposal.
+        pool_refresh: fraction of the pool replaced by fresh random samples at each proposal (the oldest go first;
+            measured and pending configurations leave at once). The pool is kept encoded between proposals, so a
+            proposal samples and encodes only ``pool_refresh * pool_size`` new configurations; 1.0 draws a whole new
+            pool every time.
         neighbour_seeds: how many of the best configurations contribute their neighbours to the pool.
         prior_strength: precision of the MAP prior around the pre-trained weights (0: plain fine-tuning).
         finetune_scope: ``head`` (output mean, output scale, noise: measured best on 10-point tuning sets), ``output``
@@ -74,6 +78,7 @@ class SearchSettings:
     n_init: int = 8
     init: str = "dgp"
     pool_size: int = 2000
+    pool_refresh: float = 0.0625
     neighbour_seeds: int = 5
     prior_strength: float = 1.0
     finetune_scope: str = "head"
@@ -89,6 +94,8 @@ class SearchSettings:
             raise ConfigError(f"init={self.init!r}: choose one of {INIT_MODES}")
         if self.n_init < 1 or self.pool_size < 1:
             raise ConfigError("n_init and pool_size must be >= 1")
+        if not 0 < self.pool_refresh <= 1:
+            raise ConfigError(f"pool_refresh={self.pool_refresh}: must be in (0, 1]")
         if self.prior_strength < 0:
             raise ConfigError("prior_strength must be >= 0")
 
@@ -156,6 +163,10 @@ class DGPSearch:
         self._fitted_on = -1
         self._scaler: InputScaler | None = None
         self._calls = 0
+        self._pool_configs: list = []  # the rolling candidate pool, oldest first
+        self._pool_X: torch.Tensor | None = None  # its normalised encodings
+        self._enc: dict[Hashable, np.ndarray] = {}  # encodings of measured / pending / neighbour configurations
+        self._nbr_cache: dict[Hashable, list] = {}
         self.timings: dict[str, list[float]] = {"suggest": [], "fit": []}
 
     # -- data ----------------------------------------------------------------------------------------------------------
@@ -189,7 +200,7 @@ class DGPSearch:
         ok = [s == "ok" and math.isfinite(v) and (v > 0 or self.maximize) for s, v in zip(st, lat)]
         st = [s if good or s != "ok" else "run_error" for s, good in zip(st, ok)]
         y, keep = standardised_targets(["t"] * len(configs), st, lat)
-        X = self.space.encode_many(configs)
+        X = self._encode(configs)
         return X[keep], y[keep], [c for c, k in zip(configs, keep) if k]
 
     # -- model ---------------------------------------------------------------------------------------------------------
@@ -243,30 +254,65 @@ class DGPSearch:
             map_finetune(self._model, Xt, yt, prior_strength=s.prior_strength, steps=steps,
                          scope=s.finetune_scope, seed=s.seed + len(y), prior_center=center)
         else:
-            if self._model is None or len(y) < 2 * s.n_init:
-                # Cold start: re-place the inducing points on the (growing) target data.
-                self._model = DeepGPSurrogate(Xt, s.dgp, seed=s.seed)
-                steps = s.cold_steps
+            if self._model is None or len(y) <= s.dgp.num_inducing:
+                # Cold start: a new DGP on the (growing) target data, initialised from exact GPs on it.
+                self._model = fit_dgp(Xt, yt, s.dgp, steps=s.cold_steps, seed=s.seed)
             else:
-                steps = s.refit_steps
-            train_elbo(self._model, Xt, yt, steps, s.dgp.lr, seed=s.seed + len(y))
+                train_elbo(self._model, Xt, yt, s.refit_steps, s.dgp.lr, seed=s.seed + len(y))
         self._fitted_on = len(y)
         self.timings["fit"].append(time.perf_counter() - t0)
         return self._model
 
     # -- proposals -----------------------------------------------------------------------------------------------------
-    def _pool(self, exclude: set) -> list:
+    def _encode(self, configs: Sequence[Hashable]) -> np.ndarray:
+        """Raw encodings of configurations outside the pool (cached: measured ones are encoded once)."""
+        missing = [c for c in configs if c not in self._enc]
+        if missing:
+            if len(self._enc) > 50_000:
+                self._enc.clear()
+            for c, row in zip(missing, self.space.encode_many(missing)):
+                self._enc[c] = row
+        if not configs:
+            return self.space.encode_many([])
+        return np.stack([self._enc[c] for c in configs])
+
+    def _random_pool(self, exclude: set) -> tuple[list, torch.Tensor]:
+        """The rolling pool of random candidates minus ``exclude``, topped up with fresh samples (see
+        ``SearchSettings.pool_refresh``)."""
         s = self.settings
-        pool = self.space.sample_many(s.pool_size, self.rng, exclude=exclude)
+        n_fresh = s.pool_size if self._pool_X is None else max(1, int(round(s.pool_size * s.pool_refresh)))
+        keep = [i for i, c in enumerate(self._pool_configs) if c not in exclude]
+        keep = keep[max(0, len(keep) + n_fresh - s.pool_size):]  # the oldest make room
+        n_fresh = s.pool_size - len(keep)
+        kept = [self._pool_configs[i] for i in keep]
+        fresh = self.space.sample_many(n_fresh, self.rng, exclude=exclude | set(kept)) if n_fresh else []
+        Xf = self._scaler_for().transform(self.space.encode_many(fresh)) if fresh else None
+        parts = [t for t in (self._pool_X[keep] if keep else None, Xf) if t is not None]
+        self._pool_configs = kept + fresh
+        self._pool_X = torch.cat(parts) if parts else torch.zeros(0, self.space.dim)
+        return self._pool_configs, self._pool_X
+
+    def _pool(self, exclude: set) -> tuple[list, torch.Tensor]:
+        """Candidates to score: the random pool plus the neighbours of the best configurations so far."""
+        s = self.settings
+        pool, X = self._random_pool(exclude)
         good = sorted(((v, c) for c, (st, v) in self.observed.items() if st == "ok" and math.isfinite(v)),
                       key=lambda t: -t[0] if self.maximize else t[0])
         seen_pool = set(pool)
+        extra = []
         for _, c in good[: s.neighbour_seeds]:
-            for n in self.space.neighbours(c):
+            for n in self._neighbours(c):
                 if n not in exclude and n not in seen_pool:
                     seen_pool.add(n)
-                    pool.append(n)
-        return pool
+                    extra.append(n)
+        if extra:
+            return pool + extra, torch.cat([X, self._scaler_for().transform(self._encode(extra))])
+        return list(pool), X
+
+    def _neighbours(self, config: Hashable) -> list:
+        if config not in self._nbr_cache:
+            self._nbr_cache[config] = self.space.neighbours(config)
+        return self._nbr_cache[config]
 
     def suggest(self, pending: Sequence[Hashable] = ()) -> Hashable | None:
         """The next configuration to measure, or None when the space is exhausted.
@@ -291,19 +337,18 @@ class DGPSearch:
         if n_target + len(pending) < s.n_init:
             return self._tuning_set_pick(exclude, pending)
         model = self._fit()
-        pool = self._pool(exclude)
+        pool, X = self._pool(exclude)
         if not pool:
             return None
         if model is None:
             return pool[0]
-        X = self._scaler_for().transform(self.space.encode_many(pool))
         _, y, _ = self._target_xy()
         best_f = float(y.max()) if len(y) else 0.0
         bm = DGPModel(model, seed=s.seed + self._calls)
         scores = log_ei_pool(bm, X, best_f)
         if pending:
             top = torch.topk(scores, min(32, len(pool))).indices
-            P = self._scaler_for().transform(self.space.encode_many(list(pending)))
+            P = self._scaler_for().transform(self._encode(list(pending)))
             q = q_log_ei_with_pending(bm, X[top], best_f, P, seed=s.seed + self._calls)
             return pool[int(top[int(torch.argmax(q))])]
         return pool[int(torch.argmax(scores))]
@@ -315,18 +360,17 @@ class DGPSearch:
         if model is None:
             got = self.space.sample_many(1, self.rng, exclude=exclude)
             return got[0] if got else None
-        pool = self.space.sample_many(s.pool_size, self.rng, exclude=exclude)
+        pool, X = self._random_pool(exclude)
         if not pool:
             return None
         sc = self._scaler_for()
-        X = sc.transform(self.space.encode_many(pool))
         mean, var = model.predict(X, seed=s.seed + self._calls)
         mu = mean.mean(0)
         sd = (var.mean(0) + mean.var(0)).sqrt()
         score = mu + 0.5 * sd  # optimistic: fast, or fast-if-lucky
         chosen = list(self.observed) + list(pending)
         if chosen:
-            C = sc.transform(self.space.encode_many(chosen))
+            C = sc.transform(self._encode(chosen))
             d = torch.cdist(X, C).min(dim=1).values
             # Keep the tuning set diverse: skip candidates closer than a quarter of the pool's typical spacing.
             ref = torch.cdist(X[:256], X[:256])

@@ -28,7 +28,7 @@ import numpy as np
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--history", default="data/history")
+    ap.add_argument("--history", default="data/dataset")
     ap.add_argument("--targets", default="conv2d:1,64,56,56,64,3,1,1,conv2d:1,128,28,28,256,3,2,1,"
                                           "conv2d:1,128,56,56,128,1,1,0,depthwise:1,256,28,28,3,1,1,dense:1,512,1000")
     ap.add_argument("--n-target", type=int, default=10)
@@ -40,6 +40,7 @@ def main(argv=None) -> int:
     ap.add_argument("--cache", default=None, help="cache directory for pre-trained weights")
     ap.add_argument("--prior", type=float, default=1.0, help="MAP prior strength")
     ap.add_argument("--scope", default="head", help="fine-tune scope: all, output, head")
+    ap.add_argument("--extra", default=None, help="more MAP variants: 'scope,prior,kl|nokl;...'")
     args = ap.parse_args(argv)
 
     import torch
@@ -48,7 +49,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(1)
     from raydgp.dgp.data import InputScaler, standardised_targets
     from raydgp.dgp.model import DeepGPSurrogate, DGPSettings
-    from raydgp.dgp.train import map_finetune, pretrain, train_elbo
+    from raydgp.dgp.train import fit_dgp, map_finetune, pretrain
     from raydgp.records import RecordStore
     from raydgp.space.design_space import DesignSpace
     from raydgp.space.zoo import MODELS
@@ -96,8 +97,7 @@ def main(argv=None) -> int:
             Xtr, Xte = scaler.transform(Xt_all[tr]), scaler.transform(Xt_all[te])
             ytr_t = torch.tensor(y_tr, dtype=torch.float32)
             preds = {}
-            cold = DeepGPSurrogate(Xtr, settings, seed=seed)
-            train_elbo(cold, Xtr, ytr_t, 150, settings.lr, seed=seed)
+            cold = fit_dgp(Xtr, ytr_t, settings, steps=150, seed=seed)
             preds["cold DGP"] = cold.predict(Xte, seed=seed)[0].mean(0).numpy()
             preds["zero-shot DGP"] = base.predict(Xte, seed=seed)[0].mean(0).numpy()
             t1 = time.monotonic()
@@ -105,6 +105,12 @@ def main(argv=None) -> int:
             map_finetune(tuned, Xtr, ytr_t, prior_strength=args.prior, scope=args.scope, seed=seed)
             ft_s = time.monotonic() - t1
             preds["MAP DGP"] = tuned.predict(Xte, seed=seed)[0].mean(0).numpy()
+            for extra in filter(None, (args.extra or "").split(";")):  # e.g. "output,1,kl" "all,10,nokl"
+                sc_, pr_, kl_ = extra.split(",")
+                alt = copy.deepcopy(base)
+                map_finetune(alt, Xtr, ytr_t, prior_strength=float(pr_), scope=sc_, seed=seed,
+                             kl_from_pretraining=kl_ == "kl")
+                preds[f"MAP DGP {extra}"] = alt.predict(Xte, seed=seed)[0].mean(0).numpy()
             preds["exact GP (history+target)"] = _exact_gp(scaler, Xs, ys, Xt_all[tr], y_tr, Xt_all[te], seed)
             for name, p in preds.items():
                 top_true = set(np.argsort(-y_te)[:10])

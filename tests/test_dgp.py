@@ -112,3 +112,67 @@ def test_failures_are_slow_never_fast():
     assert y[3] == pytest.approx(y[:3].min() - FAILURE_MARGIN)
     assert y[0] > y[1] > y[2]  # faster is larger
     assert y[6] < y[5]
+
+
+def test_fast_moments_match_gpytorch(fitted):
+    """The direct moment computation used for scoring pools equals GPyTorch's eval-mode prediction, layer by layer;
+    end to end they agree up to the sampling of the hidden layer."""
+    import gpytorch
+
+    from raydgp.dgp.model import _layer_moments
+
+    m = fitted[0]
+    m.eval()
+    X = torch.rand(300, 3, generator=torch.Generator().manual_seed(9))
+    with torch.no_grad(), gpytorch.settings.num_likelihood_samples(1):
+        hm, hv = _layer_moments(m.hidden[0], X)  # b x n
+        ref = m.hidden[0](X)  # 1 x n x b
+        assert torch.allclose(hm, ref.mean[0].mT, atol=1e-4) and torch.allclose(hv, ref.variance[0].mT, atol=1e-5)
+        H = hm.mT.contiguous()
+        om, ov = _layer_moments(m.output, H)
+        ref = m.output(H)
+        assert torch.allclose(om, ref.mean, atol=1e-3) and torch.allclose(ov, ref.variance, atol=1e-4, rtol=1e-2)
+    fm, _ = m.predict(X, seed=0, num_samples=64)
+    with torch.no_grad(), gpytorch.settings.num_likelihood_samples(64):
+        out = m(X)
+    assert (fm.mean(0) - out.mean.mean(0)).abs().max() < 0.1
+
+
+def test_small_data_fit_matches_an_exact_gp():
+    """The small-data fragility fix: on 20 points of the 6-dimensional synthetic mixed space, the DGP (initialised
+    from exact GPs, then ELBO-trained) ranks 500 held-out points about as well as BoTorch's exact GP. Without the
+    initialisation this landed at held-out Spearman 0.2-0.4 on some seeds."""
+    import numpy as np
+    from botorch.fit import fit_gpytorch_mll
+    from botorch.models import SingleTaskGP
+    from gpytorch.mlls import ExactMarginalLogLikelihood
+    from ray import tune
+    from scipy.stats import spearmanr
+
+    from raydgp.dgp.data import InputScaler
+    from raydgp.dgp.train import fit_dgp
+    from raydgp.raytune.dgp_searcher import convert_search_space
+    from raydgp.testing import synthetic_loss
+
+    sp = convert_search_space({"x": tune.uniform(0, 1), "nested": {"lr": tune.loguniform(1e-4, 1e-1)},
+                               "k": tune.randint(0, 4), "q": tune.qrandint(8, 64, 8),
+                               "act": tune.choice(["relu", "tanh"])})
+
+    def data(n, seed):
+        cs = sp.sample_many(n, np.random.default_rng(seed))
+        return sp.encode_many(cs), np.array([-synthetic_loss(sp.to_dict(c)) for c in cs])
+
+    dgp, exact = [], []
+    for seed in range(2):
+        X, y = data(20, seed)
+        Xh, yh = data(500, 100 + seed)
+        sc = InputScaler.fit(X)
+        Xt, Xht = sc.transform(X), sc.transform(Xh)
+        yt = torch.as_tensor((y - y.mean()) / y.std(), dtype=torch.float32)
+        m = fit_dgp(Xt, yt, DGPSettings(hidden_dims=(6,), num_inducing=24, num_samples=4), steps=100, seed=seed)
+        dgp.append(spearmanr(m.predict(Xht, seed=0)[0].mean(0).numpy(), yh)[0])
+        gp = SingleTaskGP(Xt.double(), yt.double().unsqueeze(-1))
+        fit_gpytorch_mll(ExactMarginalLogLikelihood(gp.likelihood, gp))
+        exact.append(spearmanr(gp.posterior(Xht.double()).mean.squeeze(-1).detach().numpy(), yh)[0])
+    assert min(dgp) > 0.65, (dgp, exact)
+    assert np.mean(dgp) > np.mean(exact) - 0.1, (dgp, exact)

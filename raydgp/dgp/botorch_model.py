@@ -64,9 +64,11 @@ class DGPModel(Model):
 
             with gpytorch.settings.num_likelihood_samples(S), gpytorch.settings.fast_pred_var():
                 if q == 1:
-                    out = self.dgp(X.reshape(-1, d))  # S x N
-                    mean = out.mean.reshape(S, *batch, 1)
-                    var = out.variance.reshape(S, *batch, 1).clamp_min(1e-9)
+                    # Large pools: the direct moment computation, one flat batch, diagonal covariance.
+                    g = torch.Generator().manual_seed(self.seed)
+                    m_, v_ = self.dgp.sample_moments(X.reshape(-1, d), S, g)  # S x N
+                    mean = m_.reshape(S, *batch, 1)
+                    var = v_.reshape(S, *batch, 1).clamp_min(1e-9)
                     if observation_noise:
                         var = var + self.dgp.likelihood.noise
                     mean = mean.movedim(0, -2)  # batch x S x 1
@@ -92,7 +94,7 @@ class DGPModel(Model):
         raise NotImplementedError("refit the DGP with the new data instead (raydgp.dgp.train)")
 
 
-def log_ei_pool(model: DGPModel, X: torch.Tensor, best_f: float, chunk: int = 4096) -> torch.Tensor:
+def log_ei_pool(model: DGPModel, X: torch.Tensor, best_f: float, chunk: int = 8192) -> torch.Tensor:
     """BoTorch's analytic ``LogExpectedImprovement`` of every row of a candidate pool, as one flat batch (q = 1).
 
     BoTorch averages an analytic acquisition over an ensemble model's mixture components (``_is_ensemble``).

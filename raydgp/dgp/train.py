@@ -18,12 +18,14 @@ import numpy as np
 import torch
 from gpytorch.mlls import DeepApproximateMLL, VariationalELBO
 
+from raydgp.dgp.init import initialise_from_exact_gp
 from raydgp.dgp.model import DeepGPSurrogate, DGPSettings
 from raydgp.errors import ConfigError
 
-#: Which parameters stage 2 tunes: everything; the output GP layer and the likelihood; or only the "head": the output
-#: GP's mean and output scale and the likelihood noise (a handful of numbers: cannot overfit a 10-point tuning set).
-FINETUNE_SCOPES = ("all", "output", "head")
+#: Which parameters stage 2 tunes: everything; the output GP layer and the likelihood; the head plus the output GP's
+#: variational distribution q(u) (kernel and inducing locations fixed); or only the "head": the output GP's mean and
+#: output scale and the likelihood noise (a handful of numbers: cannot overfit a 10-point tuning set).
+FINETUNE_SCOPES = ("all", "output", "variational", "head")
 
 
 def _params(model: DeepGPSurrogate, scope: str) -> dict[str, torch.nn.Parameter]:
@@ -32,15 +34,18 @@ def _params(model: DeepGPSurrogate, scope: str) -> dict[str, torch.nn.Parameter]
     named = dict(model.named_parameters())
     if scope == "all":
         return named
+    head = {k: v for k, v in named.items() if k.startswith("likelihood.") or k.startswith("output.mean_module")
+            or k == "output.covar_module.raw_outputscale"}
     if scope == "head":
-        return {k: v for k, v in named.items() if k.startswith("likelihood.") or k.startswith("output.mean_module")
-                or k == "output.covar_module.raw_outputscale"}
+        return head
+    if scope == "variational":
+        return head | {k: v for k, v in named.items() if k.startswith("output.variational_strategy._variational")}
     return {k: v for k, v in named.items() if k.startswith("output.") or k.startswith("likelihood.")}
 
 
 def train_elbo(model: DeepGPSurrogate, X: torch.Tensor, y: torch.Tensor, steps: int, lr: float, seed: int = 0,
                batch_size: int | None = None, scope: str = "all", prior_strength: float = 0.0,
-               prior_center: dict[str, torch.Tensor] | None = None) -> list[float]:
+               prior_center: dict[str, torch.Tensor] | None = None, num_data: int | None = None) -> list[float]:
     """Maximise the (minibatch) ELBO, optionally plus a Gaussian log-prior around ``prior_center``.
 
     Args:
@@ -52,6 +57,8 @@ def train_elbo(model: DeepGPSurrogate, X: torch.Tensor, y: torch.Tensor, steps: 
         scope: ``all`` or ``output`` parameters are trained; the others stay frozen.
         prior_strength: precision of the Gaussian prior around ``prior_center`` (0: none).
         prior_center: parameter values the prior is centred on (default: the values at the start).
+        num_data: the data size the KL term is scaled against (default ``n``). Fine-tuning passes the pre-training
+            size, so a few target points update the pre-trained posterior instead of pulling it back to the GP prior.
 
     Returns:
         The loss per step (negative ELBO per datum + prior term / n).
@@ -66,7 +73,7 @@ def train_elbo(model: DeepGPSurrogate, X: torch.Tensor, y: torch.Tensor, steps: 
     for p in params.values():
         p.requires_grad_(True)
     model.train()
-    mll = DeepApproximateMLL(VariationalELBO(model.likelihood, model, num_data=n))
+    mll = DeepApproximateMLL(VariationalELBO(model.likelihood, model, num_data=max(n, num_data or n)))
     opt = torch.optim.Adam(list(params.values()), lr=lr)
     g = torch.Generator().manual_seed(seed)
     losses = []
@@ -91,6 +98,21 @@ def train_elbo(model: DeepGPSurrogate, X: torch.Tensor, y: torch.Tensor, steps: 
     return losses
 
 
+def fit_dgp(X: torch.Tensor, y: torch.Tensor, settings: DGPSettings = DGPSettings(), steps: int | None = None,
+            seed: int = 0, batch_size: int | None = None) -> DeepGPSurrogate:
+    """A new DGP fitted to ``(X, y)``: built, initialised from exact GPs (:mod:`raydgp.dgp.init`), then trained on
+    the ELBO for ``steps`` Adam steps (default ``settings.pretrain_steps``).
+
+    Args:
+        X: ``n x d`` inputs; y: ``n`` standardised targets.
+    """
+    model = DeepGPSurrogate(X, settings, seed=seed)
+    initialise_from_exact_gp(model, X, y, seed=seed)
+    train_elbo(model, X, y, settings.pretrain_steps if steps is None else steps, settings.lr, seed=seed,
+               batch_size=batch_size)
+    return model
+
+
 @dataclass
 class Pretrained:
     """A pre-trained DGP and the key of the data it came from."""
@@ -100,8 +122,13 @@ class Pretrained:
     from_cache: bool = False
 
 
+#: Bumped whenever the stage-1 recipe changes, so weights cached by an older recipe are not reused.
+RECIPE_VERSION = "2-exact-init-priors"
+
+
 def data_key(X: np.ndarray, y: np.ndarray, settings: DGPSettings, seed: int) -> str:
     h = hashlib.sha256()
+    h.update(RECIPE_VERSION.encode())
     h.update(np.ascontiguousarray(X, dtype=np.float32).tobytes())
     h.update(np.ascontiguousarray(y, dtype=np.float32).tobytes())
     h.update(json.dumps(settings.to_json(), sort_keys=True).encode())
@@ -131,7 +158,9 @@ def pretrain(X: torch.Tensor, y: torch.Tensor, settings: DGPSettings = DGPSettin
             return Pretrained(model, key, from_cache=True)
         except Exception:  # noqa: BLE001 - a damaged or foreign cache file is retrained, never trusted
             pass
+    initialise_from_exact_gp(model, X, y, seed=seed)
     train_elbo(model, X, y, settings.pretrain_steps, settings.lr, seed=seed, batch_size=settings.batch_size)
+    model.num_train.fill_(len(y))
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
@@ -142,12 +171,16 @@ def pretrain(X: torch.Tensor, y: torch.Tensor, settings: DGPSettings = DGPSettin
 
 def map_finetune(model: DeepGPSurrogate, X: torch.Tensor, y: torch.Tensor, prior_strength: float = 1.0,
                  steps: int | None = None, lr: float | None = None, scope: str = "head", seed: int = 0,
-                 prior_center: dict[str, torch.Tensor] | None = None) -> list[float]:
+                 prior_center: dict[str, torch.Tensor] | None = None, kl_from_pretraining: bool = True
+                 ) -> list[float]:
     """Stage 2: MAP transfer of a (pre-trained) DGP to the target data, in place. See the module docstring.
 
     ``prior_center`` defaults to the model's current parameters; a warm-started refit passes the pre-trained ones so
-    the prior stays anchored where stage 1 left it.
+    the prior stays anchored where stage 1 left it. With ``kl_from_pretraining`` the KL term keeps the weight it had
+    in stage 1 (scaled to the pre-training data size), so the target points refine the pre-trained posterior rather
+    than a 10-point ELBO pulling every variational distribution back to the GP prior.
     """
     s = model.settings
+    n_kl = int(model.num_train) if kl_from_pretraining else None
     return train_elbo(model, X, y, steps or s.finetune_steps, lr or s.lr, seed=seed, scope=scope,
-                      prior_strength=prior_strength, prior_center=prior_center)
+                      prior_strength=prior_strength, prior_center=prior_center, num_data=n_kl)
