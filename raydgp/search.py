@@ -289,7 +289,7 @@ class DGPSearch:
         Xf = self._scaler_for().transform(self.space.encode_many(fresh)) if fresh else None
         parts = [t for t in (self._pool_X[keep] if keep else None, Xf) if t is not None]
         self._pool_configs = kept + fresh
-        self._pool_X = torch.cat(parts) if parts else torch.zeros(0, self.space.dim)
+        self._pool_X = torch.cat(parts) if parts else torch.zeros(0, self._scaler_for().out_dim)
         return self._pool_configs, self._pool_X
 
     def _pool(self, exclude: set) -> tuple[list, torch.Tensor]:

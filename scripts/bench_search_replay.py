@@ -1,52 +1,61 @@
 #!/usr/bin/env python
 """Replay search on the recorded dataset, issue 3 (b)-(e): the target layer's recorded configurations are the only
-candidates (looked up, not measured); every other layer of the dataset is the history (leave-one-task-out), or only
-ResNet-18's layers (``--source-models resnet18``: leave-one-model-out). Methods, same pool, same budget:
+candidates (looked up, not measured); every other layer of the dataset is the history (leave-one-task-out, the
+default: every task in turn is the target), or only ResNet-18's layers with MobileNet-v1's as targets
+(``--lomo``: leave-one-model-out). Methods, same candidates, same budget:
 
-* ``random``: random order (many seeds);
+* ``random``: random order (``--random-seeds`` seeds);
 * ``cold``: DGP Bayesian optimisation without history (cold start);
 * ``dgp``: DGP transfer (pre-trained on the history, MAP fine-tuned), tuning set chosen by the pre-trained DGP;
-* ``dgp_rand``: the same with a random tuning set (issue 3 (c));
+* ``dgp_rand``: the same with a random tuning set (issue 3 (b), (c));
+* ``dgp_zs``: the pre-trained DGP used zero-shot throughout (no fine-tuning): what stage 2 adds in search;
 * ``exact_gp``: the simple transfer baseline: BoTorch ``SingleTaskGP`` on a history subsample (600) + the target's
-  measurements, with the workload features, LogEI over the remaining pool.
+  measurements, with the workload features; hyper-parameters refitted every 8 results (conditioned in between);
+  LogEI over the remaining candidates; its tuning set is its own best predictions from history.
 
-Reports per target and method (median over seeds): best latency after 10, 20, 40 trials relative to the pool's best,
-and trials to come within 5% of the pool's best (budget+1 if never).
+Reports per target and method (median over seeds): best latency after 10, 20, 40 trials relative to the candidates'
+best, and trials to come within 5% of it (budget+1 if never); the median curve per method over all targets goes to
+the JSON and, with ``--plot``, to a PNG.
 
-    python scripts/bench_search_replay.py --targets conv2d:1,64,56,56,64,3,1,1 --seeds 3 --budget 40 \\
-        --out bench/bench_search_loto.json
+    python scripts/bench_search_replay.py --seeds 3 --out bench/bench_search_loto.json --plot bench/search_loto.png
+    python scripts/bench_search_replay.py --lomo --seeds 3 --out bench/bench_search_lomo.json \\
+        --plot bench/search_lomo.png
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
+import tempfile
 import time
 
 import numpy as np
+
+METHODS = ("random", "cold", "dgp", "dgp_rand", "dgp_zs", "exact_gp")
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--history", default="data/dataset")
-    ap.add_argument("--targets", default="conv2d:1,64,56,56,64,3,1,1;conv2d:1,128,28,28,256,3,2,1;"
-                                          "conv2d:1,128,56,56,128,1,1,0;depthwise:1,256,28,28,3,1,1;dense:1,512,1000")
+    ap.add_argument("--targets", default=None, help="';'-separated dataset specs (default: every task, or with "
+                                                    "--lomo every MobileNet-v1 task)")
+    ap.add_argument("--lomo", action="store_true", help="history: ResNet-18 only; targets: MobileNet-v1")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--random-seeds", type=int, default=50)
     ap.add_argument("--budget", type=int, default=40)
-    ap.add_argument("--methods", default="dgp,dgp_rand,cold,exact_gp")
-    ap.add_argument("--source-models", default=None)
-    ap.add_argument("--pool", type=int, default=300, help="pool size per proposal (the target's records are the pool)")
+    ap.add_argument("--methods", default="cold,dgp,dgp_rand,dgp_zs,exact_gp")
+    ap.add_argument("--max-history", type=int, default=4000, help="history subsample (as `raydgp tune` uses)")
+    ap.add_argument("--cache", default=None, help="pre-trained weights cache (default: a temporary directory)")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--plot", default=None, help="PNG of the median curves")
     args = ap.parse_args(argv)
 
     import torch
 
     torch.set_num_threads(1)
     from raydgp.records import RecordStore
-    from raydgp.search import DGPSearch, SearchSettings, history_from_records
+    from raydgp.search import History, history_from_records
     from raydgp.space.design_space import DesignSpace
     from raydgp.space.zoo import MODELS
 
@@ -54,92 +63,161 @@ def main(argv=None) -> int:
     recs = [r for r in store.records() if r.config.sketch >= 0]
     spaces = {k: DesignSpace.from_json(e["space"]) for k, e in store.workload_entries().items() if e.get("space")}
     spec_of = {r.workload.key: r.tag.split("dataset:", 1)[-1] for r in recs}
-    allowed = None
-    if args.source_models:
-        allowed = {s for m in args.source_models.split(",") for s in MODELS[m]}
-    results = {"budget": args.budget, "seeds": args.seeds, "source_models": args.source_models, "targets": {}}
-    for spec in args.targets.split(";"):
-        tkey = next(k for k, s in spec_of.items() if s == spec)
+    key_of = {s: k for k, s in spec_of.items()}
+    allowed = set(MODELS["resnet18"]) if args.lomo else None
+    if args.targets:
+        targets = args.targets.split(";")
+    elif args.lomo:
+        targets = [s for s in dict.fromkeys(MODELS["mobilenet_v1"]) if s in key_of and s not in allowed]
+    else:
+        targets = sorted(key_of)
+    methods = [m for m in args.methods.split(",") if m]
+    unknown = set(methods) - set(METHODS)
+    if unknown:
+        ap.error(f"unknown methods {sorted(unknown)}; choose from {METHODS}")
+    cache = args.cache or tempfile.mkdtemp(prefix="raydgp-replay-")
+    results = {"budget": args.budget, "seeds": args.seeds, "lomo": args.lomo, "max_history": args.max_history,
+               "targets": {}, "curves": {}}
+    all_curves: dict[str, list] = {m: [] for m in ["random"] + methods}
+    for spec in targets:
+        t_start = time.time()
+        tkey = key_of[spec]
         src = [r for r in recs if r.workload.key != tkey and (allowed is None or spec_of[r.workload.key] in allowed)]
         hist = history_from_records(src, spaces, exclude_workload=tkey)
+        if len(hist) > args.max_history:
+            idx = np.sort(np.random.default_rng(0).choice(len(hist), args.max_history, replace=False))
+            hist = History(hist.X[idx], hist.y[idx])
         lat = {r.config: r.result.median_ms for r in recs if r.workload.key == tkey and r.result.ok}
         sp = spaces[tkey]
         best = min(lat.values())
-
-        class Replay:
-            size = len(lat)
-            dim = sp.dim
-
-            def sample_many(self, n, rng, exclude=None, max_tries=None):
-                c = [x for x in lat if x not in (exclude or ())]
-                rng.shuffle(c)
-                return c[:n]
-
-            def neighbours(self, c):
-                return []
-
-            def encode_many(self, cs):
-                return sp.encode_many(cs)
-
-        def curve(order):
-            return np.minimum.accumulate([lat[c] for c in order])
-
-        def summary(curves):
-            curves = np.array([c[: args.budget] for c in curves])
-            rel = curves / best
-            within = [int(np.argmax(c <= 1.05 * best)) + 1 if (c <= 1.05 * best).any() else args.budget + 1
-                      for c in curves]
-            return {f"best_rel@{n}": float(np.median(rel[:, n - 1])) for n in (10, 20, 40) if n <= args.budget} | {
-                "trials_to_5pct": float(np.median(within)), "runs": len(curves)}
-
-        out = {"pool_size": len(lat), "pool_best_ms": best, "history_points": len(hist)}
+        out = {"candidates": len(lat), "best_ms": best, "history_points": len(hist)}
         rs = []
         for seed in range(args.random_seeds):
             order = list(lat)
             np.random.default_rng(seed).shuffle(order)
-            rs.append(curve(order[: args.budget]))
-        out["random"] = summary(rs)
-        cache = None
-        for method in args.methods.split(","):
+            rs.append(_curve(lat, order[: args.budget]))
+        out["random"] = _summary(rs, best, args.budget)
+        all_curves["random"].extend(c / best for c in rs)
+        for method in methods:
             t0 = time.time()
-            curves = []
-            for seed in range(args.seeds):
-                if method == "exact_gp":
-                    curves.append(curve(_exact_gp_search(Replay(), sp, hist, lat, seed, args.budget)))
-                    continue
-                st = SearchSettings(seed=seed, init="random" if method == "dgp_rand" else "dgp", pool_size=args.pool,
-                                    pretrain_seed=0)
-                s = DGPSearch(Replay(), st, history=None if method == "cold" else hist, cache_dir=cache)
-                if method != "cold" and cache is None:
-                    import tempfile
-
-                    cache = tempfile.mkdtemp(prefix="raydgp-replay-")
-                    s.cache_dir = cache
-                order = []
-                for _ in range(args.budget):
-                    c = s.suggest()
-                    if c is None:
-                        break
-                    s.observe(c, lat[c])
-                    order.append(c)
-                curves.append(curve(order))
-            out[method] = summary(curves) | {"wall_s": round(time.time() - t0, 1)}
+            curves = [_curve(lat, _run(method, sp, lat, hist, seed, args.budget, cache)) for seed in range(args.seeds)]
+            out[method] = _summary(curves, best, args.budget) | {"wall_s": round(time.time() - t0, 1)}
+            all_curves[method].extend(c / best for c in curves)
+        out["wall_s"] = round(time.time() - t_start, 1)
         results["targets"][spec] = out
         print(spec, json.dumps(out), flush=True)
-    meth = ["random"] + args.methods.split(",")
-    results["median_over_targets"] = {
-        m: {k: float(np.median([t[m][k] for t in results["targets"].values()]))
-            for k in next(iter(results["targets"].values()))[m] if k not in ("runs", "wall_s")} for m in meth}
-    print(json.dumps(results["median_over_targets"], indent=1))
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(results, f, indent=1)
+        if args.out:  # partial results survive an interrupted run
+            _finish(results, all_curves, ["random"] + methods, args)
+    _finish(results, all_curves, ["random"] + methods, args)
+    print(_table(results, ["random"] + methods))
     return 0
 
 
-def _exact_gp_search(space, sp, hist, lat, seed: int, budget: int, n_hist: int = 600, n_init: int = 8):
+def _run(method, sp, lat, hist, seed, budget, cache) -> list:
+    from raydgp.dgp.model import DGPSettings
+    from raydgp.search import DGPSearch, SearchSettings
+
+    if method == "exact_gp":
+        return _exact_gp_search(sp, hist, lat, seed, budget)
+    kw = {}
+    if method == "dgp_zs":
+        kw = {"refit_steps": 0, "dgp": DGPSettings(finetune_steps=0)}
+    st = SearchSettings(seed=seed, init="random" if method == "dgp_rand" else "dgp", pool_size=len(lat),
+                        pool_refresh=1.0, pretrain_seed=0, **kw)
+    s = DGPSearch(_Replay(sp, lat), st, history=None if method == "cold" else hist, cache_dir=cache)
+    order = []
+    for _ in range(budget):
+        c = s.suggest()
+        if c is None:
+            break
+        s.observe(c, lat[c])
+        order.append(c)
+    return order
+
+
+class _Replay:
+    """The target's recorded configurations as a finite space (look up instead of measure)."""
+
+    def __init__(self, sp, lat):
+        self.sp, self.lat = sp, lat
+        self.size, self.dim = len(lat), sp.dim
+
+    def sample_many(self, n, rng, exclude=None, max_tries=None):
+        c = [x for x in self.lat if x not in (exclude or ())]
+        rng.shuffle(c)
+        return c[:n]
+
+    def neighbours(self, c):
+        return []
+
+    def encode_many(self, cs):
+        return self.sp.encode_many(cs)
+
+
+def _curve(lat, order):
+    return np.minimum.accumulate([lat[c] for c in order])
+
+
+def _summary(curves, best, budget):
+    curves = np.array([np.pad(c, (0, budget - len(c)), mode="edge")[:budget] for c in curves])
+    rel = curves / best
+    within = [int(np.argmax(c <= 1.05 * best)) + 1 if (c <= 1.05 * best).any() else budget + 1 for c in curves]
+    return {f"best_rel@{n}": float(np.median(rel[:, n - 1])) for n in (10, 20, 40) if n <= budget} | {
+        "trials_to_5pct": float(np.median(within)), "runs": len(curves)}
+
+
+def _finish(results, all_curves, methods, args):
+    ts = results["targets"]
+    keys = [k for k in next(iter(ts.values()))["random"] if k != "runs"]
+    results["median_over_targets"] = {m: {k: float(np.median([t[m][k] for t in ts.values()])) for k in keys}
+                                      for m in methods}
+    results["mean_over_targets"] = {m: {k: float(np.mean([t[m][k] for t in ts.values()])) for k in keys}
+                                    for m in methods}
+    results["curves"] = {m: np.median(np.array([np.pad(c, (0, args.budget - len(c)), mode="edge")
+                                                for c in all_curves[m]]), axis=0).tolist()
+                         for m in methods if all_curves[m]}
+    with open(args.out, "w") as f:
+        json.dump(results, f, indent=1)
+    if args.plot:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for m, c in results["curves"].items():
+            ax.plot(range(1, len(c) + 1), c, label=m)
+        ax.set_xlabel("trials")
+        ax.set_ylabel("best latency / best of the candidates (median)")
+        ax.set_yscale("log")
+        ax.grid(True, alpha=0.3)
+        ax.legend()
+        ax.set_title(f"replay search, {'leave-one-model-out' if args.lomo else 'leave-one-task-out'}, "
+                     f"{len(ts)} targets")
+        fig.tight_layout()
+        fig.savefig(args.plot, dpi=100)
+        plt.close(fig)
+
+
+def _table(results, methods) -> str:
+    med, mean = results["median_over_targets"], results["mean_over_targets"]
+    keys = list(next(iter(med.values())))
+    lines = ["| method | " + " | ".join(f"median {k}" for k in keys) + " | mean trials_to_5pct |",
+             "|---" * (len(keys) + 2) + "|"]
+    for m in methods:
+        lines.append(f"| {m} | " + " | ".join(f"{med[m][k]:.3g}" for k in keys)
+                     + f" | {mean[m]['trials_to_5pct']:.3g} |")
+    return "\n".join(lines)
+
+
+def _exact_gp_search(sp, hist, lat, seed: int, budget: int, n_hist: int = 600, n_init: int = 8,
+                     refit_every: int = 8):
     """BO with an exact GP on history (subsample) + target points, workload features in the inputs, LogEI over the
-    remaining pool. The first ``n_init`` picks are the GP's own best predictions from history alone."""
+    remaining candidates; the first ``n_init`` picks are the GP's own best predictions from history alone.
+    Hyper-parameters are refitted every ``refit_every`` results (warm-started) and the GP is conditioned on the
+    new data in between."""
+    import warnings
+
     import torch
     from botorch.acquisition import LogExpectedImprovement
     from botorch.fit import fit_gpytorch_mll
@@ -153,21 +231,29 @@ def _exact_gp_search(space, sp, hist, lat, seed: int, budget: int, n_hist: int =
     Xh, yh = hist.X[idx], hist.y[idx]
     pool = list(lat)
     Xp_all = sp.encode_many(pool)
-    scaler = InputScaler.fit(np.concatenate([hist.X, Xp_all]))
+    scaler = InputScaler.fit(hist.X)
     chosen: list = []
+    state = None
     for i in range(budget):
-        yt, keep = standardised_targets(["t"] * len(chosen), ["ok"] * len(chosen), [lat[c] for c in chosen]) \
-            if chosen else (np.zeros(0), np.zeros(0, bool))
+        yt = standardised_targets(["t"] * len(chosen), ["ok"] * len(chosen), [lat[c] for c in chosen])[0] \
+            if chosen else np.zeros(0)
         Xt = sp.encode_many(chosen) if chosen else np.zeros((0, Xh.shape[1]))
-        X = torch.as_tensor(scaler.transform(np.concatenate([Xh, Xt])), dtype=torch.float64)
+        X = scaler.transform(np.concatenate([Xh, Xt])).double()
         y = torch.as_tensor(np.concatenate([yh, yt]), dtype=torch.float64).unsqueeze(-1)
-        gp = SingleTaskGP(X, y)
-        try:
-            fit_gpytorch_mll(ExactMarginalLogLikelihood(gp.likelihood, gp))
-        except Exception:  # noqa: BLE001 - keep the unfitted hyper-parameters
-            pass
-        rest = [j for j, c in enumerate(pool) if c not in set(chosen)]
-        Xp = torch.as_tensor(scaler.transform(Xp_all[rest]), dtype=torch.float64).unsqueeze(1)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            gp = SingleTaskGP(X, y)
+            if state is not None:
+                gp.load_state_dict(state, strict=False)
+            if state is None or i % refit_every == 0:
+                try:
+                    fit_gpytorch_mll(ExactMarginalLogLikelihood(gp.likelihood, gp))
+                except Exception:  # noqa: BLE001 - keep the previous hyper-parameters
+                    pass
+                state = {k: v for k, v in gp.state_dict().items() if "train" not in k}
+        taken = set(chosen)
+        rest = [j for j, c in enumerate(pool) if c not in taken]
+        Xp = scaler.transform(Xp_all[rest]).double().unsqueeze(1)
         with torch.no_grad():
             if len(chosen) < n_init:
                 score = gp.posterior(Xp.squeeze(1)).mean.squeeze(-1)

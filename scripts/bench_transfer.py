@@ -40,7 +40,7 @@ def main(argv=None) -> int:
     ap.add_argument("--cache", default=None, help="cache directory for pre-trained weights")
     ap.add_argument("--prior", type=float, default=1.0, help="MAP prior strength")
     ap.add_argument("--scope", default="head", help="fine-tune scope: all, output, head")
-    ap.add_argument("--extra", default=None, help="more MAP variants: 'scope,prior,kl|nokl;...'")
+    ap.add_argument("--extra", default=None, help="more MAP variants: 'scope,prior,kl|nokl[,norel];...'")
     args = ap.parse_args(argv)
 
     import torch
@@ -106,10 +106,10 @@ def main(argv=None) -> int:
             ft_s = time.monotonic() - t1
             preds["MAP DGP"] = tuned.predict(Xte, seed=seed)[0].mean(0).numpy()
             for extra in filter(None, (args.extra or "").split(";")):  # e.g. "output,1,kl" "all,10,nokl"
-                sc_, pr_, kl_ = extra.split(",")
+                sc_, pr_, kl_, *rest = extra.split(",")
                 alt = copy.deepcopy(base)
                 map_finetune(alt, Xtr, ytr_t, prior_strength=float(pr_), scope=sc_, seed=seed,
-                             kl_from_pretraining=kl_ == "kl")
+                             kl_from_pretraining=kl_ == "kl", relocate=not rest or rest[0] != "norel")
                 preds[f"MAP DGP {extra}"] = alt.predict(Xte, seed=seed)[0].mean(0).numpy()
             preds["exact GP (history+target)"] = _exact_gp(scaler, Xs, ys, Xt_all[tr], y_tr, Xt_all[te], seed)
             for name, p in preds.items():

@@ -66,29 +66,46 @@ def standardised_targets(workloads: Sequence[str], statuses: Sequence[str], late
 class InputScaler:
     """Affine input normalisation fixed on the source data, so pre-training and transfer see one input space.
 
-    Columns constant in the source data are kept but left unscaled (std 1).
+    Columns constant in the fit data are dropped (``keep``): nothing can be learned about them from that data, and
+    design-space encodings are mostly such padding (the shipped history: 114 of 149 columns are constant), so the
+    model's kernels work on the informative columns only.
     """
 
     mean: np.ndarray
     std: np.ndarray
+    keep: np.ndarray | None = None  # boolean mask of the columns passed to the model (None: all)
 
     @classmethod
     def fit(cls, X: np.ndarray) -> "InputScaler":
         X = np.asarray(X, dtype=np.float64)
         mean = X.mean(0) if len(X) else np.zeros(X.shape[1])
         std = X.std(0) if len(X) > 1 else np.ones(X.shape[1])
+        keep = std > 1e-8
+        if not keep.any():  # nothing varies: keep everything rather than nothing
+            keep[:] = True
         std = np.where(std > 1e-8, std, 1.0)
-        return cls(mean, std)
+        return cls(mean, std, keep)
+
+    @property
+    def out_dim(self) -> int:
+        return int(self.keep.sum()) if self.keep is not None else len(self.mean)
 
     def transform(self, X: np.ndarray) -> torch.Tensor:
-        return torch.as_tensor((np.asarray(X, dtype=np.float64) - self.mean) / self.std, dtype=torch.float32)
+        """``n x d`` raw encodings to ``n x out_dim`` model inputs (float32)."""
+        Z = (np.asarray(X, dtype=np.float64) - self.mean) / self.std
+        if self.keep is not None:
+            Z = Z[:, self.keep]
+        return torch.as_tensor(Z, dtype=torch.float32)
 
     def to_json(self) -> dict:
-        return {"mean": self.mean.tolist(), "std": self.std.tolist()}
+        return {"mean": self.mean.tolist(), "std": self.std.tolist(),
+                "keep": None if self.keep is None else self.keep.tolist()}
 
     @classmethod
     def from_json(cls, d: dict) -> "InputScaler":
-        return cls(np.asarray(d["mean"], dtype=np.float64), np.asarray(d["std"], dtype=np.float64))
+        keep = d.get("keep")
+        return cls(np.asarray(d["mean"], dtype=np.float64), np.asarray(d["std"], dtype=np.float64),
+                   None if keep is None else np.asarray(keep, dtype=bool))
 
 
 def median_or_inf(latencies: Sequence[float]) -> float:

@@ -123,7 +123,7 @@ class Pretrained:
 
 
 #: Bumped whenever the stage-1 recipe changes, so weights cached by an older recipe are not reused.
-RECIPE_VERSION = "2-exact-init-priors"
+RECIPE_VERSION = "3-exact-init-priors-informative-columns"
 
 
 def data_key(X: np.ndarray, y: np.ndarray, settings: DGPSettings, seed: int) -> str:
@@ -169,18 +169,104 @@ def pretrain(X: torch.Tensor, y: torch.Tensor, settings: DGPSettings = DGPSettin
     return Pretrained(model, key)
 
 
+@torch.no_grad()
+def place_inducing_on_target(model: DeepGPSurrogate, X: torch.Tensor, max_fraction: float = 0.25) -> int:
+    """Move some of the output GP's inducing points onto the target's (hidden-layer) inputs, keeping the function.
+
+    The pre-trained output layer's inducing points sit where the history was; a new workload lies elsewhere in input
+    space (its workload features differ), so no amount of fine-tuning q(u) at those points can express what the
+    target data says about its own region. This moves the ``k = min(len(X), max_fraction * m)`` inducing points
+    farthest from the target onto (a spread-out subset of) the target's hidden-layer means, and sets q(u) at the new
+    locations to the pre-trained model's own predictive distribution there (exact, up to jitter): the function is
+    unchanged until fine-tuning moves it.
+
+    Args:
+        model: the DGP (changed in place).
+        X: ``n x d`` target inputs.
+        max_fraction: at most this fraction of the inducing points is moved.
+
+    Returns:
+        How many inducing points were moved.
+    """
+    from raydgp.dgp.model import _layer_moments, _matern52
+
+    if model.skip or X.shape[0] == 0:
+        return 0
+    h = X
+    for layer in model.hidden:
+        h = _layer_moments(layer, h)[0].mT  # n x b: the hidden means
+    out = model.output
+    vs = out.variational_strategy
+    Z = vs.inducing_points.detach().clone()  # m x h
+    m = Z.shape[0]
+    # Inducing points already on a target point count against the budget (repeated refits add, never churn).
+    on_target = torch.cdist(Z, h).min(dim=1).values < 1e-5
+    k = min(h.shape[0], int(max_fraction * m)) - int(on_target.sum())
+    if k < 1:
+        return 0
+    h = h[torch.cdist(h, Z[on_target]).min(dim=1).values >= 1e-5] if on_target.any() else h
+    if h.shape[0] == 0:
+        return 0
+    k = min(k, h.shape[0])
+    # A spread-out subset of the target points (farthest-point order), and the inducing points farthest from them.
+    chosen = [0]
+    dmin = torch.cdist(h, h[:1]).squeeze(-1)
+    while len(chosen) < k:
+        j = int(torch.argmax(dmin))
+        chosen.append(j)
+        dmin = torch.minimum(dmin, torch.cdist(h, h[j:j + 1]).squeeze(-1))
+    new = h[chosen]
+    dist = torch.cdist(Z, new).min(dim=1).values
+    dist[on_target] = -1.0  # never move the ones already placed
+    far = torch.argsort(dist, descending=True)[:k]
+    Z2 = Z.clone()
+    Z2[far] = new
+    kern = out.covar_module
+    ls, os = kern.base_kernel.lengthscale, kern.outputscale
+    jitter = vs.jitter_val
+    vd = vs._variational_distribution
+    eye = torch.eye(m, dtype=torch.float64)
+    L = torch.linalg.cholesky(_matern52(Z, Z, ls, os).double() + jitter * eye)
+    A = torch.linalg.solve_triangular(L, _matern52(Z, Z2, ls, os).double(), upper=False)  # L^-1 K_z,z'
+    C = vd.chol_variational_covar.double().tril()
+    mean = A.mT @ vd.variational_mean.double()
+    K2 = _matern52(Z2, Z2, ls, os).double()
+    cov = K2 - A.mT @ A + (C.mT @ A).mT @ (C.mT @ A)
+    L2 = torch.linalg.cholesky(K2 + jitter * eye)
+    mw = torch.linalg.solve_triangular(L2, mean.unsqueeze(-1), upper=False).squeeze(-1)
+    L2i = torch.linalg.solve_triangular(L2, eye, upper=False)
+    Sw = L2i @ cov @ L2i.mT
+    Sw = 0.5 * (Sw + Sw.mT) + 1e-6 * eye
+    try:
+        C2 = torch.linalg.cholesky(Sw)
+    except RuntimeError:
+        return 0  # numerically unsafe here: leave the model as it is
+    vs.inducing_points.copy_(Z2.to(Z))
+    vd.variational_mean.copy_(mw.to(vd.variational_mean))
+    vd.chol_variational_covar.copy_(C2.to(vd.chol_variational_covar))
+    return k
+
+
 def map_finetune(model: DeepGPSurrogate, X: torch.Tensor, y: torch.Tensor, prior_strength: float = 1.0,
                  steps: int | None = None, lr: float | None = None, scope: str = "head", seed: int = 0,
-                 prior_center: dict[str, torch.Tensor] | None = None, kl_from_pretraining: bool = True
-                 ) -> list[float]:
+                 prior_center: dict[str, torch.Tensor] | None = None, kl_from_pretraining: bool = True,
+                 relocate: bool = True) -> list[float]:
     """Stage 2: MAP transfer of a (pre-trained) DGP to the target data, in place. See the module docstring.
 
     ``prior_center`` defaults to the model's current parameters; a warm-started refit passes the pre-trained ones so
     the prior stays anchored where stage 1 left it. With ``kl_from_pretraining`` the KL term keeps the weight it had
     in stage 1 (scaled to the pre-training data size), so the target points refine the pre-trained posterior rather
-    than a 10-point ELBO pulling every variational distribution back to the GP prior.
+    than a 10-point ELBO pulling every variational distribution back to the GP prior. With ``relocate`` (and a scope
+    that tunes q(u)) some inducing points first move onto the target's data (:func:`place_inducing_on_target`).
     """
     s = model.settings
     n_kl = int(model.num_train) if kl_from_pretraining else None
-    return train_elbo(model, X, y, steps or s.finetune_steps, lr or s.lr, seed=seed, scope=scope,
+    if scope != "head" and relocate and place_inducing_on_target(model, X):
+        # The moved inducing points and their q(u) are a re-parameterisation of the same function: the prior is
+        # centred on the re-parameterised values, not on the old locations.
+        prior_center = dict(prior_center or {k: v.detach().clone() for k, v in model.named_parameters()})
+        for k, v in model.named_parameters():
+            if k.startswith("output.variational_strategy."):
+                prior_center[k] = v.detach().clone()
+    return train_elbo(model, X, y, s.finetune_steps if steps is None else steps, lr or s.lr, seed=seed, scope=scope,
                       prior_strength=prior_strength, prior_center=prior_center, num_data=n_kl)
