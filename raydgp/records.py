@@ -90,6 +90,10 @@ class Config:
 
     def __post_init__(self):
         object.__setattr__(self, "decisions", _freeze(self.decisions))
+        object.__setattr__(self, "_hash", hash((self.sketch, self.decisions)))
+
+    def __hash__(self) -> int:  # cached: searchers hash thousands of candidates per proposal
+        return self._hash
 
     def to_json(self) -> dict:
         return {"sketch": int(self.sketch), "decisions": _thaw(self.decisions)}

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import math
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Hashable, Sequence
@@ -63,8 +64,9 @@ class SearchSettings:
             pool every time.
         neighbour_seeds: how many of the best configurations contribute their neighbours to the pool.
         prior_strength: precision of the MAP prior around the pre-trained weights (0: plain fine-tuning).
-        finetune_scope: ``head`` (output mean, output scale, noise: measured best on 10-point tuning sets), ``output``
-            (the whole output GP layer + likelihood) or ``all`` parameters are fine-tuned.
+        finetune_scope: ``variational`` (the head plus the output GP's q(u), with some inducing points moved onto
+            the target: measured best, BENCHMARKS.md section 2), ``head`` (output mean, output scale, noise),
+            ``output`` (the whole output GP layer + likelihood) or ``all`` parameters are fine-tuned.
         refit_steps: Adam steps of a warm-started refit when new results arrived.
         cold_steps: Adam steps of a from-scratch fit without history.
         dgp: the deep GP's own settings.
@@ -73,6 +75,10 @@ class SearchSettings:
             pre-trained model (e.g. every layer chunk of a whole-model run).
         torch_threads: torch threads while fitting and scoring (small GP algebra is fastest on one thread, and on a
             tuning node the other cores are building and timing kernels).
+        async_refit: refit on new results in a background thread and keep proposing with the latest finished model
+            (a result or two behind), so ``suggest()`` stays fast; proposals then depend on timing. Off: every
+            ``suggest()`` first refits on all results (deterministic for a seed). The first fit of a search is
+            always synchronous. Pins torch's intra-op threads to ``torch_threads`` for the process.
     """
 
     n_init: int = 8
@@ -80,14 +86,15 @@ class SearchSettings:
     pool_size: int = 2000
     pool_refresh: float = 0.0625
     neighbour_seeds: int = 5
-    prior_strength: float = 1.0
-    finetune_scope: str = "head"
+    prior_strength: float = 10.0
+    finetune_scope: str = "variational"
     refit_steps: int = 30
-    cold_steps: int = 150
+    cold_steps: int = 50
     dgp: DGPSettings = field(default_factory=DGPSettings)
     seed: int = 0
     torch_threads: int = 1
     pretrain_seed: int | None = None
+    async_refit: bool = False
 
     def __post_init__(self):
         if self.init not in INIT_MODES:
@@ -163,6 +170,8 @@ class DGPSearch:
         self._fitted_on = -1
         self._scaler: InputScaler | None = None
         self._calls = 0
+        self._refit_thread: threading.Thread | None = None
+        self._center: dict[str, torch.Tensor] | None = None  # the MAP prior's centre (pre-trained parameters)
         self._pool_configs: list = []  # the rolling candidate pool, oldest first
         self._pool_X: torch.Tensor | None = None  # its normalised encodings
         self._enc: dict[Hashable, np.ndarray] = {}  # encodings of measured / pending / neighbour configurations
@@ -238,30 +247,56 @@ class DGPSearch:
             return self.pretrained()
         if self._model is not None and self._fitted_on == len(y):
             return self._model
+        base = self.pretrained()  # stage 1 always in the caller's thread
+        if self._model is not None and self.settings.async_refit:
+            # Refit a copy in the background; score with the current model (a result or two behind) meanwhile.
+            if self._refit_thread is None or not self._refit_thread.is_alive():
+                torch.set_num_threads(self.settings.torch_threads)  # the worker thread shares the process setting
+                work = copy.deepcopy(self._model)
+                self._refit_thread = threading.Thread(target=self._refit_in_background, args=(work, X, y, base),
+                                                      daemon=True, name="raydgp-refit")
+                self._refit_thread.start()
+            return self._model
+        self._model = self._refit(self._model, X, y, base)
+        self._fitted_on = len(y)
+        return self._model
+
+    def _refit_in_background(self, model, X, y, base) -> None:
+        try:
+            new = self._refit(model, X, y, base)
+        except Exception:  # noqa: BLE001 - a failed refit keeps the previous model; the next result retries
+            return
+        self._model, self._fitted_on = new, len(y)
+
+    def wait_for_refit(self, timeout: float | None = None) -> None:
+        """Block until a background refit (``async_refit``) has finished."""
+        t = self._refit_thread
+        if t is not None:
+            t.join(timeout)
+
+    def _refit(self, model: DeepGPSurrogate | None, X: np.ndarray, y: np.ndarray,
+               base: DeepGPSurrogate | None) -> DeepGPSurrogate:
+        """Stage 2 on the target data ``(X, y)``: a new or warm-started fit of ``model`` (trained in place)."""
         t0 = time.perf_counter()
-        sc = self._scaler_for()
-        Xt = sc.transform(X)
+        Xt = self._scaler_for().transform(X)
         yt = torch.as_tensor(y, dtype=torch.float32)
-        base = self.pretrained()
         s = self.settings
         if base is not None:
-            if self._model is None:
-                self._model = copy.deepcopy(base)
+            if model is None:
+                model = copy.deepcopy(base)
                 steps = s.dgp.finetune_steps
+                self._center = {k: v.detach().clone() for k, v in base.named_parameters()}
             else:
                 steps = s.refit_steps
-            center = {k: v.detach().clone() for k, v in base.named_parameters()}
-            map_finetune(self._model, Xt, yt, prior_strength=s.prior_strength, steps=steps,
-                         scope=s.finetune_scope, seed=s.seed + len(y), prior_center=center)
+            map_finetune(model, Xt, yt, prior_strength=s.prior_strength, steps=steps, scope=s.finetune_scope,
+                         seed=s.seed + len(y), prior_center=self._center)
+        elif model is None or len(y) <= s.dgp.num_inducing:
+            # Cold start: a new DGP on the (growing) target data, initialised from exact GPs on it.
+            model = fit_dgp(Xt, yt, s.dgp, steps=s.cold_steps, seed=s.seed)
         else:
-            if self._model is None or len(y) <= s.dgp.num_inducing:
-                # Cold start: a new DGP on the (growing) target data, initialised from exact GPs on it.
-                self._model = fit_dgp(Xt, yt, s.dgp, steps=s.cold_steps, seed=s.seed)
-            else:
-                train_elbo(self._model, Xt, yt, s.refit_steps, s.dgp.lr, seed=s.seed + len(y))
-        self._fitted_on = len(y)
+            train_elbo(model, Xt, yt, s.refit_steps, s.dgp.lr, seed=s.seed + len(y))
         self.timings["fit"].append(time.perf_counter() - t0)
-        return self._model
+        return model
 
     # -- proposals -----------------------------------------------------------------------------------------------------
     def _encode(self, configs: Sequence[Hashable]) -> np.ndarray:

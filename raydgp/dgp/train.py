@@ -254,7 +254,7 @@ def map_finetune(model: DeepGPSurrogate, X: torch.Tensor, y: torch.Tensor, prior
     """Stage 2: MAP transfer of a (pre-trained) DGP to the target data, in place. See the module docstring.
 
     ``prior_center`` defaults to the model's current parameters; a warm-started refit passes the pre-trained ones so
-    the prior stays anchored where stage 1 left it. With ``kl_from_pretraining`` the KL term keeps the weight it had
+    the prior stays anchored where stage 1 left it (entries for relocated inducing points are updated in place). With ``kl_from_pretraining`` the KL term keeps the weight it had
     in stage 1 (scaled to the pre-training data size), so the target points refine the pre-trained posterior rather
     than a 10-point ELBO pulling every variational distribution back to the GP prior. With ``relocate`` (and a scope
     that tunes q(u)) some inducing points first move onto the target's data (:func:`place_inducing_on_target`).
@@ -264,8 +264,9 @@ def map_finetune(model: DeepGPSurrogate, X: torch.Tensor, y: torch.Tensor, prior
     if scope != "head" and relocate and place_inducing_on_target(model, X):
         # The moved inducing points and their q(u) are a re-parameterisation of the same function: the prior is
         # centred on the re-parameterised values, not on the old locations.
-        prior_center = dict(prior_center or {k: v.detach().clone() for k, v in model.named_parameters()})
-        for k, v in model.named_parameters():
+        if prior_center is None:
+            prior_center = {k: v.detach().clone() for k, v in model.named_parameters()}
+        for k, v in model.named_parameters():  # updated in place: a caller's refits keep the re-centred prior
             if k.startswith("output.variational_strategy."):
                 prior_center[k] = v.detach().clone()
     return train_elbo(model, X, y, s.finetune_steps if steps is None else steps, lr or s.lr, seed=seed, scope=scope,

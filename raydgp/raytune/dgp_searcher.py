@@ -103,7 +103,7 @@ class DGPSearcher(JsonStateMixin, Searcher):
         if mode is not None and mode not in ("min", "max"):
             raise SearchSpaceError(f"mode must be 'min' or 'max', got {mode!r}")
         super().__init__(metric=metric, mode=mode)
-        self._settings = settings or SearchSettings(seed=seed)
+        self._settings = settings or SearchSettings(seed=seed, async_refit=True)
         if settings is not None and seed and settings.seed != seed:
             from dataclasses import replace
 

@@ -77,7 +77,7 @@ def make_searcher(name: str, space, seed: int, history=None, pretrain_seed: int 
 
         return DGPSearcher(space, metric="latency_ms", mode="min", seed=seed, history=history,
                            points_to_evaluate=points_to_evaluate,
-                           settings=SearchSettings(seed=seed, pretrain_seed=pretrain_seed),
+                           settings=SearchSettings(seed=seed, pretrain_seed=pretrain_seed, async_refit=True),
                            cache_dir=cache_dir or str(default_cache_dir()))
     raise ConfigError(f"unknown searcher {name!r}; choose one of {', '.join(SEARCHERS)}")
 

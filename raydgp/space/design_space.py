@@ -20,6 +20,7 @@ import functools
 import itertools
 import json
 import math
+import random
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -79,16 +80,16 @@ def perfect_tilings(extent: int, n: int, max_innermost: int) -> tuple[tuple[int,
     return tuple(t for t in rec(extent, n) if max_innermost <= 0 or t[-1] <= max_innermost)
 
 
-def _sample_tile(k: "Knob", rng: np.random.Generator) -> tuple[int, ...]:
+def _sample_tile(k: "Knob", rng: random.Random) -> tuple[int, ...]:
     primes = _factor_pairs(k.extent)
     for _ in range(100):
         parts = [1] * k.parts
         for p in primes:
-            parts[int(rng.integers(k.parts))] *= p
+            parts[rng.randrange(k.parts)] *= p
         if k.max_innermost <= 0 or parts[-1] <= k.max_innermost:
             return tuple(parts)
     ch = k.choices()  # innermost bound rarely met by chance: fall back to uniform over valid tilings
-    return ch[int(rng.integers(len(ch)))]
+    return ch[rng.randrange(len(ch))]
 
 
 @dataclass(frozen=True)
@@ -199,27 +200,30 @@ class DesignSpace:
             return False
 
     # -- sampling and mutation -----------------------------------------------------------------------------------------
-    def sample(self, rng: np.random.Generator, sketch: int | None = None) -> Config:
+    def sample(self, rng: np.random.Generator | random.Random, sketch: int | None = None) -> Config:
         """One random configuration, drawn as MetaSchedule's own sampling instructions draw it.
 
         The sketch is uniform (unless given); a tile puts each prime factor of the extent into a uniformly chosen
         position and retries while the innermost factor is too large (``SamplePerfectTile``); categorical knobs and
-        compute locations are uniform.
+        compute locations are uniform. ``rng``: a numpy Generator (one Python ``random.Random`` is seeded from it) or
+        a ``random.Random`` (fast: :meth:`sample_many` draws thousands per proposal).
         """
-        s = int(rng.integers(len(self.sketches))) if sketch is None else sketch
+        r = rng if isinstance(rng, random.Random) else random.Random(int(rng.integers(2**63)))
+        s = r.randrange(len(self.sketches)) if sketch is None else sketch
         decisions = []
         for k in self.sketches[s].knobs:
             if k.kind == "tile":
-                decisions.append(_sample_tile(k, rng))
+                decisions.append(_sample_tile(k, r))
             else:
                 ch = k.choices()
-                decisions.append(ch[int(rng.integers(len(ch)))])
+                decisions.append(ch[r.randrange(len(ch))])
         return Config(s, tuple(decisions))
 
     def sample_many(self, n: int, rng: np.random.Generator, exclude: set | None = None,
                     max_tries: int | None = None) -> list[Config]:
-        """Up to ``n`` distinct configurations not in ``exclude``."""
-        return sample_distinct(self.sample, n, rng, exclude, max_tries)
+        """Up to ``n`` distinct configurations not in ``exclude`` (seeded by ``rng``)."""
+        r = random.Random(int(rng.integers(2**63)))
+        return sample_distinct(lambda _: self.sample(r), n, rng, exclude, max_tries)
 
     def neighbours(self, config: Config) -> list[Config]:
         """All configurations that differ from ``config`` in exactly one knob, by one small step.
