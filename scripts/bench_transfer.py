@@ -12,7 +12,9 @@ measurements form the tuning set; the rest of the target's ``ok`` measurements a
 Metrics on the held-out points: MAE of the standardised ``-log(latency)``, Spearman rank correlation, top-10 recall
 (how many of the truly 10 fastest are among the predicted 10 fastest).
 
-    python scripts/bench_transfer.py --history data/history --targets 6 --seeds 1 --out bench_a.json
+    python scripts/bench_transfer.py --seeds 2 --n-target 10 --out bench/bench_transfer_loto.json
+    python scripts/bench_transfer.py --source-models resnet18 --seeds 2 --n-target 10 \\
+        --out bench/bench_transfer_lomo.json
 """
 
 from __future__ import annotations
@@ -29,17 +31,19 @@ import numpy as np
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--history", default="data/dataset")
-    ap.add_argument("--targets", default="conv2d:1,64,56,56,64,3,1,1,conv2d:1,128,28,28,256,3,2,1,"
-                                          "conv2d:1,128,56,56,128,1,1,0,depthwise:1,256,28,28,3,1,1,dense:1,512,1000")
+    ap.add_argument("--targets", default="all", help="comma-separated dataset specs, or all (every task; with "
+                                                       "--source-models, every task outside those models)")
     ap.add_argument("--n-target", type=int, default=10)
     ap.add_argument("--seeds", type=int, default=1)
-    ap.add_argument("--pretrain-steps", type=int, default=300)
+    ap.add_argument("--pretrain-steps", type=int, default=None, help="default: DGPSettings' own")
+    ap.add_argument("--max-history", type=int, default=4000)
     ap.add_argument("--source-models", default=None,
                     help="restrict the history to these models' layers (e.g. resnet18 for leave-one-model-out)")
     ap.add_argument("--out", default=None)
     ap.add_argument("--cache", default=None, help="cache directory for pre-trained weights")
-    ap.add_argument("--prior", type=float, default=1.0, help="MAP prior strength")
-    ap.add_argument("--scope", default="head", help="fine-tune scope: all, output, head")
+    ap.add_argument("--prior", type=float, default=None, help="MAP prior strength (default: the search's)")
+    ap.add_argument("--scope", default=None, help="fine-tune scope: all, output, variational, head (default: the "
+                                                  "search's)")
     ap.add_argument("--extra", default=None, help="more MAP variants: 'scope,prior,kl|nokl[,norel];...'")
     args = ap.parse_args(argv)
 
@@ -47,8 +51,9 @@ def main(argv=None) -> int:
     from scipy.stats import spearmanr
 
     torch.set_num_threads(1)
-    from raydgp.dgp.data import InputScaler, standardised_targets
-    from raydgp.dgp.model import DeepGPSurrogate, DGPSettings
+    from raydgp.dgp.data import InputScaler
+    from raydgp.dgp.model import DGPSettings
+    from raydgp.search import History, SearchSettings, history_from_records
     from raydgp.dgp.train import fit_dgp, map_finetune, pretrain
     from raydgp.records import RecordStore
     from raydgp.space.design_space import DesignSpace
@@ -61,8 +66,12 @@ def main(argv=None) -> int:
     allowed = None
     if args.source_models:
         allowed = {s for m in args.source_models.split(",") for s in MODELS[m]}
-    targets = _split_specs(args.targets)
-    settings = DGPSettings(pretrain_steps=args.pretrain_steps)
+    if args.targets == "all":
+        targets = sorted(set(spec_of.values()) - (allowed or set()))
+    else:
+        targets = _split_specs(args.targets)
+    settings = DGPSettings() if args.pretrain_steps is None else DGPSettings(pretrain_steps=args.pretrain_steps)
+    search = SearchSettings()  # the search's own stage-2 defaults: the "MAP DGP" row
 
     def encode(rs):
         return np.stack([spaces[r.workload.key].encode(r.config) for r in rs])
@@ -75,13 +84,16 @@ def main(argv=None) -> int:
             continue
         src = [r for r in recs if r.workload.key != tkey and (allowed is None or spec_of[r.workload.key] in allowed)]
         tgt = [r for r in recs if r.workload.key == tkey and r.result.ok]
-        ys, keep = standardised_targets([r.workload.key for r in src], [r.result.status for r in src],
-                                        [r.result.median_ms for r in src])
-        Xs = encode(src)[keep]
-        ys = ys[keep]
+        # The same stage-1 data as the search (and scripts/bench_search_replay.py, whose cached models this reuses):
+        # every other workload, subsampled to --max-history points (seed 0).
+        hist = history_from_records(src, spaces, exclude_workload=tkey)
+        if len(hist) > args.max_history:
+            sub = np.sort(np.random.default_rng(0).choice(len(hist), args.max_history, replace=False))
+            hist = History(hist.X[sub], hist.y[sub])
+        Xs, ys = hist.X, hist.y
         scaler = InputScaler.fit(Xs)
         t0 = time.monotonic()
-        base = pretrain(scaler.transform(Xs), torch.tensor(ys, dtype=torch.float32), settings, seed=0,
+        base = pretrain(scaler.transform(Xs), torch.as_tensor(ys, dtype=torch.float32), settings, seed=0,
                         cache_dir=args.cache).model
         pre_s = time.monotonic() - t0
         Xt_all = encode(tgt)
@@ -97,12 +109,13 @@ def main(argv=None) -> int:
             Xtr, Xte = scaler.transform(Xt_all[tr]), scaler.transform(Xt_all[te])
             ytr_t = torch.tensor(y_tr, dtype=torch.float32)
             preds = {}
-            cold = fit_dgp(Xtr, ytr_t, settings, steps=150, seed=seed)
+            cold = fit_dgp(Xtr, ytr_t, settings, steps=search.cold_steps, seed=seed)
             preds["cold DGP"] = cold.predict(Xte, seed=seed)[0].mean(0).numpy()
             preds["zero-shot DGP"] = base.predict(Xte, seed=seed)[0].mean(0).numpy()
             t1 = time.monotonic()
             tuned = copy.deepcopy(base)
-            map_finetune(tuned, Xtr, ytr_t, prior_strength=args.prior, scope=args.scope, seed=seed)
+            map_finetune(tuned, Xtr, ytr_t, prior_strength=search.prior_strength if args.prior is None else args.prior,
+                         scope=args.scope or search.finetune_scope, seed=seed)
             ft_s = time.monotonic() - t1
             preds["MAP DGP"] = tuned.predict(Xte, seed=seed)[0].mean(0).numpy()
             for extra in filter(None, (args.extra or "").split(";")):  # e.g. "output,1,kl" "all,10,nokl"

@@ -56,7 +56,7 @@ def fit_exact_gp(X: torch.Tensor, y: torch.Tensor):
             lik.noise = torch.tensor(0.05, dtype=X.dtype)
             gp.mean_module.constant.fill_(float(y.mean()))
         try:
-            fit_gpytorch_mll(ExactMarginalLogLikelihood(lik, gp), optimizer_kwargs={"options": {"maxiter": 200}})
+            fit_gpytorch_mll(ExactMarginalLogLikelihood(lik, gp), optimizer_kwargs={"options": {"maxiter": 100}})
         except Exception:  # noqa: BLE001 - a failed fit keeps the prior-mode start, which is still a sane start
             pass
     gp.eval()

@@ -131,7 +131,9 @@ def data_key(X: np.ndarray, y: np.ndarray, settings: DGPSettings, seed: int) -> 
     h.update(RECIPE_VERSION.encode())
     h.update(np.ascontiguousarray(X, dtype=np.float32).tobytes())
     h.update(np.ascontiguousarray(y, dtype=np.float32).tobytes())
-    h.update(json.dumps(settings.to_json(), sort_keys=True).encode())
+    # only what shapes stage 1 (stage-2 settings such as finetune_steps must not invalidate the cache)
+    pre = {k: v for k, v in settings.to_json().items() if k != "finetune_steps"}
+    h.update(json.dumps(pre, sort_keys=True).encode())
     h.update(str(seed).encode())
     return h.hexdigest()[:24]
 
