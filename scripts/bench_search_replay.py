@@ -51,7 +51,11 @@ def main(argv=None) -> int:
     ap.add_argument("--cache", default=None, help="pre-trained weights cache (default: a temporary directory)")
     ap.add_argument("--out", default=None)
     ap.add_argument("--plot", default=None, help="PNG of the median curves")
+    ap.add_argument("--merge", nargs="+", default=None, metavar="JSON",
+                    help="combine the outputs of sharded runs (--shard) into --out / --plot, then stop")
     args = ap.parse_args(argv)
+    if args.merge:
+        return _merge(args)
 
     import torch
 
@@ -107,6 +111,8 @@ def main(argv=None) -> int:
             t0 = time.time()
             curves = [_curve(lat, _run(method, sp, lat, hist, seed, args.budget, cache)) for seed in range(args.seeds)]
             out[method] = _summary(curves, best, args.budget) | {"wall_s": round(time.time() - t0, 1)}
+            out[method]["curve"] = np.median(np.array([np.pad(c, (0, args.budget - len(c)), mode="edge")
+                                                       for c in curves]) / best, axis=0).round(4).tolist()
             all_curves[method].extend(c / best for c in curves)
         out["wall_s"] = round(time.time() - t_start, 1)
         results["targets"][spec] = out
@@ -202,6 +208,45 @@ def _finish(results, all_curves, methods, args):
         fig.tight_layout()
         fig.savefig(args.plot, dpi=100)
         plt.close(fig)
+
+
+def _merge(args) -> int:
+    """Combine sharded runs: per-target results are exact; the plot shows the median over all targets of the best
+    found after 10, 20 and 40 trials (the per-trial curves of a shard are medians and do not combine exactly)."""
+    parts = [json.load(open(f)) for f in args.merge]
+    results = {k: parts[0][k] for k in ("budget", "seeds", "lomo", "max_history")}
+    results["targets"] = {t: v for p in parts for t, v in p["targets"].items()}
+    results["merged_from"] = args.merge
+    methods = [m for m in ("random",) + METHODS[1:] if all(m in v for v in results["targets"].values())]
+    ts = results["targets"]
+    keys = [k for k in next(iter(ts.values()))["random"] if k != "runs"]
+    results["median_over_targets"] = {m: {k: float(np.median([t[m][k] for t in ts.values()])) for k in keys}
+                                      for m in methods}
+    results["mean_over_targets"] = {m: {k: float(np.mean([t[m][k] for t in ts.values()])) for k in keys}
+                                    for m in methods}
+    with open(args.out, "w") as f:
+        json.dump(results, f, indent=1)
+    if args.plot:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        ns = [int(k.split("@")[1]) for k in keys if k.startswith("best_rel@")]
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for m in methods:
+            ax.plot(ns, [results["median_over_targets"][m][f"best_rel@{n}"] for n in ns], marker="o", label=m)
+        ax.set_xlabel("trials")
+        ax.set_ylabel("best found / best of the candidates\n(median over targets)")
+        ax.grid(True, alpha=0.3)
+        ax.legend()
+        ax.set_title(f"replay search, {'leave-one-model-out' if results['lomo'] else 'leave-one-task-out'}, "
+                     f"{len(ts)} targets")
+        fig.tight_layout()
+        fig.savefig(args.plot, dpi=100)
+        plt.close(fig)
+    print(_table(results, methods))
+    return 0
 
 
 def _table(results, methods) -> str:

@@ -167,7 +167,7 @@ def _exact_gp(scaler, Xs, ys, Xtr, ytr, Xte, seed, n_hist=600):
     X = torch.cat([scaler.transform(Xs[sub]), scaler.transform(Xtr)]).double()
     y = torch.tensor(np.concatenate([ys[sub], ytr]), dtype=torch.float64).unsqueeze(-1)
     gp = SingleTaskGP(X, y)
-    fit_gpytorch_mll(ExactMarginalLogLikelihood(gp.likelihood, gp))
+    fit_gpytorch_mll(ExactMarginalLogLikelihood(gp.likelihood, gp), optimizer_kwargs={"options": {"maxiter": 100}})
     with torch.no_grad():
         return gp.posterior(scaler.transform(Xte).double()).mean.squeeze(-1).numpy()
 
