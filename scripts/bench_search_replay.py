@@ -177,13 +177,20 @@ def _summary(curves, best, budget):
         "trials_to_5pct": float(np.median(within)), "runs": len(curves)}
 
 
-def _finish(results, all_curves, methods, args):
+def _aggregate(results, methods) -> list[str]:
+    """Median and mean over targets of every per-target summary figure; returns the figures' names."""
     ts = results["targets"]
     keys = [k for k in next(iter(ts.values()))["random"] if k != "runs"]
     results["median_over_targets"] = {m: {k: float(np.median([t[m][k] for t in ts.values()])) for k in keys}
                                       for m in methods}
     results["mean_over_targets"] = {m: {k: float(np.mean([t[m][k] for t in ts.values()])) for k in keys}
                                     for m in methods}
+    return keys
+
+
+def _finish(results, all_curves, methods, args):
+    ts = results["targets"]
+    _aggregate(results, methods)
     results["curves"] = {m: np.median(np.array([np.pad(c, (0, args.budget - len(c)), mode="edge")
                                                 for c in all_curves[m]]), axis=0).tolist()
                          for m in methods if all_curves[m]}
@@ -219,11 +226,7 @@ def _merge(args) -> int:
     results["merged_from"] = args.merge
     methods = [m for m in ("random",) + METHODS[1:] if all(m in v for v in results["targets"].values())]
     ts = results["targets"]
-    keys = [k for k in next(iter(ts.values()))["random"] if k != "runs"]
-    results["median_over_targets"] = {m: {k: float(np.median([t[m][k] for t in ts.values()])) for k in keys}
-                                      for m in methods}
-    results["mean_over_targets"] = {m: {k: float(np.mean([t[m][k] for t in ts.values()])) for k in keys}
-                                    for m in methods}
+    keys = _aggregate(results, methods)
     with open(args.out, "w") as f:
         json.dump(results, f, indent=1)
     if args.plot:
