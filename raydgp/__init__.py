@@ -17,7 +17,7 @@ def __getattr__(name):
 
         return RandomSearcher
     if name == "tune_model":
-        from raydgp.network.job import tune_model
+        from raydgp.pipeline.model_job import tune_model
 
         return tune_model
     raise AttributeError(f"module 'raydgp' has no attribute {name!r}")

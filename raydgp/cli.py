@@ -6,6 +6,7 @@ Errors raised on purpose (:class:`~raydgp.errors.RayDGPError`) print one line an
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from raydgp.errors import RayDGPError
@@ -85,38 +86,41 @@ def main(argv: list[str] | None = None) -> int:
     # Library deprecation chatter (torch.export, TVM) is not for the user's console: errors stay one line.
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
-    try:
-        if args.command == "tune":
-            import os
+    from raydgp.logs import setup_console
 
-            from raydgp.measure.protocol import MeasureSettings
-            from raydgp.network.importer import parse_shape
-            from raydgp.network.job import tune_model
+    setup_console()
+    try:
+        from raydgp.measure.protocol import MeasureSettings
+
+        if args.command == "tune":
+            from raydgp.models.importer import parse_shape
+            from raydgp.pipeline.model_job import run_model
+            from raydgp.pipeline.settings import ModelRun
 
             threads = args.threads or os.cpu_count() or 1
-            settings = MeasureSettings(build_timeout_s=args.build_timeout, run_timeout_s=args.run_timeout,
-                                       num_threads=threads, device="cuda" if args.target == "cuda" else "cpu")
-            summary = tune_model(args.model, trials=args.trials, out=args.out, searcher=args.searcher,
-                                 time_budget_s=args.time_budget, seed=args.seed, target_kind=args.target,
-                                 input_shape=parse_shape(args.input_shape), history=args.history,
-                                 default_history=not args.no_default_history, cpus_per_trial=args.cpus_per_trial,
-                                 threads=threads, address=args.address,
-                                 max_concurrent_layers=args.max_concurrent_layers, settings=settings,
-                                 chunk=args.chunk, warmup=args.warmup, storage=args.storage,
-                                 trackers=[c for c in args.callbacks.split(",") if c.strip()])
+            run = ModelRun(
+                model=args.model, out=args.out, trials=args.trials, searcher=args.searcher,
+                time_budget_s=args.time_budget, seed=args.seed, target_kind=args.target,
+                input_shape=parse_shape(args.input_shape), history=tuple(args.history or ()),
+                default_history=not args.no_default_history, cpus_per_trial=args.cpus_per_trial, threads=threads,
+                address=args.address, max_concurrent_layers=args.max_concurrent_layers,
+                measure=MeasureSettings(build_timeout_s=args.build_timeout, run_timeout_s=args.run_timeout,
+                                        num_threads=threads, device="cuda" if args.target == "cuda" else "cpu"),
+                chunk=args.chunk, warmup=args.warmup, storage=args.storage,
+                trackers=tuple(c for c in args.callbacks.split(",") if c.strip()))
+            summary = run_model(run)
             return 0 if summary.get("verified") else 3
         if args.command == "layer":
-            from raydgp.measure.protocol import MeasureSettings
-            from raydgp.raytune.layer_job import tune_one_layer
-
-            import os
+            from raydgp.pipeline.layer_job import run_layer
+            from raydgp.pipeline.settings import LayerRun
 
             cores = args.cpus_per_trial or os.cpu_count() or 1
-            settings = MeasureSettings(build_timeout_s=args.build_timeout, run_timeout_s=args.run_timeout,
-                                       num_threads=cores, device="cuda" if args.target == "cuda" else "cpu")
-            tune_one_layer(args.workload, trials=args.trials, out=args.out, searcher=args.searcher, seed=args.seed,
-                           target_kind=args.target, cpus_per_trial=cores, address=args.address, settings=settings,
-                           history=args.history)
+            run_layer(LayerRun(
+                workload=args.workload, out=args.out, trials=args.trials, searcher=args.searcher, seed=args.seed,
+                target_kind=args.target, cpus_per_trial=cores, address=args.address,
+                history=tuple(args.history or ()),
+                measure=MeasureSettings(build_timeout_s=args.build_timeout, run_timeout_s=args.run_timeout,
+                                        num_threads=cores, device="cuda" if args.target == "cuda" else "cpu")))
         return 0
     except RayDGPError as e:
         print(f"raydgp: error: {e}", file=sys.stderr)

@@ -43,7 +43,3 @@ class SearchSpaceError(RayDGPError, ValueError):
 
 class ModelError(RayDGPError):
     """A model cannot be loaded or imported: unknown name, bad file, unsupported operator."""
-
-
-class VerificationError(RayDGPError):
-    """A built model's outputs differ from the reference beyond the stated tolerance."""

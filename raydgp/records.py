@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
-from filelock import FileLock
+from filelock import FileLock, Timeout
 
 from raydgp.errors import RecordsCorruptError
 
@@ -256,6 +256,19 @@ class JsonLinesFile:
         f.truncate(start)
         f.seek(0, os.SEEK_END)
 
+    def _read_bytes(self) -> tuple[bytes, bool]:
+        """The file's bytes, read under the writers' lock so that no line a live writer is completing is seen
+        half-written. Returns ``(data, live_writer)``: ``live_writer`` is True when the lock could not be taken (a
+        writer held it throughout), and then an unterminated last line is a write in progress, not a torn one.
+        A store whose directory cannot hold a lock file (read-only package data) is read without it."""
+        try:
+            with self._lock.acquire(timeout=5.0):
+                return self.path.read_bytes(), False
+        except Timeout:
+            return self.path.read_bytes(), True
+        except OSError:
+            return self.path.read_bytes(), False
+
     def read(self) -> Iterator[tuple[int, dict]]:
         """Yield ``(line_number, object)`` for every complete line (lines of a ``<file>.gz`` part first, numbered
         negatively).
@@ -276,7 +289,7 @@ class JsonLinesFile:
                         raise RecordsCorruptError(str(gz), i + 1, f"invalid JSON: {e}") from None
         if not self.path.exists():
             return
-        data = self.path.read_bytes()
+        data, live_writer = self._read_bytes()
         lines = data.split(b"\n")
         torn_tail = not data.endswith(b"\n")
         last = len(lines) - 1
@@ -288,11 +301,15 @@ class JsonLinesFile:
                 if not isinstance(obj, dict):
                     raise ValueError("not a JSON object")
             except (ValueError, UnicodeDecodeError) as e:
+                if i == last and torn_tail and live_writer:
+                    return  # a writer is completing this line right now: not torn, just not there yet
                 if i == last and torn_tail:
                     warnings.warn(f"{self.path}:{i + 1}: skipping a torn last line (a writer was killed mid-write)",
                                   stacklevel=2)
                     return
                 raise RecordsCorruptError(str(self.path), i + 1, f"invalid JSON: {e}") from None
+            if i == last and torn_tail and live_writer:
+                return
             if i == last and torn_tail:
                 # Parsed but unterminated: the writer died before the newline; the fsync never completed either.
                 warnings.warn(f"{self.path}:{i + 1}: skipping an unterminated last line", stacklevel=2)
@@ -369,13 +386,5 @@ class RecordStore:
         return len(self.records())
 
 
-def load_records(paths: Iterable[str | os.PathLike]) -> list[Record]:
-    """All records of several stores (missing stores are empty)."""
-    out: list[Record] = []
-    for p in paths:
-        out.extend(RecordStore(p).records())
-    return out
-
-
 __all__ = ["SCHEMA_VERSION", "STATUSES", "Workload", "Config", "MeasureResult", "Record", "RecordStore",
-           "JsonLinesFile", "load_records", "dumps_line"]
+           "JsonLinesFile", "dumps_line"]

@@ -1,12 +1,122 @@
-"""Fixtures shipped with the package: tiny real TVM kernels that misbehave on purpose, for tests and demos.
+"""Fakes and fixtures shipped with the package (no Ray here; TVM only inside the kernel fixtures).
 
-Each is an IRModule with the same signature as :func:`copy_task_module` (``B = 2 * A`` over 64 floats), so it can be
-measured as a *candidate* of that task: the worker checks its output against the task's reference.
+* :class:`FakeMeasurer` and :class:`FakeToolchain`: the whole pipeline (spaces, budget, Ray trials, records, summary)
+  runs in seconds without TVM; latencies are a known, deterministic function of the configuration.
+* Tiny real TVM kernels that misbehave on purpose. Each is an IRModule with the same signature as
+  :func:`copy_task_module` (``B = 2 * A`` over 64 floats), so it can be measured as a *candidate* of that task: the
+  worker checks its output against the task's reference.
+* :func:`synthetic_loss`: a known-optimum function over a mixed Ray Tune space.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import math
+from typing import Any, Callable
+
+from raydgp.measure.base import Measurer, Outcome
+from raydgp.measure.protocol import MeasureSettings, TaskPayload
+from raydgp.pipeline.toolchain import Deployment, LoadedModel, ModelLayer, Toolchain
+from raydgp.records import MeasureResult, RecordStore, Workload
+from raydgp.space.design_space import DesignSpace, Knob, Sketch
 from raydgp.tvm_loader import import_tvm
+
+
+def fake_latency_ms(task_key: str, trace: list | None) -> float:
+    """A deterministic latency (ms) for a task and a configuration's trace (None: the untuned task, slowest).
+
+    Smooth in the tile sizes (an innermost factor near 8 is best, as vector width would make it) plus a small
+    hash-derived ripple, so searchers have something to learn and ties are rare."""
+    base = 1.0 + (int(hashlib.sha1(task_key.encode()).hexdigest()[:6], 16) % 900) / 100.0
+    if trace is None:
+        return base * 20.0
+    cost = 1.0
+    for _, d in trace[1]:
+        if isinstance(d, list) and d:
+            cost += abs(math.log2(max(d[-1], 1)) - 3.0) / 3.0
+        elif isinstance(d, int):
+            cost += 0.05 * (d % 4)
+    ripple = int(hashlib.sha1(json.dumps(trace[1]).encode()).hexdigest()[:6], 16) / 0xFFFFFF
+    return base * cost * (1.0 + 0.1 * ripple)
+
+
+class FakeMeasurer(Measurer):
+    """Measures with :func:`fake_latency_ms` (no TVM, no worker process); picklable, so Ray trials can use it.
+
+    Args:
+        fail_every: every ``fail_every``-th distinct configuration (by hash) is a ``build_error`` (0: none).
+    """
+
+    def __init__(self, fail_every: int = 0):
+        self.fail_every = int(fail_every)
+        self.calls = 0
+
+    def measure(self, task: TaskPayload, trace: list | None) -> Outcome:
+        self.calls += 1
+        if trace is not None and self.fail_every:
+            h = int(hashlib.sha1(json.dumps(trace[1]).encode()).hexdigest()[:8], 16)
+            if h % self.fail_every == 0:
+                return Outcome(MeasureResult("build_error", message="fake build error"))
+        ms = fake_latency_ms(task.key, trace)
+        return Outcome(MeasureResult("ok", latencies_ms=(ms, ms * 1.01, ms * 0.99), build_s=0.001, run_s=0.001),
+                       None if trace is None else trace[1])
+
+
+def fake_space(key: str, extents: tuple[int, ...] = (64, 56), op: str = "conv2d") -> DesignSpace:
+    """A small TVM-like design space without TVM: one sketch, a 4-way tile per extent and an unroll knob."""
+    knobs = tuple(Knob("tile", i, extent=e, parts=4, max_innermost=64) for i, e in enumerate(extents))
+    knobs += (Knob("categorical", len(extents), values=(0, 16, 64, 512)),)
+    features = {f"extent_{i}": float(e) for i, e in enumerate(extents)}
+    features["log2_flops"] = float(sum(math.log2(e) for e in extents) + 10)
+    return DesignSpace(Workload(key, f"fake_{key}", op, features), {"kind": "llvm"}, (Sketch([], knobs),))
+
+
+class FakeToolchain(Toolchain):
+    """A model of ``layers`` fake layers: each a :func:`fake_space`, measured by :class:`FakeMeasurer`.
+
+    ``deploy`` "builds" the model as the weighted sum of each layer's best fake latency (verified), or, with
+    ``crash_library``, reports a library that did not run (``verified`` False), as the TVM toolchain does.
+    """
+
+    def __init__(self, layers: int = 3, crash_library: bool = False, fail_every: int = 0):
+        self.n_layers = int(layers)
+        self.crash_library = crash_library
+        self.fail_every = fail_every
+
+    def load(self, model: str, input_shape, seed: int, target_kind: str, threads: int) -> LoadedModel:
+        from raydgp.errors import ModelError
+
+        if model != "fake":
+            raise ModelError(f"unknown model {model!r}: the fake toolchain has one model, 'fake'")
+        layers = []
+        for i in range(self.n_layers):
+            key = f"fake-{i}"
+            sp = fake_space(key, (64 * (i + 1), 56))
+            layers.append(ModelLayer(name=f"fused_fake_{i}", task=TaskPayload(key, "{}", {"kind": "llvm"}), space=sp,
+                                     weight=1 + i % 2, op="conv2d", flops=2.0 ** sp.workload.features["log2_flops"]))
+        return LoadedModel("fake", "fake", "fake", {"kind": "llvm"}, layers)
+
+    def measurer(self, settings: MeasureSettings) -> FakeMeasurer:
+        return FakeMeasurer(self.fail_every)
+
+    def trial_measurer(self) -> FakeMeasurer:
+        return FakeMeasurer(self.fail_every)
+
+    def deploy(self, model: LoadedModel, store: RecordStore, tuned_keys: set, out, threads: int,
+               compare_reference: bool, log: Callable[[str], Any]) -> Deployment:
+        if self.crash_library:
+            return Deployment(library=f"{out}/fake.so", verified=False,
+                              verify_message="the tuned library did not run: killed by SIGSEGV (fake)")
+        total = 0.0
+        for l in model.layers:
+            best = store.best(l.key) if l.key in tuned_keys else None
+            total += l.weight * (best.result.median_ms if best else fake_latency_ms(l.key, None))
+        return Deployment(library=f"{out}/fake.so", verified=True, verify_message="ok",
+                          end_to_end_latencies_ms=[total], max_abs_err=0.0,
+                          untuned_ms=sum(l.weight * fake_latency_ms(l.key, None) for l in model.layers))
+
+
 
 N = 64
 
@@ -75,10 +185,3 @@ def synthetic_loss(config: dict) -> float:
 
     return ((config["x"] - 0.3) ** 2 + (math.log10(config["nested"]["lr"]) + 2) ** 2 / 4 + 0.05 * config["k"]
             + (0.0 if config["act"] == "relu" else 0.2) + abs(config["q"] - 32) / 100)
-
-
-def synthetic_trainable(config: dict) -> None:
-    """Ray Tune function trainable reporting :func:`synthetic_loss` as ``loss``."""
-    from ray import tune
-
-    tune.report({"loss": synthetic_loss(config)})

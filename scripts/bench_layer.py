@@ -47,7 +47,7 @@ def main(argv=None) -> int:
     threads = os.cpu_count() or 1
     out = Path(args.out)
     rows = {"pytorch_eager_ms": pytorch_ms(args.workload, threads)}
-    for searcher, extra in (("random", []), ("dgp", ["--history", str(ROOT / "data" / "dataset")])):
+    for searcher, extra in (("random", []), ("dgp", ["--history", str(ROOT / "raydgp" / "datasets" / "shipped")])):
         d = out / searcher
         subprocess.run([sys.executable, "-m", "raydgp", "layer", "--workload", args.workload, "--trials",
                         str(args.trials), "--out", str(d), "--searcher", searcher, *extra], check=True, cwd=ROOT)

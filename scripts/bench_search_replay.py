@@ -38,7 +38,7 @@ METHODS = ("random", "cold", "dgp", "dgp_rand", "dgp_zs", "exact_gp")
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--history", default="data/dataset")
+    ap.add_argument("--history", default="raydgp/datasets/shipped")
     ap.add_argument("--shard", default=None, help="i/n: run every n-th target starting at i (parallel runs)")
     ap.add_argument("--targets", default=None, help="';'-separated dataset specs (default: every task, or with "
                                                     "--lomo every MobileNet-v1 task)")
@@ -63,7 +63,7 @@ def main(argv=None) -> int:
     from raydgp.records import RecordStore
     from raydgp.search import History, history_from_records
     from raydgp.space.design_space import DesignSpace
-    from raydgp.space.zoo import MODELS
+    from raydgp.models.layer_specs import MODELS
 
     store = RecordStore(args.history)
     recs = [r for r in store.records() if r.config.sketch >= 0]

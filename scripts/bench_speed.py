@@ -22,7 +22,7 @@ import numpy as np
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--dataset", default="data/dataset")
+    ap.add_argument("--dataset", default="raydgp/datasets/shipped")
     ap.add_argument("--history-size", type=int, default=10000)
     ap.add_argument("--pool", type=int, default=5000)
     ap.add_argument("--target", default="conv2d:1,64,56,56,64,3,1,1")

@@ -30,7 +30,7 @@ import numpy as np
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--history", default="data/dataset")
+    ap.add_argument("--history", default="raydgp/datasets/shipped")
     ap.add_argument("--targets", default="all", help="comma-separated dataset specs, or all (every task; with "
                                                        "--source-models, every task outside those models)")
     ap.add_argument("--n-target", type=int, default=10)
@@ -57,7 +57,7 @@ def main(argv=None) -> int:
     from raydgp.dgp.train import fit_dgp, map_finetune, pretrain
     from raydgp.records import RecordStore
     from raydgp.space.design_space import DesignSpace
-    from raydgp.space.zoo import MODELS
+    from raydgp.models.layer_specs import MODELS
 
     store = RecordStore(args.history)
     recs = [r for r in store.records() if r.config.sketch >= 0]

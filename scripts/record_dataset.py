@@ -29,13 +29,13 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
 
-    from raydgp.measure.measurer import Measurer
+    from raydgp.measure.local import LocalMeasurer
     from raydgp.measure.protocol import MeasureSettings, TaskPayload
     from raydgp.records import Record, RecordStore
     from raydgp.space.design_space import config_from_applied
     from raydgp.space.metaschedule import build_space, host_target
     from raydgp.space.workloads import make_task
-    from raydgp.space.zoo import MODELS
+    from raydgp.models.layer_specs import MODELS
 
     target = host_target("llvm", args.threads)
     store = RecordStore(args.out)
@@ -50,7 +50,7 @@ def main(argv=None) -> int:
     settings = MeasureSettings(num_threads=args.threads, repeat=3, min_repeat_ms=10, run_timeout_s=20,
                                build_timeout_s=60)
     host = socket.gethostname()
-    with Measurer(settings) as meas:
+    with LocalMeasurer(settings) as meas:
         for ti, spec in enumerate(specs):
             tag = f"dataset:{spec}"
             done = have.get(tag, 0)

@@ -60,11 +60,11 @@ def small_payload(small_task):
 
 @pytest.fixture(scope="session")
 def measurer(tmp_path_factory):
-    from raydgp.measure.measurer import Measurer
+    from raydgp.measure.local import LocalMeasurer
     from raydgp.measure.protocol import MeasureSettings
 
     lock = str(tmp_path_factory.mktemp("lock") / "timing.lock")
-    m = Measurer(MeasureSettings(num_threads=2, run_timeout_s=5, build_timeout_s=60, repeat=3, min_repeat_ms=5,
+    m = LocalMeasurer(MeasureSettings(num_threads=2, run_timeout_s=5, build_timeout_s=60, repeat=3, min_repeat_ms=5,
                                  timing_lock=lock))
     yield m
     m.close()
@@ -72,7 +72,7 @@ def measurer(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def local_ray():
-    from raydgp.raytune.experiment import init_ray
+    from raydgp.raytune.cluster import init_ray
 
     ray = init_ray(num_cpus=2)
     yield ray

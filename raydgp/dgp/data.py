@@ -106,7 +106,3 @@ class InputScaler:
         keep = d.get("keep")
         return cls(np.asarray(d["mean"], dtype=np.float64), np.asarray(d["std"], dtype=np.float64),
                    None if keep is None else np.asarray(keep, dtype=bool))
-
-
-def median_or_inf(latencies: Sequence[float]) -> float:
-    return float(np.median(latencies)) if len(latencies) else math.inf

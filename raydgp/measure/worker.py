@@ -1,6 +1,6 @@
 """The measurement worker: a warm process that builds, checks and times configurations, one request at a time.
 
-Started by :class:`raydgp.measure.measurer.Measurer` as ``python -m raydgp.measure.worker``. It imports TVM once and keeps,
+Started by :class:`raydgp.measure.local.LocalMeasurer` as ``python -m raydgp.measure.worker``. It imports TVM once and keeps,
 per task, the parsed module, MetaSchedule's postprocessors, the random inputs and the reference output (the untouched
 task compiled as is, run once). Requests arrive as JSON lines on stdin; progress events and the result leave as JSON lines
 on a private copy of stdout (fd 1 itself is pointed at stderr, so nothing TVM prints can corrupt the protocol).

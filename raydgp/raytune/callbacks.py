@@ -6,25 +6,21 @@ fails inside Ray still leaves a record (status ``run_error``): no completed meas
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import sys
 import time
 
 from ray.tune import Callback
 
+from raydgp.raytune.codec import decode_applied
 from raydgp.records import Config, MeasureResult, Record, RecordStore
 from raydgp.space.design_space import DesignSpace
 
 
 def record_from_result(space: DesignSpace, config: dict, result: dict, tag: str = "") -> Record:
-    """The :class:`Record` of one reported trial result (see :func:`raydgp.raytune.trainable.measure_config`)."""
-    applied = result.get("applied") or config
-    try:
-        cfg = Config.from_json(json.loads(applied) if isinstance(applied, str) else applied)
-    except (KeyError, TypeError, ValueError):
-        cfg = Config(-1, ())
+    """The :class:`Record` of one reported trial result (see :func:`raydgp.raytune.trainable.measure_config`); a
+    configuration that cannot be read back is recorded as sketch -1 (kept, never trained on)."""
+    cfg = decode_applied(space, result) or decode_applied(space, {"applied": config}) or Config(-1, ())
     status = result.get("status", "run_error")
     lat = tuple(result.get("latencies_ms") or ()) if status == "ok" else ()
     res = MeasureResult(status=status, latencies_ms=lat, message=str(result.get("message", "")),
@@ -112,67 +108,3 @@ class ProgressLine(Callback):
     def on_experiment_end(self, trials, **info):
         if self._tty:
             self._show(final=True)
-
-
-#: Tracking integrations ``--callbacks`` accepts (Ray's own logger callbacks).
-TRACKERS = ("mlflow", "wandb", "tensorboard")
-
-
-def tracker_env(names, out_dir: str) -> dict[str, str]:
-    """Environment variables the trackers need in every Ray worker (file store allowed, default locations under
-    ``out_dir``, W&B offline unless the user chose a mode)."""
-    env: dict[str, str] = {}
-    if "mlflow" in names:
-        env["MLFLOW_ALLOW_FILE_STORE"] = "true"
-        env["MLFLOW_TRACKING_URI"] = os.environ.get("MLFLOW_TRACKING_URI") or f"file:{os.path.join(out_dir, 'mlruns')}"
-    if "wandb" in names:
-        env["WANDB_MODE"] = os.environ.get("WANDB_MODE", "offline")
-        env["WANDB_DIR"] = os.environ.get("WANDB_DIR") or out_dir
-        env["WANDB_SILENT"] = "true"
-    return env
-
-
-def check_trackers(names) -> list[str]:
-    """Validate ``--callbacks`` names and that their packages are installed.
-
-    Raises:
-        ConfigError: an unknown name, or a tracker whose package is missing (with the pip command).
-    """
-    from raydgp.errors import ConfigError
-
-    pkgs = {"mlflow": "mlflow", "wandb": "wandb", "tensorboard": "tensorboardX"}
-    out = []
-    for n in names or ():
-        n = n.strip().lower()
-        if not n:
-            continue
-        if n not in TRACKERS:
-            raise ConfigError(f"--callbacks {n!r}: choose from {', '.join(TRACKERS)}")
-        try:
-            __import__(pkgs[n])
-        except ImportError:
-            raise ConfigError(f"--callbacks {n} needs the {pkgs[n]} package: pip install {pkgs[n]}") from None
-        out.append(n)
-    return out
-
-
-def tracker_callbacks(names, experiment: str, tags: dict | None = None) -> list:
-    """Ray Tune's own logger callbacks for ``names`` (built where the experiment runs: they do not pickle)."""
-    cbs = []
-    for n in names or ():
-        if n == "mlflow":
-            from ray.air.integrations.mlflow import MLflowLoggerCallback
-
-            cbs.append(MLflowLoggerCallback(tracking_uri=os.environ.get("MLFLOW_TRACKING_URI"),
-                                            experiment_name=experiment, tags=tags or {}))
-        elif n == "wandb":
-            from ray.air.integrations.wandb import WandbLoggerCallback
-
-            cbs.append(WandbLoggerCallback(project=os.environ.get("WANDB_PROJECT", "raydgp"), group=experiment,
-                                           mode=os.environ.get("WANDB_MODE", "offline"),
-                                           dir=os.environ.get("WANDB_DIR")))
-        elif n == "tensorboard":
-            from ray.tune.logger import TBXLoggerCallback
-
-            cbs.append(TBXLoggerCallback())
-    return cbs

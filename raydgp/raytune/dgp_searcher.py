@@ -1,26 +1,28 @@
 """``DGPSearcher``: a Ray Tune searcher driven by a deep Gaussian process, with transfer learning from history.
 
 A thin adapter over :class:`raydgp.search.DGPSearch`: it converts the search space, keeps track of running trials
-(pending points), and turns Ray's callbacks into observations.
+(pending points), and turns Ray's callbacks into observations. It works through the
+:class:`~raydgp.space.base.SearchSpace` interface only, so TVM design spaces and Ray param spaces are one code path.
 """
 
 from __future__ import annotations
 
-import json
+import logging
 import math
 from typing import Any, Sequence
 
 from ray.tune.search import Searcher
-
-from raydgp.raytune.json_state import JsonStateMixin
 from ray.tune.search.sample import Categorical, Domain, Float, Integer, LogUniform, Quantized, Uniform
 from ray.tune.search.variant_generator import parse_spec_vars
 
-from raydgp.errors import SearchSpaceError
-from raydgp.records import Config
+from raydgp.errors import RayDGPError, SearchSpaceError
+from raydgp.raytune.codec import decode_applied
+from raydgp.raytune.json_state import JsonStateMixin
 from raydgp.search import DGPSearch, History, SearchSettings
-from raydgp.space.design_space import DesignSpace
+from raydgp.space.base import SearchSpace
 from raydgp.space.param_space import Dim, ParamSpace
+
+log = logging.getLogger("raydgp.raytune")
 
 
 def convert_search_space(spec: dict) -> ParamSpace:
@@ -74,7 +76,8 @@ class DGPSearcher(JsonStateMixin, Searcher):
     Works on TVM design spaces (raydgp's own tuning) and on ordinary Ray Tune param spaces alike.
 
     Args:
-        space: a :class:`DesignSpace`, a Ray Tune param-space dict, or None to take the Tuner's ``param_space``.
+        space: a :class:`~raydgp.space.base.SearchSpace` (e.g. a TVM ``DesignSpace``), a Ray Tune param-space dict,
+            or None to take the Tuner's ``param_space``.
         metric: the metric to optimise (or from ``TuneConfig``).
         mode: ``min`` or ``max`` (or from ``TuneConfig``).
         points_to_evaluate: configurations (dicts) to try first.
@@ -97,7 +100,7 @@ class DGPSearcher(JsonStateMixin, Searcher):
         >>> best = tuner.fit().get_best_result(metric="loss", mode="min").config
     """
 
-    def __init__(self, space: DesignSpace | dict | None = None, metric: str | None = None, mode: str | None = None,
+    def __init__(self, space: SearchSpace | dict | None = None, metric: str | None = None, mode: str | None = None,
                  points_to_evaluate: Sequence[dict] | None = None, history: History | None = None,
                  settings: SearchSettings | None = None, seed: int = 0, cache_dir: str | None = None):
         if mode is not None and mode not in ("min", "max"):
@@ -113,26 +116,25 @@ class DGPSearcher(JsonStateMixin, Searcher):
         self._points = [dict(p) for p in (points_to_evaluate or [])]
         self._live: dict[str, Any] = {}
         self._core: DGPSearch | None = None
-        self._space: DesignSpace | ParamSpace | None = None
+        self._space: SearchSpace | None = None
+        self._fallbacks = 0
+        self._seeded = 0
         if space is not None:
             self._set_space(space)
 
     # -- space ---------------------------------------------------------------------------------------------------------
     def _set_space(self, space) -> None:
-        if isinstance(space, DesignSpace):
-            self._space = space
-        elif isinstance(space, ParamSpace):
-            self._space = space
-        elif isinstance(space, dict):
-            self._space = convert_search_space(space)
-        else:
-            raise SearchSpaceError(f"unsupported space type {type(space).__name__}: give a DesignSpace or a Ray "
-                                   "param-space dict")
+        if isinstance(space, dict):
+            space = convert_search_space(space)
+        if not isinstance(space, SearchSpace):
+            raise SearchSpaceError(f"unsupported space type {type(space).__name__}: give a SearchSpace (e.g. a "
+                                   "DesignSpace) or a Ray param-space dict")
+        self._space = space
         self._core = DGPSearch(self._space, self._settings, history=self._history, cache_dir=self._cache_dir,
                                maximize=(self._mode == "max"))
 
     def set_search_properties(self, metric: str | None, mode: str | None, config: dict, **spec) -> bool:
-        if self._core is not None and config and not isinstance(self._space, DesignSpace):
+        if self._core is not None and config:
             return False  # Ray's rule: a searcher given its own space refuses a second one
         if metric and not self._metric:
             self._metric = metric
@@ -144,15 +146,15 @@ class DGPSearcher(JsonStateMixin, Searcher):
             self._core.maximize = self._mode == "max"
         return True
 
-    def _to_config(self, params: dict):
-        if isinstance(self._space, DesignSpace):
-            return Config.from_json(params)
-        return self._space.from_dict(params)
-
-    def _to_params(self, config) -> dict:
-        if isinstance(self._space, DesignSpace):
-            return config.to_json()
-        return self._space.to_dict(config)
+    @property
+    def stats(self) -> dict:
+        """Where the proposals came from: ``model`` (DGP acquisition), ``tuning_set`` (the pre-trained model's
+        picks), ``random`` (random tuning-set points by design), ``seeded`` (``points_to_evaluate``), ``fallback``
+        (random because the model raised: never silent, logged as a warning), ``refit_failures``, and ``total``."""
+        st = dict(self._core.stats) if self._core else {"model": 0, "tuning_set": 0, "random": 0, "refit_failures": 0}
+        st.update(seeded=self._seeded, fallback=self._fallbacks)
+        st["total"] = st["model"] + st["tuning_set"] + st["random"] + st["seeded"] + st["fallback"]
+        return st
 
     # -- Searcher API --------------------------------------------------------------------------------------------------
     def suggest(self, trial_id: str) -> dict | str | None:
@@ -162,7 +164,8 @@ class DGPSearcher(JsonStateMixin, Searcher):
             raise SearchSpaceError("DGPSearcher needs metric and mode: pass them here or in tune.TuneConfig")
         if self._points:
             params = self._points.pop(0)
-            self._live[trial_id] = self._to_config(params)
+            self._live[trial_id] = self._space.from_params(params)
+            self._seeded += 1
             return params
         try:
             cfg = self._core.suggest(pending=list(self._live.values()))
@@ -171,15 +174,14 @@ class DGPSearcher(JsonStateMixin, Searcher):
         if cfg is None:
             return Searcher.FINISHED
         self._live[trial_id] = cfg
-        return self._to_params(cfg)
+        return self._space.to_params(cfg)
 
     def _random_fallback(self, err: BaseException):
-        if not getattr(self, "_warned", False):
-            import warnings
-
-            warnings.warn(f"DGPSearcher: the model failed ({type(err).__name__}: {err}); proposing at random",
-                          RuntimeWarning, stacklevel=2)
-            self._warned = True
+        """A random proposal after the model raised: counted in :attr:`stats` and logged, never silent."""
+        self._fallbacks += 1
+        if self._fallbacks == 1 or self._fallbacks % 10 == 0:
+            log.warning("DGPSearcher: the model failed (%s: %s); proposing at random (%d so far)",
+                        type(err).__name__, err, self._fallbacks)
         exclude = self._core.seen | set(self._live.values())
         got = self._space.sample_many(1, self._core.rng, exclude=exclude)
         return got[0] if got else None
@@ -192,15 +194,10 @@ class DGPSearcher(JsonStateMixin, Searcher):
             self._core.observe(cfg, None, "run_error")
             return
         status = str(result.get("status", "ok"))
-        if isinstance(self._space, DesignSpace) and result.get("applied"):
-            try:
-                applied = result["applied"]
-                applied_cfg = Config.from_json(json.loads(applied) if isinstance(applied, str) else applied)
-                if applied_cfg != cfg:
-                    self._core.observe(cfg, None, "invalid")  # TVM moved it: never propose it again
-                cfg = applied_cfg
-            except (KeyError, TypeError, ValueError):
-                pass
+        applied = decode_applied(self._space, result)
+        if applied is not None and applied != cfg:
+            self._core.observe(cfg, None, "invalid")  # TVM moved it: never propose it again
+            cfg = applied
         value = result.get(self._metric)
         try:
             value = float(value)
@@ -213,12 +210,24 @@ class DGPSearcher(JsonStateMixin, Searcher):
         """Warm start: a result obtained elsewhere (same space)."""
         if self._core is None:
             raise SearchSpaceError("DGPSearcher.add_evaluated_point needs the search space first (pass space=...)")
-        self._core.observe(self._to_config(parameters), None if error else value, "run_error" if error else "ok")
+        self._core.observe(self._space.from_params(parameters), None if error else value,
+                           "run_error" if error else "ok")
+
+    def add_evaluated_record(self, parameters: dict, status: str, value: float | None) -> None:
+        """Warm start from a record: like :meth:`add_evaluated_point`, keeping the record's status, so an earlier
+        ``invalid`` configuration stays invalid (never proposed, never trained on as a slow one)."""
+        if self._core is None:
+            raise SearchSpaceError("DGPSearcher.add_evaluated_record needs the search space first (pass space=...)")
+        try:
+            cfg = self._space.from_params(parameters)
+        except RayDGPError:
+            return  # a record of no configuration of this space (sketch -1): nothing to learn
+        self._core.observe(cfg, value if status == "ok" else None, status)
 
     # -- state (JSON only) ---------------------------------------------------------------------------------------------
     def get_state(self) -> dict:
         core = self._core
-        enc = (lambda c: c.to_json()) if isinstance(self._space, DesignSpace) else (lambda c: list(c))
+        enc = self._space.config_to_json if self._space is not None else None
         return {
             "metric": self._metric, "mode": self._mode, "points": self._points,
             "observed": [[enc(c), s, (v if math.isfinite(v) else None)] for c, (s, v) in core.observed.items()]
@@ -226,6 +235,7 @@ class DGPSearcher(JsonStateMixin, Searcher):
             "invalid": [enc(c) for c in core.invalid] if core else [],
             "live": {t: enc(c) for t, c in self._live.items()},
             "rng": core.rng.bit_generator.state if core else None,
+            "seeded": self._seeded, "fallbacks": self._fallbacks,
         }
 
     def set_state(self, state: dict) -> None:
@@ -233,7 +243,8 @@ class DGPSearcher(JsonStateMixin, Searcher):
         self._points = list(state["points"])
         if self._core is None:
             raise SearchSpaceError("restore a DGPSearcher constructed with its space")
-        dec = (lambda c: Config.from_json(c)) if isinstance(self._space, DesignSpace) else (lambda c: tuple(c))
+        dec = self._space.config_from_json
+        self._seeded, self._fallbacks = state.get("seeded", 0), state.get("fallbacks", 0)
         self._core.maximize = self._mode == "max"
         for c, s, v in state["observed"]:
             self._core.observe(dec(c), v, s)
@@ -243,7 +254,6 @@ class DGPSearcher(JsonStateMixin, Searcher):
         self._live = {t: dec(c) for t, c in state["live"].items()}
         if state.get("rng"):
             self._core.rng.bit_generator.state = state["rng"]
-
 
     def __getstate__(self):
         # Ray pickles the searcher into its experiment state: drop the fitted models, keep the data.

@@ -1,8 +1,4 @@
-"""One layer = one Ray Tune experiment: a ``Tuner`` over a task's design space, trials as Ray actors.
-
-Also the small amount of Ray set-up raydgp needs: an embedded local Ray (or joining ``--address`` / ``RAY_ADDRESS``) with a
-quiet console.
-"""
+"""One layer = one Ray Tune experiment: a ``Tuner`` over a task's design space, trials as Ray actors."""
 
 from __future__ import annotations
 
@@ -13,37 +9,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from raydgp.errors import ConfigError
-from raydgp.measure.protocol import MeasureSettings
+from raydgp.measure.base import Measurer
+from raydgp.measure.protocol import MeasureSettings, TaskPayload
 from raydgp.records import Record, RecordStore
 from raydgp.raytune.callbacks import ProgressLine, RecordWriter
 from raydgp.raytune.trainable import METRIC, MODE, measure_trainable
 from raydgp.space.design_space import DesignSpace
-
-
-def quiet_ray_env() -> None:
-    """Environment for a quiet console: Ray's old, silent reporter path; no usage stats prompt."""
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    os.environ.setdefault("RAY_DEDUP_LOGS", "1")
-
-
-def init_ray(address: str | None = None, num_cpus: int | None = None, num_gpus: int | None = None):
-    """Start an embedded local Ray (``address=None`` and no ``RAY_ADDRESS``) or connect to a running cluster."""
-    quiet_ray_env()
-    import logging
-
-    import ray
-
-    if ray.is_initialized():
-        return ray
-    address = address or os.environ.get("RAY_ADDRESS") or None
-    kwargs = dict(logging_level=logging.ERROR, log_to_driver=False, include_dashboard=False,
-                  configure_logging=True)
-    if address:
-        ray.init(address=address, **kwargs)
-    else:
-        ray.init(num_cpus=num_cpus, num_gpus=num_gpus, **kwargs)
-    return ray
 
 
 @dataclass
@@ -79,22 +50,22 @@ def _unique_trainable(name: str):
     layer) would otherwise read each other's task and space."""
     import uuid
 
-    def trainable(config, task, space, settings):
-        measure_trainable(config, task, space, settings)
+    def trainable(config, task, space, settings, measurer):
+        measure_trainable(config, task, space, settings, measurer)
 
     trainable.__name__ = trainable.__qualname__ = f"raydgp_{experiment_name(name)[:60]}_{uuid.uuid4().hex[:12]}"
     return trainable
 
 
-def tune_layer(task_payload: dict, space: DesignSpace, searcher, *, trials: int, store: RecordStore,
+def tune_layer(task: TaskPayload, space: DesignSpace, searcher, *, trials: int, store: RecordStore,
                settings: MeasureSettings, storage_path: str | os.PathLike, name: str,
                cpus_per_trial: int = 1, gpus_per_trial: int = 0, max_concurrent: int | None = None,
                baseline_ms: float | None = None, callbacks: list | None = None, show_progress: bool = True,
-               tag: str = "") -> LayerResult:
+               tag: str = "", measurer: Measurer | None = None) -> LayerResult:
     """Run one layer's search as its own Ray Tune experiment.
 
     Args:
-        task_payload: ``{"key", "mod_json", "target"}`` of the task.
+        task: the task.
         space: its design space.
         searcher: a Ray Tune ``Searcher`` (``RandomSearcher``, ``DGPSearcher``, ...).
         trials: number of configurations to measure.
@@ -106,6 +77,7 @@ def tune_layer(task_payload: dict, space: DesignSpace, searcher, *, trials: int,
         max_concurrent: trials in flight at once (None: as resources allow).
         baseline_ms: untuned latency, shown in the progress line.
         callbacks: extra Ray Tune callbacks (e.g. MLflow).
+        measurer: what trials measure with (None: the node's warm workers; see :mod:`raydgp.raytune.trainable`).
 
     Returns:
         The :class:`LayerResult` with the records written.
@@ -124,8 +96,8 @@ def tune_layer(task_payload: dict, space: DesignSpace, searcher, *, trials: int,
     if gpus_per_trial:
         resources["gpu"] = gpus_per_trial
     trainable = tune.with_resources(
-        tune.with_parameters(_unique_trainable(name), task=task_payload, space=space.to_json(),
-                             settings=settings.to_json()), resources)
+        tune.with_parameters(_unique_trainable(name), task=task, space=space, settings=settings, measurer=measurer),
+        resources)
     tuner = tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(search_alg=searcher, num_samples=trials, metric=METRIC, mode=MODE,

@@ -1,22 +1,25 @@
 """A per-node measurement service: warm TVM worker processes that outlive one Ray Tune experiment.
 
 Each layer chunk of a whole-model run is its own experiment, and each experiment's trial actors are new processes: a
-:class:`~raydgp.measure.measurer.Measurer` created inside a trial pays ``import tvm`` and the task's preparation again
-(about 5 s here, measured). The job driver therefore starts one ``MeasureService`` actor on its own node (owned by the
-driver, so it ends with the job); trials that land on that node and time on the CPU hand their measurement to it. It
-keeps a pool of warm Measurers (one per concurrent caller), so builds still overlap while the node's timing lock keeps
-timings exclusive. Trials elsewhere, GPU trials (which must time on the GPU Ray gave them) and trials run outside such a
-job keep their own Measurer.
+:class:`~raydgp.measure.local.LocalMeasurer` created inside a trial pays ``import tvm`` and the task's preparation
+again (about 5 s here, measured). The job driver therefore starts one ``MeasureService`` actor on its own node (owned
+by the driver, so it ends with the job); trials that land on that node and time on the CPU measure through it with a
+:class:`ServiceMeasurer`. It keeps a pool of warm measurers (one per concurrent caller), so builds still overlap while
+the node's timing lock keeps timings exclusive. Trials elsewhere, GPU trials (which must time on the GPU Ray gave them)
+and trials run outside such a job keep their own measurer.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 
-from raydgp.measure.measurer import Measurer, Outcome
+from raydgp.measure.base import Measurer, Outcome
+from raydgp.measure.local import LocalMeasurer
 from raydgp.measure.protocol import MeasureSettings, TaskPayload
 
 NAMESPACE = "raydgp"
+log = logging.getLogger("raydgp.raytune")
 
 
 def service_name(job_id: str, node_id: str) -> str:
@@ -24,23 +27,23 @@ def service_name(job_id: str, node_id: str) -> str:
 
 
 class MeasureService:
-    """Ray actor body (threaded): ``measure`` with a warm Measurer taken from a pool per settings."""
+    """Ray actor body (threaded): ``measure`` with a warm measurer taken from a pool per settings."""
 
     def __init__(self):
         self._lock = threading.Lock()
-        self._idle: dict[str, list[Measurer]] = {}
+        self._idle: dict[str, list[LocalMeasurer]] = {}
         self.calls = 0
 
-    def measure(self, settings_json: dict, task: dict, trace: list | None) -> Outcome:
-        key = repr(sorted(settings_json.items()))
+    def measure(self, settings: MeasureSettings, task: TaskPayload, trace: list | None) -> Outcome:
+        key = repr(settings)
         with self._lock:
             pool = self._idle.setdefault(key, [])
             m = pool.pop() if pool else None
             self.calls += 1
         if m is None:
-            m = Measurer(MeasureSettings.from_json(settings_json))
+            m = LocalMeasurer(settings)
         try:
-            return m.measure(TaskPayload(task["key"], task["mod_json"], task["target"]), trace)
+            return m.measure(task, trace)
         finally:
             with self._lock:
                 self._idle[key].append(m)
@@ -55,6 +58,42 @@ class MeasureService:
                 for m in pool:
                     m.close()
             self._idle.clear()
+
+
+class ServiceMeasurer(Measurer):
+    """Measure through this job's service on this node; falls back to a local measurer if the service dies
+    (logged), so a trial still measures."""
+
+    _handle = None  # per process: the service actor, or False when there is none
+
+    def __init__(self, handle, settings: MeasureSettings):
+        self.handle = handle
+        self.settings = settings
+        self._local: LocalMeasurer | None = None
+
+    @classmethod
+    def on_this_node(cls, settings: MeasureSettings) -> "ServiceMeasurer | None":
+        if cls._handle is None:
+            cls._handle = find_service() or False
+        return cls(cls._handle, settings) if cls._handle else None
+
+    def measure(self, task: TaskPayload, trace: list | None) -> Outcome:
+        if self.handle:
+            try:
+                import ray
+
+                return ray.get(self.handle.measure.remote(self.settings, task, trace))
+            except Exception as e:  # noqa: BLE001 - the service died: measure here from now on
+                log.warning("the node's measurement service failed (%s); measuring in this trial", e)
+                ServiceMeasurer._handle = False
+                self.handle = None
+        if self._local is None:
+            self._local = LocalMeasurer(self.settings)
+        return self._local.measure(task, trace)
+
+    def close(self) -> None:
+        if self._local is not None:
+            self._local.close()
 
 
 def start_service(max_concurrency: int = 16):

@@ -28,6 +28,7 @@ import numpy as np
 
 from raydgp.errors import InvalidConfigurationError
 from raydgp.records import Config, Workload
+from raydgp.space.base import SearchSpace
 
 #: Encoding layout: sketch one-hot, then one fixed-width slot per knob (padded), then workload features.
 MAX_SKETCHES = 8
@@ -156,7 +157,7 @@ class Sketch:
 
 
 @dataclass(frozen=True)
-class DesignSpace:
+class DesignSpace(SearchSpace):
     """The design space of one task on one target.
 
     Attributes:
@@ -198,6 +199,22 @@ class DesignSpace:
             return True
         except InvalidConfigurationError:
             return False
+
+    # -- the trial boundary (SearchSpace) -------------------------------------------------------------------------------
+    def to_params(self, config: Config) -> dict:
+        """``{"sketch": int, "decisions": [...]}``: what a trial receives."""
+        return config.to_json()
+
+    def from_params(self, params: dict) -> Config:
+        """The :class:`Config` of trial parameters (not checked against the space: see :meth:`is_valid`).
+
+        Raises:
+            InvalidConfigurationError: ``params`` is not a configuration at all.
+        """
+        try:
+            return Config.from_json(params)
+        except (KeyError, TypeError, ValueError) as e:
+            raise InvalidConfigurationError(f"not a configuration ({type(e).__name__}: {e}): {params!r}"[:300]) from None
 
     # -- sampling and mutation -----------------------------------------------------------------------------------------
     def sample(self, rng: np.random.Generator | random.Random, sketch: int | None = None) -> Config:

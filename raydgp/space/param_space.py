@@ -14,6 +14,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from raydgp.errors import SearchSpaceError
+from raydgp.space.base import SearchSpace
 from raydgp.space.design_space import sample_distinct
 
 
@@ -90,7 +91,7 @@ def _same(a, b) -> bool:
     return type(a) is type(b) and a == b
 
 
-class ParamSpace:
+class ParamSpace(SearchSpace):
     """A product of :class:`Dim` objects with the search-space interface of the DGP search."""
 
     def __init__(self, dims: Sequence[Dim], constants: dict | None = None):
@@ -150,6 +151,14 @@ class ParamSpace:
             node[path[-1]] = v
         return out
 
+    to_params = to_dict
+
+    def config_to_json(self, config: tuple) -> list:
+        return list(config)
+
+    def config_from_json(self, value: list) -> tuple:
+        return tuple(value)
+
     def from_dict(self, params: dict) -> tuple:
         """The configuration of a (nested or flat ``a/b``) parameter dict.
 
@@ -170,6 +179,8 @@ class ParamSpace:
                 raise SearchSpaceError(f"parameter {flat!r} is missing from {params!r}") from None
             vals.append(node)
         return tuple(_plain(v) for v in vals)
+
+    from_params = from_dict
 
 
 def _plain(v):

@@ -1,0 +1,103 @@
+"""The TVM toolchain behind the pipeline: import and layer extraction, MetaSchedule design spaces, warm measurement
+workers, and the tuned library (MetaSchedule database -> ``compile_relax`` -> exported, run in a fresh process,
+verified against the framework, timed beside the untuned build and the framework itself)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from raydgp.errors import RayDGPError
+from raydgp.measure.local import LocalMeasurer
+from raydgp.measure.protocol import MeasureSettings, TaskPayload
+from raydgp.pipeline.toolchain import Deployment, LoadedModel, ModelLayer, Toolchain
+from raydgp.records import RecordStore
+
+
+class TVMToolchain(Toolchain):
+    """Apache TVM 0.27: Relax import, MetaSchedule spaces and databases, the Relax VM."""
+
+    def load(self, model: str, input_shape, seed: int, target_kind: str, threads: int) -> LoadedModel:
+        from raydgp.models.importer import load_model
+        from raydgp.models.tasks import extract_layers, prepare
+        from raydgp.space.metaschedule import build_space, host_target
+
+        target = host_target(target_kind, threads)
+        m = load_model(model, input_shape, seed=seed)
+        prepared = prepare(m.mod, target)
+        layers = []
+        for l in extract_layers(prepared, target):
+            layers.append(ModelLayer(name=l.name, task=TaskPayload(l.task.workload.key, l.task.mod_json, target),
+                                     space=build_space(l.task), weight=l.weight, op=l.task.workload.op,
+                                     flops=l.flops))
+        if not layers:
+            raise RayDGPError(f"model {m.name!r}: no tunable layers found")
+        return LoadedModel(name=m.name, source=m.source, reference_name=m.reference_name, target=target,
+                           layers=layers, handle={"imported": m, "prepared": prepared, "arg": model,
+                                                  "input_shape": input_shape, "seed": seed,
+                                                  "device": "cuda" if target_kind == "cuda" else "cpu"})
+
+    def measurer(self, settings: MeasureSettings) -> LocalMeasurer:
+        return LocalMeasurer(settings)
+
+    def deploy(self, model: LoadedModel, store: RecordStore, tuned_keys: set, out, threads: int,
+               compare_reference: bool, log: Callable[[str], Any]) -> Deployment:
+        from raydgp.models.build import compare, compile_tuned, compile_untuned, export, run_library
+        from raydgp.models.run_reference import time_reference
+        from raydgp.space.ms_database import export_to_metaschedule
+
+        h = model.handle
+        m, prepared, device = h["imported"], h["prepared"], h["device"]
+        out = Path(out)
+        dbdir = out / "ms_database"
+        tmp_db = out / ".ms_database.tmp"
+        shutil.rmtree(tmp_db, ignore_errors=True)
+        n_db = export_to_metaschedule(store, tmp_db, top_k=1, keys=tuned_keys)
+        _replace_dir(tmp_db, dbdir)  # a kill leaves either the old database or the new one, never half of one
+        reference = m.reference(list(m.inputs.values()))
+        t0 = time.monotonic()
+        lib = export(compile_tuned(prepared, model.target, dbdir), out / f"{m.name}.so")
+        build_s = time.monotonic() - t0
+        try:
+            tuned = run_library(lib, m.inputs, threads=threads, device=device)
+            ok, err, msg = compare(tuned.outputs, reference)
+            lat = list(tuned.latencies_ms)
+        except RayDGPError as e:  # the tuned library crashed or hung: not verified, and said so
+            ok, err, msg, lat = False, float("inf"), f"the tuned library did not run: {e}", []
+        log(f"tuned library {lib} ({n_db} layer schedules, built in {build_s:.1f} s): "
+            + (f"verified against {m.reference_name} (max abs err {err:.2e})" if ok
+               else f"VERIFICATION FAILED against {m.reference_name}: {msg}"))
+        un_lib = export(compile_untuned(prepared, model.target), out / ".untuned" / f"{m.name}.so")
+        try:
+            untuned_ms = run_library(un_lib, m.inputs, threads=threads, repeat=3, min_repeat_ms=1,
+                                     device=device).median_ms
+        except RayDGPError as e:
+            log(f"warning: the untuned library did not run ({e})")
+            untuned_ms = None
+        refs: dict = {}
+        if compare_reference:
+            got = time_reference(m.extra.get("path") or h["arg"], h["input_shape"], h["seed"], threads)
+            if got is None:
+                log(f"warning: could not time the {m.reference_name} reference")
+            else:
+                refs = got
+        import math
+
+        med = sorted(lat)[len(lat) // 2] if lat else None
+        return Deployment(library=str(lib), verified=ok, verify_message=msg,
+                          end_to_end_latencies_ms=lat if ok else [], unverified_ms=None if ok else med,
+                          max_abs_err=err if math.isfinite(err) else None, untuned_ms=untuned_ms,
+                          reference_ms=refs, schedules=n_db, build_s=build_s, ms_database=str(dbdir))
+
+
+def _replace_dir(new: Path, dst: Path) -> None:
+    """Put directory ``new`` in place of ``dst`` (rename; the old one is removed after)."""
+    old = dst.with_name(dst.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if dst.exists():
+        os.replace(dst, old)
+    os.replace(new, dst)
+    shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,188 @@
+"""Share a whole model's trial budget among its layers (no Ray, no TVM: plain bookkeeping, unit-tested).
+
+In the spirit of MetaSchedule's gradient task scheduler: after a warm-up chunk for every layer, the next chunk goes to
+the layer whose tuning is expected to cut end-to-end latency most,
+
+    priority = weight x best_ms x expected relative gain,
+
+where the expected gain is the relative improvement the layer's last chunk bought (plus a small optimism bonus that
+shrinks with its trial count). Warm-up is shorter (2 trials) for layers that are cheap already by their untuned latency. Layers stop early when they are *converged* (no improvement over their last ``patience``
+trials) or *cheap* (below ``cheap_fraction`` of the model's estimated latency), or when their space is exhausted.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+
+@dataclass
+class LayerState:
+    """What the scheduler knows about one layer.
+
+    Attributes:
+        name: layer (task) name.
+        weight: calls per inference.
+        space_size: number of configurations in its design space.
+        untuned_ms: latency of the untuned build of this layer (NaN if unknown), ms.
+        trials: trials measured so far.
+        curve: best latency (ms) after each trial so far (inf while none succeeded).
+        running: trials handed out and not yet returned.
+        stalls: chunks that came back without a single trial (a failing experiment); two and the layer is dropped.
+    """
+
+    name: str
+    weight: int
+    space_size: float
+    untuned_ms: float = math.nan
+    trials: int = 0
+    curve: list = field(default_factory=list)
+    running: int = 0
+    stalls: int = 0
+
+    @property
+    def best_ms(self) -> float:
+        return self.curve[-1] if self.curve else math.inf
+
+    def estimate_ms(self) -> float:
+        """Best known latency of the layer, or the untuned one before any success (ms)."""
+        if math.isfinite(self.best_ms):
+            return self.best_ms
+        return self.untuned_ms if math.isfinite(self.untuned_ms) else 1.0
+
+    def add(self, latencies_ms) -> None:
+        """Record finished trials (NaN for failures)."""
+        best = self.best_ms
+        for v in latencies_ms:
+            if v is not None and math.isfinite(v) and v < best:
+                best = v
+            self.curve.append(best)
+            self.trials += 1
+
+
+class Budget:
+    """Hand out chunks of trials to layers until the total budget is spent.
+
+    Args:
+        layers: the layers' states (may already hold trials from an earlier, interrupted run).
+        total_trials: the budget for the whole model, trials (including those already done).
+        chunk: trials per chunk after warm-up.
+        warmup: trials every layer gets first (capped by its space size).
+        patience: a layer whose best has not moved in this many trials is converged.
+        cheap_fraction: a layer whose weight x latency is below this share of the model's estimate stops after warm-up.
+    """
+
+    def __init__(self, layers: list[LayerState], total_trials: int, chunk: int = 16, warmup: int = 8,
+                 patience: int = 32, cheap_fraction: float = 0.01):
+        if total_trials < 1:
+            raise ValueError(f"total_trials must be >= 1, got {total_trials}")
+        self.layers = {l.name: l for l in layers}
+        self.total = int(total_trials)
+        n = max(1, len(layers))
+        self.warmup = max(1, min(int(warmup), self.total // n)) if self.total >= n else 1
+        self.chunk = max(1, int(chunk))
+        self.patience = int(patience)
+        self.cheap_fraction = float(cheap_fraction)
+
+    # -- accounting ----------------------------------------------------------------------------------------------------
+    @property
+    def used(self) -> int:
+        return sum(l.trials + l.running for l in self.layers.values())
+
+    @property
+    def finished(self) -> int:
+        """Trials measured (returned), not counting those running."""
+        return sum(l.trials for l in self.layers.values())
+
+    def layers_done(self) -> int:
+        """Layers that will get no further trial as things stand: converged, cheap or exhausted, none running."""
+        return sum(1 for l in self.layers.values()
+                   if l.running == 0 and (self.converged(l) or self.cheap(l) or self._cap(l) == 0))
+
+    @property
+    def remaining(self) -> int:
+        return max(0, self.total - self.used)
+
+    def model_estimate_ms(self) -> float:
+        """Sum over layers of weight x best (or untuned) latency, ms."""
+        return sum(l.weight * l.estimate_ms() for l in self.layers.values())
+
+    def _cap(self, l: LayerState) -> int:
+        if l.stalls >= 2:
+            return 0
+        return max(0, int(min(l.space_size, 1e9)) - l.trials - l.running)
+
+    def warmup_of(self, l: LayerState) -> int:
+        """Warm-up trials of a layer: the full warm-up, or 2 for a layer that is cheap by its untuned latency."""
+        n = self.warmup
+        if self.cheap(l):
+            n = min(n, 2)
+        return max(1, min(n, int(min(l.space_size, 1e9))))
+
+    def _warm(self, l: LayerState) -> bool:
+        return l.trials + l.running >= self.warmup_of(l)
+
+    def converged(self, l: LayerState) -> bool:
+        if l.trials < max(self.warmup, self.patience) or not math.isfinite(l.best_ms):
+            return False
+        return l.curve[-self.patience - 1] <= l.best_ms if len(l.curve) > self.patience else False
+
+    def cheap(self, l: LayerState) -> bool:
+        total = self.model_estimate_ms()
+        return total > 0 and l.weight * l.estimate_ms() < self.cheap_fraction * total
+
+    def expected_gain(self, l: LayerState) -> float:
+        """Relative latency improvement expected from the layer's next chunk (dimensionless)."""
+        if not math.isfinite(l.best_ms):
+            return 1.0
+        k = min(len(l.curve), max(self.chunk, 1))
+        before = l.curve[-k - 1] if len(l.curve) > k else (l.untuned_ms if math.isfinite(l.untuned_ms) else l.best_ms)
+        recent = max(0.0, (before - l.best_ms) / max(before, 1e-12)) if math.isfinite(before) else 1.0
+        return recent + 0.1 / math.sqrt(max(l.trials, 1))
+
+    def priority(self, l: LayerState) -> float:
+        return l.weight * l.estimate_ms() * self.expected_gain(l)
+
+    # -- decisions -----------------------------------------------------------------------------------------------------
+    def next_chunk(self) -> tuple[str, int] | None:
+        """The next (layer, trials) to run, or None when nothing is left to hand out now.
+
+        Warm-up first (largest weight x latency first), then by priority. Chunks are never larger than what is left of the
+        budget or of the layer's space. Returns None also while every candidate layer already has trials running.
+        """
+        if self.remaining <= 0:
+            return None
+        idle = [l for l in self.layers.values() if l.running == 0 and self._cap(l) > 0]
+        cold = [l for l in idle if not self._warm(l)]
+        if cold:
+            l = max(cold, key=lambda l: l.weight * l.estimate_ms())
+            n = min(self.warmup_of(l) - l.trials - l.running, self._cap(l), self.remaining)
+            return self._hand_out(l, max(1, n))
+        live = [l for l in idle if not self.converged(l) and not self.cheap(l)]
+        if not live:
+            return None
+        l = max(live, key=self.priority)
+        return self._hand_out(l, min(self.chunk, self._cap(l), self.remaining))
+
+    def _hand_out(self, l: LayerState, n: int) -> tuple[str, int]:
+        l.running += n
+        return l.name, n
+
+    def finish(self, name: str, latencies_ms, handed_out: int) -> None:
+        """A chunk came back: ``latencies_ms`` per finished trial (NaN = failed); fewer than handed out is fine."""
+        l = self.layers[name]
+        l.running = max(0, l.running - handed_out)
+        latencies_ms = list(latencies_ms)
+        l.stalls = 0 if latencies_ms else l.stalls + 1
+        l.add(latencies_ms)
+
+    def done(self) -> bool:
+        """True when no further chunk can be handed out and none is running."""
+        if any(l.running for l in self.layers.values()):
+            return False
+        if self.remaining <= 0:
+            return True
+        idle = [l for l in self.layers.values() if self._cap(l) > 0]
+        if any(not self._warm(l) for l in idle):
+            return False
+        return not any(not self.converged(l) and not self.cheap(l) for l in idle)

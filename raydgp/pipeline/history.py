@@ -1,0 +1,145 @@
+"""History: the record stores a run learns from (the shipped dataset, the user store, ``--history``), stage-1 data
+from them, and the best configurations of other layers that seed a layer's search."""
+
+from __future__ import annotations
+
+import logging
+import os
+from importlib import resources
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from raydgp.errors import ConfigError, RayDGPError
+from raydgp.records import Record, RecordStore
+
+log = logging.getLogger("raydgp.pipeline")
+
+
+def user_store() -> Path:
+    """The user-level record store every run also appends to (``$RAYDGP_HOME/records``, default ``~/.raydgp``)."""
+    return Path(os.environ.get("RAYDGP_HOME", Path.home() / ".raydgp")) / "records"
+
+
+def shipped_dataset() -> Path | None:
+    """The recorded dataset shipped as package data (``raydgp/datasets/shipped``), or None if the install lacks it."""
+    p = Path(str(resources.files("raydgp.datasets") / "shipped"))
+    return p if (p / "records.jsonl.gz").exists() or (p / "records.jsonl").exists() else None
+
+
+def check_history_paths(paths: Iterable[os.PathLike | str]) -> list[Path]:
+    """Check record-store directories before any expensive work.
+
+    Raises:
+        ConfigError: a path is missing, is not a directory, or holds no ``records.jsonl`` (or ``.gz``).
+    """
+    out = []
+    for p in paths or ():
+        p = Path(p)
+        if not p.is_dir():
+            raise ConfigError(f"history {p}: no such directory; give a record store (a directory holding "
+                              "records.jsonl, e.g. an earlier run's OUT/records)")
+        if not any((p / f).exists() for f in ("records.jsonl", "records.jsonl.gz")):
+            raise ConfigError(f"history {p}: not a record store (no records.jsonl in it); give an earlier run's "
+                              "OUT/records directory")
+        out.append(p)
+    return out
+
+
+def default_history_paths() -> list[Path]:
+    """The shipped dataset and the user store, where they exist."""
+    ds = shipped_dataset()
+    us = user_store()
+    return ([ds] if ds else []) + ([us] if (us / "records.jsonl").exists() else [])
+
+
+def load_history(paths, target_space, exclude_target: bool = True, max_points: int | None = None, seed: int = 0):
+    """Stage-1 source data from record stores, each workload encoded with its own space.
+
+    Args:
+        paths: record-store directories (checked by :func:`check_history_paths`; an empty list gives None).
+        target_space: the space being tuned: only workloads with encodings of its width are used.
+        exclude_target: leave the target workload's own records out (True for a layer run: those enter as target data).
+        max_points: subsample to at most this many points (seeded), bounding stage-1 cost.
+
+    Returns:
+        A :class:`~raydgp.search.History`, or None when the stores hold nothing usable.
+    """
+    from raydgp.search import History, history_from_records
+    from raydgp.space.design_space import DesignSpace
+
+    records, spaces = [], {}
+    for p in check_history_paths(paths):
+        store = RecordStore(p)
+        records.extend(store.records())
+        for key, entry in store.workload_entries().items():
+            if entry.get("space") and key not in spaces:
+                sp = DesignSpace.from_json(entry["space"])
+                if sp.dim == target_space.dim:
+                    spaces[key] = sp
+    if not records:
+        return None
+    exclude = target_space.workload.key if exclude_target else None
+    hist = history_from_records(records, spaces, exclude_workload=exclude)
+    if max_points is not None and len(hist) > max_points:
+        idx = np.sort(np.random.default_rng(seed).choice(len(hist), max_points, replace=False))
+        hist = History(hist.X[idx], hist.y[idx])
+    n_work = len(spaces) - (exclude in spaces)
+    log.info("history: %d measurements of %d workloads", len(hist), n_work)
+    return hist if len(hist) else None
+
+
+def top_configs(records: Iterable[Record], per_workload: int = 3) -> list[tuple[float, str, object]]:
+    """The ``per_workload`` fastest ok configurations of every workload in ``records``, as
+    ``(latency / that workload's best, workload key, config)``, best ratio first."""
+    by: dict[str, list] = {}
+    for r in records:
+        if r.result.ok and r.config.sketch >= 0:
+            by.setdefault(r.workload.key, []).append((r.result.median_ms, r.config))
+    out = []
+    for key, rows in by.items():
+        rows.sort(key=lambda t: t[0])
+        best = rows[0][0]
+        seen = set()
+        for ms, cfg in rows:
+            if cfg in seen:
+                continue
+            seen.add(cfg)
+            out.append((ms / best, key, cfg))
+            if len(seen) >= per_workload:
+                break
+    return sorted(out, key=lambda t: t[0])
+
+
+def seed_configs(space, own: set, donors: Sequence, k: int) -> list[dict]:
+    """Configurations to try first on a layer: the best ones of other layers (siblings with the same loop nest in this
+    model, history workloads, the same layer in an earlier run) that are valid points of this layer's space and not
+    measured here yet, as trial parameters."""
+    out, seen = [], set(own)
+    for _, key, cfg in donors:
+        if len(out) >= k:
+            break
+        if cfg in seen or not space.is_valid(cfg):  # the same layer measured in an earlier run is a donor too
+            continue
+        seen.add(cfg)
+        out.append(space.to_params(cfg))
+    return out
+
+
+def append_to_user_store(store: RecordStore, keys: set) -> None:
+    """Copy this run's records of ``keys`` (and their workloads) into the user store, skipping those already there.
+    A failure is a warning: the run's own records are intact either way."""
+    us_path = user_store()
+    try:
+        us = RecordStore(us_path)
+        have = {(r.workload.key, r.config, r.time) for r in us.records()}
+        entries = store.workload_entries()
+        for k in keys:
+            if k in entries:
+                us.add_workload(k, entries[k]["mod"], entries[k].get("space"))
+        new = [r for r in store.records() if r.workload.key in keys and (r.workload.key, r.config, r.time) not in have]
+        if new:
+            us.append(new)
+    except (OSError, RayDGPError) as e:
+        log.warning("could not update the user record store %s: %s", us_path, e)

@@ -1,0 +1,110 @@
+"""Tune one layer end to end: task -> design space -> untuned baseline -> Ray Tune search -> records -> MetaSchedule DB.
+
+Output directory layout (``out``)::
+
+    records/         the record store (records.jsonl, workloads.jsonl)
+    ms_database/     MetaSchedule JSONDatabase of the best records (compile_tir / compile_relax read it)
+    ray/             Ray Tune experiment state (storage_path)
+    summary.json     best vs untuned latency, timings per trial
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+import time
+
+from raydgp.atomic import write_json_atomic
+from raydgp.logs import console
+from raydgp.measure.local import LocalMeasurer
+from raydgp.measure.protocol import TaskPayload
+from raydgp.pipeline.history import check_history_paths, load_history
+from raydgp.pipeline.settings import LayerRun
+from raydgp.records import RecordStore
+
+log = logging.getLogger("raydgp.pipeline")
+
+
+def tune_one_layer(workload: str, *, out, **settings) -> dict:
+    """Tune one layer; keyword arguments are the fields of :class:`~raydgp.pipeline.settings.LayerRun`."""
+    return run_layer(LayerRun(workload=workload, out=out, **settings))
+
+
+def run_layer(run: LayerRun) -> dict:
+    """Tune one layer given as a workload spec (see :mod:`raydgp.space.workloads`) and write ``run.out``.
+
+    Returns:
+        The summary dict (also written to ``out/summary.json``).
+    """
+    from raydgp.raytune.cluster import check_address, init_ray
+    from raydgp.raytune.experiment import tune_layer
+    from raydgp.raytune.searchers import make_searcher
+    from raydgp.space.metaschedule import build_space, host_target
+    from raydgp.space.ms_database import export_to_metaschedule
+    from raydgp.space.workloads import make_task
+
+    check_history_paths(run.history)
+    check_address(run.address)
+    t_start = time.monotonic()
+    out = run.out
+    out.mkdir(parents=True, exist_ok=True)
+    workload, trials, searcher, seed = run.workload, run.trials, run.searcher, run.seed
+    cores = run.cores
+    gpu = run.target_kind == "cuda"
+    target = host_target(run.target_kind, cores)
+    settings = run.measure_settings
+    task = make_task(workload, target)
+    space = build_space(task)
+    hist = load_history(run.history, space) if searcher == "dgp" else None
+    searcher_obj = make_searcher(searcher, space, seed, hist)
+    store = RecordStore(out / "records")
+    store.add_workload(task.workload.key, task.mod_json, space.to_json())
+    payload = TaskPayload(task.workload.key, task.mod_json, target)
+    console(f"layer {task.name}: {len(space.sketches)} sketches, {sum(len(s.knobs) for s in space.sketches)} knobs, "
+        f"{space.size:.3g} configurations; target {target}")
+
+    with LocalMeasurer(settings) as m:
+        untuned = m.measure(payload, None).result
+    untuned_ms = untuned.median_ms
+    console(f"untuned schedule: {untuned_ms:.3f} ms" if untuned.ok else f"untuned schedule failed: {untuned.message}")
+
+    init_ray(address=run.address)
+    res = tune_layer(payload, space, searcher_obj, trials=trials, store=store, settings=settings,
+                     storage_path=out / "ray", name=task.name, cpus_per_trial=cores,
+                     gpus_per_trial=1 if gpu else 0, baseline_ms=untuned_ms if untuned.ok else None, tag=searcher)
+    n_exported = export_to_metaschedule(store, out / "ms_database")
+    best = res.best
+    trial_s = [r.result.build_s + r.result.run_s for r in res.records]
+    # Cost per trial, all in: the interval between trial completions on the driver (first trial excluded: it starts
+    # the warm worker), against the time spent inside the trainable.
+    times = sorted(r.time for r in res.records)
+    intervals = [b - a for a, b in zip(times, times[1:])]
+    inside = [float(r.metrics["trial_s"]) for r in (res.results or []) if r.metrics and "trial_s" in r.metrics]
+    summary = {
+        "workload": workload, "workload_key": task.workload.key, "target": target, "searcher": searcher,
+        "trials": len(res.records), "ok": len(res.ok),
+        "status_counts": {s: sum(r.result.status == s for r in res.records) for s in
+                          sorted({r.result.status for r in res.records})},
+        "best_ms": best.result.median_ms if best else None, "best_config": best.config.to_json() if best else None,
+        "untuned_ms": untuned_ms if untuned.ok else None,
+        "speedup_vs_untuned": (untuned_ms / best.result.median_ms) if (best and untuned.ok) else None,
+        "median_build_s": statistics.median([r.result.build_s for r in res.records]) if res.records else None,
+        "median_run_s": statistics.median([r.result.run_s for r in res.records]) if res.records else None,
+        "median_measure_s": statistics.median(trial_s) if trial_s else None,
+        "median_trainable_s": statistics.median(inside) if inside else None,
+        "median_trial_interval_s": statistics.median(intervals) if intervals else None,
+        "ray_overhead_per_trial_s": (statistics.median(intervals) - statistics.median(inside))
+        if (intervals and inside) else None,
+        "search_wall_s": res.wall_s, "wall_per_trial_s": res.wall_s / max(1, len(res.records)),
+        "exported_records": n_exported, "wall_s": time.monotonic() - t_start,
+    }
+    summary["proposals"] = searcher_obj.stats
+    write_json_atomic(out / "summary.json", summary, indent=2)
+    if best:
+        sp = summary["speedup_vs_untuned"]
+        console(f"best {best.result.median_ms:.3f} ms after {len(res.records)} trials"
+            + (f", {sp:.1f}x faster than the untuned {untuned_ms:.3f} ms" if sp else "")
+            + f"; records in {out / 'records'}, MetaSchedule database in {out / 'ms_database'}")
+    else:
+        console(f"no configuration measured ok in {len(res.records)} trials; see {out / 'records'}")
+    return summary

@@ -1,0 +1,263 @@
+"""Tune a whole network: layers in -> untuned baselines -> stage 1 once -> per-layer Ray Tune chunks under one budget
+-> the verified library out. Each step is one call into the module that owns it.
+
+Output directory layout (``out``)::
+
+    records/            every measurement of every layer (append-only; the resume point)
+    untuned.json        each layer's untuned latency (measured once; written atomically)
+    ms_database/        MetaSchedule JSONDatabase with the best record of every layer (replaced atomically)
+    <model>.so          the tuned library (tvm.runtime.load_module + relax.VirtualMachine)
+    ray/                Ray Tune experiment state, one experiment per layer chunk (``<layer>.t<trials-before>.<run>``)
+    tuning_curves.png   the model's estimated latency vs trials, and the layers that weigh most
+    summary.json        see :func:`run_model` (written atomically)
+
+Re-running the same command after a kill (even SIGKILL, at any moment) continues from ``records/``: finished
+measurements count toward the budget and are never proposed again.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+
+from raydgp.atomic import write_json_atomic
+from raydgp.logs import console
+from raydgp.pipeline import history as hist_mod
+from raydgp.pipeline.budget import Budget, LayerState
+from raydgp.pipeline.report import Progress, finite, plot_curves, table
+from raydgp.pipeline.settings import ModelRun
+from raydgp.pipeline.toolchain import LoadedModel, Toolchain
+from raydgp.pipeline.untuned import measure_untuned
+from raydgp.records import Record, RecordStore
+
+log = logging.getLogger("raydgp.pipeline")
+
+
+def tune_model(model: str, *, out, callbacks: list | None = None, toolchain: Toolchain | None = None,
+               **settings) -> dict:
+    """Tune every layer of a network and build, verify and time the tuned library.
+
+    Keyword arguments are the fields of :class:`~raydgp.pipeline.settings.ModelRun` (``trials``, ``searcher``,
+    ``time_budget_s``, ``seed``, ``target_kind``, ``history``, ...); see :func:`run_model` for the rest.
+    """
+    return run_model(ModelRun(model=model, out=out, **settings), callbacks=callbacks, toolchain=toolchain)
+
+
+def run_model(run: ModelRun, callbacks: list | None = None, toolchain: Toolchain | None = None) -> dict:
+    """The model job.
+
+    Args:
+        run: the settings.
+        callbacks: extra Ray Tune callbacks for every layer experiment (they must pickle: they run in Ray tasks).
+        toolchain: the compiler toolchain (None: TVM).
+
+    Returns:
+        The summary (also ``out/summary.json``): ``model``, ``target``, ``searcher``, ``trials_total``, ``wall_s``,
+        ``layers`` (``name``, ``workload_key``, ``weight``, ``flops``, ``trials``, ``best_ms``, ``untuned_ms``,
+        ``proposals``), ``proposals`` (totals: by the model vs by the random fallback), ``end_to_end_ms``,
+        ``untuned_end_to_end_ms``, ``pytorch_ms``, ``onnxruntime_ms``, ``max_abs_err``, ``verified`` and more.
+    """
+    from raydgp.raytune.chunks import ChunkRunner
+    from raydgp.raytune.cluster import check_address
+    from raydgp.raytune.trackers import check_trackers, tracker_env
+
+    if toolchain is None:
+        from raydgp.models.toolchain import TVMToolchain
+
+        toolchain = TVMToolchain()
+    t_start = time.monotonic()
+    # -- inputs checked before anything expensive ---------------------------------------------------------------------
+    check_trackers(run.trackers)
+    history_paths = hist_mod.check_history_paths(run.history)
+    check_address(run.address)
+    out = run.out
+    out.mkdir(parents=True, exist_ok=True)
+    settings = run.measure_settings
+
+    # -- model in, layers out -----------------------------------------------------------------------------------------
+    m = toolchain.load(run.model, run.input_shape, run.seed, run.target_kind, run.n_threads)
+    store = RecordStore(out / "records")
+    for l in m.layers:
+        store.add_workload(l.key, l.task.mod_json, l.space.to_json() if hasattr(l.space, "to_json") else None)
+    log.info("model %s (%s): %d distinct layers, %d calls; target %s", m.name, m.source, len(m.layers),
+             sum(l.weight for l in m.layers), m.target)
+
+    # -- Ray first (a cluster that refuses us fails here, in seconds), then stage 1 and the baselines -----------------
+    runner = ChunkRunner(run.address, run.gpu, run.cpus_per_trial, run.max_concurrent_layers,
+                         env=tracker_env(run.trackers, str(out.resolve())), callbacks=callbacks,
+                         service=toolchain.trial_measurer() is None)
+    log.info(runner.describe)
+    hist = _stage1(run, m, history_paths, store) if run.searcher == "dgp" else None
+    runner.share_history(hist)
+    prior = _prior_records(store, m)
+    n_prior = sum(len(v) for v in prior.values())
+    if n_prior:
+        log.info("resuming: %d measurements already in %s count toward the budget", n_prior, out / "records")
+    untuned = measure_untuned(m.layers, toolchain.measurer, settings, out / "untuned.json")
+    states = []
+    for l in m.layers:
+        st = LayerState(l.name, l.weight, l.space.size, untuned_ms=untuned[l.name])
+        st.add([r.result.median_ms if r.result.ok else math.nan for r in prior[l.name]])
+        states.append(st)
+    budget = Budget(states, run.trials, chunk=run.chunk, warmup=run.warmup)
+
+    # -- per-layer experiments under one budget -----------------------------------------------------------------------
+    try:
+        stopped_by_time, proposals, estimate = _tune_layers(run, m, store, budget, runner, hist is not None,
+                                                            toolchain, t_start)
+    finally:
+        runner.close()
+    tune_wall = time.monotonic() - t_start
+    hist_mod.append_to_user_store(store, {l.key for l in m.layers})
+
+    # -- model out: tuned library, verified and timed -----------------------------------------------------------------
+    summary = _deploy_and_report(run, m, toolchain, store, budget, untuned, proposals, estimate)
+    summary.update(tuning_wall_s=round(tune_wall, 2), wall_s=round(time.monotonic() - t_start, 2),
+                   stopped_by_time_budget=stopped_by_time)
+    write_json_atomic(out / "summary.json", summary, indent=2)
+    for line in table(summary):
+        console(line)
+    return summary
+
+
+def _stage1(run: ModelRun, m: LoadedModel, history_paths: list[Path], store: RecordStore):
+    """Stage 1 once, on the driver: every layer chunk then loads the pre-trained DGP from the cache."""
+    from raydgp.dgp.train import default_cache_dir
+    from raydgp.search import DGPSearch, SearchSettings
+
+    paths = list(history_paths) + (hist_mod.default_history_paths() if run.default_history else [])
+    own = run.out / "records"
+    first = m.layers[0].space
+    hist = hist_mod.load_history(paths + ([own] if store.records() else []), first, exclude_target=False,
+                                 max_points=4000, seed=run.seed)
+    if hist is None:
+        log.info("stage 1: no history; the DGP starts cold")
+        return None
+    t0 = time.monotonic()
+    DGPSearch(first, SearchSettings(seed=run.seed, pretrain_seed=run.seed), history=hist,
+              cache_dir=str(default_cache_dir())).pretrained()
+    log.info("stage 1: deep GP pre-trained on %d measurements in %.1f s", len(hist), time.monotonic() - t0)
+    return hist
+
+
+def _prior_records(store: RecordStore, m: LoadedModel) -> dict[str, list[Record]]:
+    """Each layer's records from earlier runs into this ``out``, oldest first."""
+    by_key = {l.key: l.name for l in m.layers}
+    prior: dict[str, list[Record]] = {l.name: [] for l in m.layers}
+    for r in sorted(store.records(), key=lambda r: r.time):
+        if r.workload.key in by_key:
+            prior[by_key[r.workload.key]].append(r)
+    return prior
+
+
+def _history_donors(run: ModelRun, history_paths: list[Path]) -> list:
+    paths = list(history_paths) + (hist_mod.default_history_paths() if run.default_history else [])
+    return hist_mod.top_configs([r for p in paths for r in RecordStore(p).records()])
+
+
+def _tune_layers(run: ModelRun, m: LoadedModel, store: RecordStore, budget: Budget, runner, has_history: bool,
+                 toolchain: Toolchain, t_start: float):
+    """Hand out chunks until the budget (or the time budget) is spent. Returns ``(stopped by time, proposal stats per
+    layer, [(trials done, model estimate ms)])``."""
+    from raydgp.dgp.train import default_cache_dir
+    from raydgp.raytune.chunks import ChunkSpec
+    from raydgp.raytune.experiment import experiment_name
+
+    by_name = {l.name: l for l in m.layers}
+    donors_hist = _history_donors(run, list(run.history)) if run.searcher == "dgp" else []
+    cache_dir = str(default_cache_dir()) if has_history else None
+    storage_path = run.storage or str((run.out / "ray").resolve())
+    trial_measurer = toolchain.trial_measurer()
+    progress = Progress(run.trials, len(m.layers))
+    proposals: dict[str, dict] = {}
+    estimate = [(budget.finished, budget.model_estimate_ms())]
+    n_chunks, stopped_by_time = 0, False
+    run_id = time.strftime("%Y%m%d-%H%M%S")  # a resumed run never reuses an experiment directory
+    while True:
+        out_of_time = run.time_budget_s is not None and time.monotonic() - t_start > run.time_budget_s
+        stopped_by_time = stopped_by_time or out_of_time
+        while not out_of_time and runner.has_room():
+            nxt = budget.next_chunk()
+            if nxt is None:
+                break
+            name, n = nxt
+            l, st = by_name[name], budget.layers[name]
+            all_recs = store.records()
+            recs = [r for r in all_recs if r.workload.key == l.key]
+            donors = sorted(hist_mod.top_configs(all_recs) + donors_hist, key=lambda t: t[0])
+            seeds = hist_mod.seed_configs(l.space, {r.config for r in recs}, donors, k=min(4, max(1, n // 2)))
+            runner.submit(ChunkSpec(
+                name=name, experiment=experiment_name(f"{name}.t{st.trials}.{run_id}"), task=l.task, space=l.space,
+                searcher=run.searcher, seed=run.seed * 100003 + n_chunks, trials=n,
+                store_path=str(run.out / "records"), storage_path=storage_path, settings=run.measure_settings,
+                cpus_per_trial=run.cpus_per_trial, gpus_per_trial=1 if run.gpu else 0,
+                prior=tuple((l.space.to_params(r.config), r.result.status,
+                             r.result.median_ms if r.result.ok else None) for r in recs if r.config.sketch >= 0),
+                cache_dir=cache_dir, pretrain_seed=run.seed, trackers=run.trackers, model=m.name,
+                seeds=tuple(seeds), measurer=trial_measurer))
+            n_chunks += 1
+        if not runner.running:
+            break
+        for name, n, res in runner.wait(2.0):
+            lats = res.latencies_ms
+            if res.error:
+                log.warning("layer %s: its experiment failed (%s); its finished measurements are in the records",
+                            name, res.error)
+                lats = [r.result.median_ms if r.result.ok else math.nan for r in store.records()
+                        if r.workload.key == by_name[name].key][len(budget.layers[name].curve):]
+            budget.finish(name, lats, n)
+            agg = proposals.setdefault(name, {})
+            for k, v in res.proposals.items():
+                agg[k] = agg.get(k, 0) + int(v)
+            estimate.append((budget.finished, budget.model_estimate_ms()))
+        progress.show(budget.used, budget.layers_done(), budget.model_estimate_ms(), [r[0] for r in runner.running])
+    progress.show(budget.used, len(m.layers), budget.model_estimate_ms(), [], final=True)
+    if stopped_by_time:
+        log.info("time budget of %.0f s reached: no new chunks were started after it", run.time_budget_s)
+    return stopped_by_time, proposals, estimate
+
+
+def _deploy_and_report(run: ModelRun, m: LoadedModel, toolchain: Toolchain, store: RecordStore, budget: Budget,
+                       untuned: dict, proposals: dict, estimate: list) -> dict:
+    import os
+
+    states = budget.layers
+    # A layer keeps TVM's default code where that measured faster than every tuned schedule (tiny layers).
+    use_tuned = {l.name: not (math.isfinite(untuned[l.name]) and untuned[l.name] <= states[l.name].best_ms)
+                 for l in m.layers}
+    load_1min = os.getloadavg()[0]
+    dep = toolchain.deploy(m, store, {l.key for l in m.layers if use_tuned[l.name]}, run.out, run.n_threads,
+                           run.compare_reference, log.info)
+    rows = []
+    totals: dict[str, int] = {}
+    for l in m.layers:
+        s = states[l.name]
+        p = proposals.get(l.name, {})
+        for k, v in p.items():
+            totals[k] = totals.get(k, 0) + v
+        rows.append({"name": l.name, "workload_key": l.key, "op": l.op, "weight": l.weight, "flops": finite(l.flops),
+                     "trials": s.trials, "best_ms": finite(s.best_ms), "untuned_ms": finite(untuned[l.name]),
+                     "schedule": "tuned" if use_tuned[l.name] else "default",
+                     "space_size": finite(float(min(s.space_size, 1e300))), "proposals": p})
+    try:
+        plot_curves(run.out / "tuning_curves.png", estimate, list(states.values()))
+    except Exception as e:  # noqa: BLE001 - a plot must never cost the results (said on the console)
+        log.warning("tuning_curves.png not written (%s: %s)", type(e).__name__, e)
+    return {
+        "model": m.name, "source": m.source, "target": m.target, "searcher": run.searcher,
+        "trials_budget": run.trials, "trials_total": sum(s.trials for s in states.values()), "layers": rows,
+        "proposals": totals,
+        "verified": dep.verified, "verify_message": dep.verify_message, "reference": m.reference_name,
+        "end_to_end_ms": finite(dep.end_to_end_ms) if dep.end_to_end_ms is not None else None,
+        "end_to_end_latencies_ms": [round(v, 6) for v in dep.end_to_end_latencies_ms],
+        "unverified_end_to_end_ms": finite(dep.unverified_ms) if dep.unverified_ms is not None else None,
+        "untuned_end_to_end_ms": finite(dep.untuned_ms) if dep.untuned_ms is not None else None,
+        "pytorch_ms": finite(dep.reference_ms.get("pytorch")) if dep.reference_ms.get("pytorch") else None,
+        "onnxruntime_ms": finite(dep.reference_ms.get("onnxruntime")) if dep.reference_ms.get("onnxruntime") else None,
+        "max_abs_err": finite(dep.max_abs_err) if dep.max_abs_err is not None else None,
+        "tolerance": {"rtol": 1e-3, "atol": "1e-4 * max|reference|"},
+        "threads": run.n_threads, "load_avg_1min_before_timing": round(load_1min, 2), "library": dep.library,
+        "ms_database": dep.ms_database, "library_build_s": round(dep.build_s, 2),
+    }

@@ -1,0 +1,152 @@
+"""The settings of a model run and of a layer run: one frozen, validated object each, built by the CLI and by the
+Python API alike (:func:`raydgp.pipeline.model_job.tune_model` takes keyword arguments and builds a
+:class:`ModelRun`)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from raydgp.errors import ConfigError
+from raydgp.measure.protocol import MeasureSettings
+from raydgp.raytune.trackers import TRACKERS
+
+SEARCHERS = ("dgp", "random")
+TARGETS = ("llvm", "cuda")
+
+
+def _check_common(searcher: str, trials: int, target_kind: str) -> None:
+    if searcher not in SEARCHERS:
+        raise ConfigError(f"unknown searcher {searcher!r}; choose one of {', '.join(SEARCHERS)}")
+    if not isinstance(trials, int) or trials < 1:
+        raise ConfigError(f"trials must be an integer >= 1, got {trials!r}")
+    if target_kind not in TARGETS:
+        raise ConfigError(f"target {target_kind!r}: choose one of {', '.join(TARGETS)}")
+
+
+@dataclass(frozen=True)
+class ModelRun:
+    """Everything a whole-model run is told.
+
+    Attributes:
+        model: built-in name, ``.onnx`` path or ``package.module:factory`` (:mod:`raydgp.models.importer`).
+        out: output directory; the same ``out`` resumes.
+        trials: total trials for the whole model (including any an interrupted run already measured).
+        searcher: ``dgp`` (deep-GP BO with transfer from the history) or ``random``.
+        time_budget_s: no new layer chunk starts after this many seconds (None: no limit).
+        seed: seed of the searchers (each layer chunk derives its own).
+        target_kind: ``llvm`` (this CPU) or ``cuda`` (one GPU per trial).
+        input_shape: input shape, for PyTorch factories and dynamic ONNX inputs.
+        history: extra record stores that pre-train the DGP (stage 1).
+        default_history: also pre-train on the shipped dataset and the user store.
+        cpus_per_trial: Ray CPUs one trial requests (builds overlap; timings take the node's lock).
+        threads: threads of a timing and of the final model (None: all cores of this machine).
+        address: Ray cluster address (None: ``RAY_ADDRESS`` or an embedded local Ray).
+        max_concurrent_layers: layer experiments at once (None: cluster CPUs / cpus_per_trial, or GPUs).
+        measure: measurement settings (None: defaults on ``threads`` threads).
+        chunk: trials per scheduler chunk; warmup: every layer's first chunk.
+        storage: Ray Tune ``storage_path`` (None: ``out/ray``).
+        trackers: ``mlflow``, ``wandb``, ``tensorboard`` logger callbacks in every layer experiment.
+        compare_reference: also time the framework reference (PyTorch eager / ONNX Runtime).
+    """
+
+    model: str
+    out: Path
+    trials: int = 300
+    searcher: str = "dgp"
+    time_budget_s: float | None = None
+    seed: int = 0
+    target_kind: str = "llvm"
+    input_shape: tuple[int, ...] | None = None
+    history: tuple[Path, ...] = ()
+    default_history: bool = True
+    cpus_per_trial: float = 1.0
+    threads: int | None = None
+    address: str | None = None
+    max_concurrent_layers: int | None = None
+    measure: MeasureSettings | None = None
+    chunk: int = 16
+    warmup: int = 8
+    storage: str | None = None
+    trackers: tuple[str, ...] = ()
+    compare_reference: bool = True
+
+    def __post_init__(self):
+        if not self.model:
+            raise ConfigError("no model given: pass a built-in name, an .onnx file or package.module:factory")
+        _check_common(self.searcher, self.trials, self.target_kind)
+        if self.time_budget_s is not None and not self.time_budget_s > 0:
+            raise ConfigError(f"time budget must be > 0 seconds, got {self.time_budget_s}")
+        if not self.cpus_per_trial > 0:
+            raise ConfigError(f"cpus_per_trial must be > 0, got {self.cpus_per_trial}")
+        for name in ("threads", "max_concurrent_layers"):
+            v = getattr(self, name)
+            if v is not None and (not isinstance(v, int) or v < 1):
+                raise ConfigError(f"{name} must be an integer >= 1, got {v!r}")
+        if self.chunk < 1 or self.warmup < 1:
+            raise ConfigError(f"chunk and warmup must be >= 1, got {self.chunk} and {self.warmup}")
+        object.__setattr__(self, "out", Path(self.out))
+        object.__setattr__(self, "history", tuple(Path(p) for p in self.history))
+        names = tuple(t.strip().lower() for t in self.trackers if t and t.strip())
+        for t in names:
+            if t not in TRACKERS:
+                raise ConfigError(f"tracker {t!r}: choose from {', '.join(TRACKERS)}")
+        object.__setattr__(self, "trackers", names)
+
+    @property
+    def n_threads(self) -> int:
+        return int(self.threads or os.cpu_count() or 1)
+
+    @property
+    def gpu(self) -> bool:
+        return self.target_kind == "cuda"
+
+    @property
+    def measure_settings(self) -> MeasureSettings:
+        return self.measure or MeasureSettings(num_threads=self.n_threads, device="cuda" if self.gpu else "cpu")
+
+
+@dataclass(frozen=True)
+class LayerRun:
+    """Everything a one-layer run is told (see ``raydgp layer --help``).
+
+    Attributes:
+        workload: a workload spec, e.g. ``conv2d:1,64,56,56,64,3,1,1`` (:mod:`raydgp.space.workloads`).
+        out: output directory.
+        trials: configurations to measure.
+        searcher: ``dgp`` or ``random``.
+        seed: searcher seed.
+        target_kind: ``llvm`` or ``cuda``.
+        cpus_per_trial: cores a trial owns and times with (None: all cores of this machine).
+        address: Ray cluster address (None: ``RAY_ADDRESS`` or an embedded local Ray).
+        measure: measurement settings (None: defaults on ``cpus_per_trial`` threads).
+        history: record stores whose other workloads pre-train the DGP.
+    """
+
+    workload: str
+    out: Path
+    trials: int = 32
+    searcher: str = "random"
+    seed: int = 0
+    target_kind: str = "llvm"
+    cpus_per_trial: int | None = None
+    address: str | None = None
+    measure: MeasureSettings | None = None
+    history: tuple[Path, ...] = field(default_factory=tuple)
+
+    def __post_init__(self):
+        _check_common(self.searcher, self.trials, self.target_kind)
+        if self.cpus_per_trial is not None and self.cpus_per_trial < 1:
+            raise ConfigError(f"cpus_per_trial must be >= 1, got {self.cpus_per_trial}")
+        object.__setattr__(self, "out", Path(self.out))
+        object.__setattr__(self, "history", tuple(Path(p) for p in self.history))
+
+    @property
+    def cores(self) -> int:
+        return int(self.cpus_per_trial or os.cpu_count() or 1)
+
+    @property
+    def measure_settings(self) -> MeasureSettings:
+        return self.measure or MeasureSettings(num_threads=self.cores,
+                                               device="cuda" if self.target_kind == "cuda" else "cpu")

@@ -1,0 +1,165 @@
+"""Layer chunks as Ray work: each chunk of one layer's trials is its own Ray Tune experiment, run inside a Ray remote
+task pinned to the driver's node (``Tuner.fit`` in threads races in Tune's registry), several at once.
+
+:class:`ChunkRunner` is everything the model job needs from Ray: start or join Ray, the node's warm measurement
+service, submitting chunks and waiting for the next finished one. A failed chunk comes back as data (its error), and
+its finished measurements are in the record store either way.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from raydgp.measure.base import Measurer
+from raydgp.measure.protocol import MeasureSettings, TaskPayload
+from raydgp.records import RecordStore
+from raydgp.space.base import SearchSpace
+
+log = logging.getLogger("raydgp.raytune")
+
+
+@dataclass(frozen=True)
+class ChunkSpec:
+    """Everything a remote layer experiment needs (it crosses process boundaries through Ray's object store).
+
+    ``prior`` holds what earlier chunks and runs measured for this layer, as ``(trial params, status, ms or None)``;
+    ``seeds`` the trial parameters to try first (the best of sibling layers and history workloads).
+    """
+
+    name: str
+    experiment: str
+    task: TaskPayload
+    space: SearchSpace
+    searcher: str
+    seed: int
+    trials: int
+    store_path: str
+    storage_path: str
+    settings: MeasureSettings
+    cpus_per_trial: float
+    gpus_per_trial: int
+    prior: tuple = ()
+    cache_dir: str | None = None
+    pretrain_seed: int = 0
+    trackers: tuple = ()
+    model: str = ""
+    seeds: tuple = ()
+    measurer: Measurer | None = None
+
+
+@dataclass(frozen=True)
+class ChunkResult:
+    """What a chunk measured: latencies (ms, NaN = failed) in completion order, and its searcher's proposal stats.
+    ``error`` is set (one line) when the experiment itself failed."""
+
+    latencies_ms: list = field(default_factory=list)
+    proposals: dict = field(default_factory=dict)
+    error: str | None = None
+
+
+def run_chunk(spec: ChunkSpec, history=None, callbacks=None) -> ChunkResult:
+    """One layer chunk as its own Ray Tune experiment (runs inside a Ray task)."""
+    from raydgp.raytune.experiment import tune_layer
+    from raydgp.raytune.searchers import make_searcher
+    from raydgp.raytune.trackers import tracker_callbacks
+
+    searcher = make_searcher(spec.searcher, spec.space, spec.seed, history, pretrain_seed=spec.pretrain_seed,
+                             cache_dir=spec.cache_dir, points_to_evaluate=list(spec.seeds))
+    for params, status, value in spec.prior:
+        searcher.add_evaluated_record(params, status, value)
+    res = tune_layer(spec.task, spec.space, searcher, trials=spec.trials, store=RecordStore(spec.store_path),
+                     settings=spec.settings, storage_path=spec.storage_path, name=spec.experiment,
+                     cpus_per_trial=spec.cpus_per_trial, gpus_per_trial=spec.gpus_per_trial, show_progress=False,
+                     tag=spec.name, measurer=spec.measurer,
+                     callbacks=list(callbacks or []) + tracker_callbacks(
+                         spec.trackers, f"raydgp-{spec.model}", {"layer": spec.name, "chunk": spec.experiment}))
+    # Tune drives this very searcher object (it pickles it only into its experiment state): its stats are the run's.
+    return ChunkResult([r.result.median_ms if r.result.ok else math.nan for r in res.records], searcher.stats)
+
+
+class ChunkRunner:
+    """Runs layer chunks on Ray, at most ``width`` at once.
+
+    Args:
+        address: cluster to join (None: ``RAY_ADDRESS`` or an embedded local Ray).
+        gpu: trials time on GPUs (no node measurement service then).
+        cpus_per_trial: Ray CPUs a trial requests (sets the default width on CPU clusters).
+        max_concurrent: chunks at once (None: cluster GPUs, or CPUs / cpus_per_trial).
+        env: environment variables for the chunk tasks (trackers).
+        callbacks: extra Ray Tune callbacks for every experiment (must pickle).
+        service: start the node's warm measurement service (CPU trials measured with TVM).
+    """
+
+    def __init__(self, address: str | None, gpu: bool, cpus_per_trial: float, max_concurrent: int | None,
+                 env: dict | None = None, callbacks=None, service: bool = True):
+        from raydgp.raytune.cluster import init_ray
+
+        ray = self._ray = init_ray(address=address)
+        res = ray.cluster_resources()
+        nodes = len([n for n in ray.nodes() if n.get("Alive")])
+        self.describe = (f"ray: {ray.get_runtime_context().gcs_address}, {res.get('CPU', 0):g} CPUs, "
+                         f"{res.get('GPU', 0):g} GPUs, {nodes} nodes")
+        if max_concurrent is None:
+            slots = res.get("GPU", 0) if gpu else res.get("CPU", 1) / max(cpus_per_trial, 1e-9)
+            max_concurrent = max(1, int(slots))
+        self.width = int(max_concurrent)
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        node = ray.get_runtime_context().get_node_id()
+        opts: dict[str, Any] = {"scheduling_strategy": NodeAffinitySchedulingStrategy(node, soft=False)}
+        if env:
+            opts["runtime_env"] = {"env_vars": env}
+        self._remote = ray.remote(num_cpus=0)(run_chunk).options(**opts)
+        self._service = None
+        if service and not gpu:
+            from raydgp.raytune.measure_service import start_service
+
+            self._service = start_service()
+        self._hist_ref = None
+        self._callbacks = callbacks
+        self._inflight: dict[Any, tuple[str, int]] = {}
+
+    def share_history(self, history) -> None:
+        """Stage-1 data every later chunk's DGP pre-trains on (put in the object store once; None: none)."""
+        self._hist_ref = self._ray.put(history) if history is not None else None
+
+    @property
+    def running(self) -> list[tuple[str, int]]:
+        """``(layer, trials)`` of every chunk in flight."""
+        return list(self._inflight.values())
+
+    def has_room(self) -> bool:
+        return len(self._inflight) < self.width
+
+    def submit(self, spec: ChunkSpec) -> None:
+        self._inflight[self._remote.remote(spec, self._hist_ref, self._callbacks)] = (spec.name, spec.trials)
+
+    def wait(self, timeout_s: float = 2.0) -> list[tuple[str, int, ChunkResult]]:
+        """Finished chunks as ``(layer, trials handed out, result)``; empty after ``timeout_s`` without one."""
+        if not self._inflight:
+            return []
+        ready, _ = self._ray.wait(list(self._inflight), num_returns=1, timeout=timeout_s)
+        out = []
+        for ref in ready:
+            name, n = self._inflight.pop(ref)
+            try:
+                out.append((name, n, self._ray.get(ref)))
+            except Exception as e:  # noqa: BLE001 - one layer's failure must not end the model's tuning
+                cause = getattr(e, "cause", None) or e
+                msg = (str(cause).strip().splitlines() or [""])[-1][:300]
+                out.append((name, n, ChunkResult(error=f"{type(cause).__name__}: {msg}")))
+        return out
+
+    def close(self) -> None:
+        """Stop the measurement service (its workers end with it)."""
+        if self._service is None:
+            return
+        try:
+            self._ray.get(self._service.close.remote(), timeout=60)
+            self._ray.kill(self._service)
+        except Exception as e:  # noqa: BLE001 - it ends with the job anyway
+            log.debug("measurement service did not close cleanly: %s", e)
+        self._service = None

@@ -1,0 +1,43 @@
+"""The searchers raydgp's own jobs use, by name: one registry instead of a string switch in each job."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from raydgp.errors import ConfigError
+from raydgp.space.base import SearchSpace
+
+
+def _random(space, seed, history, pretrain_seed, cache_dir, points_to_evaluate):
+    from raydgp.raytune.random_searcher import RandomSearcher
+
+    return RandomSearcher(space, metric="latency_ms", mode="min", seed=seed, points_to_evaluate=points_to_evaluate)
+
+
+def _dgp(space, seed, history, pretrain_seed, cache_dir, points_to_evaluate):
+    from raydgp.dgp.train import default_cache_dir
+    from raydgp.raytune.dgp_searcher import DGPSearcher
+    from raydgp.search import SearchSettings
+
+    return DGPSearcher(space, metric="latency_ms", mode="min", seed=seed, history=history,
+                       points_to_evaluate=points_to_evaluate,
+                       settings=SearchSettings(seed=seed, pretrain_seed=pretrain_seed, async_refit=True),
+                       cache_dir=cache_dir or str(default_cache_dir()))
+
+
+SEARCHERS: dict[str, Callable] = {"dgp": _dgp, "random": _random}
+
+
+def make_searcher(name: str, space: SearchSpace, seed: int, history=None, pretrain_seed: int | None = None,
+                  cache_dir: str | None = None, points_to_evaluate: list | None = None):
+    """A Ray Tune searcher over ``space``: ``dgp`` (:class:`~raydgp.raytune.dgp_searcher.DGPSearcher`) or ``random``
+    (:class:`~raydgp.raytune.random_searcher.RandomSearcher`), metric ``latency_ms``, mode ``min``.
+
+    Raises:
+        ConfigError: an unknown name.
+    """
+    try:
+        factory = SEARCHERS[name]
+    except KeyError:
+        raise ConfigError(f"unknown searcher {name!r}; choose one of {', '.join(SEARCHERS)}") from None
+    return factory(space, seed, history, pretrain_seed, cache_dir, points_to_evaluate)

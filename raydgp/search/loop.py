@@ -1,0 +1,258 @@
+"""The three-stage DGP search over one space (no Ray, no TVM here; :mod:`raydgp.raytune.dgp_searcher` adapts it).
+
+1. **Pre-train** the deep GP on history (other workloads' records, or earlier points of the same space), once, cached.
+2. **Transfer**: the target's first ``n_init`` measurements are the *tuning set*, chosen by the pre-trained DGP
+   (:mod:`raydgp.search.tuning_set`) or at random; then the DGP is fine-tuned on the target's data by MAP estimation
+   (ELBO + Gaussian prior around the pre-trained weights).
+3. **Search**: each proposal scores the candidates (:mod:`raydgp.search.candidates`) with BoTorch's LogEI under the
+   DGP and proposes the best configuration that is neither measured nor pending; with pending points, the top
+   candidates are rescored jointly with them (qLogEI).
+
+The space is any :class:`~raydgp.space.base.SearchSpace`; configurations are hashable.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import threading
+import time
+from typing import Hashable, Sequence
+
+import numpy as np
+import torch
+
+from raydgp.dgp.botorch_model import DGPModel, log_ei_pool, q_log_ei_with_pending
+from raydgp.dgp.data import InputScaler, standardised_targets
+from raydgp.dgp.model import DeepGPSurrogate
+from raydgp.dgp.train import fit_dgp, map_finetune, pretrain, train_elbo
+from raydgp.search.candidates import CandidatePool
+from raydgp.search.history import History
+from raydgp.search.settings import SearchSettings
+from raydgp.search.threads import torch_threads
+from raydgp.search.tuning_set import pick_tuning_point
+from raydgp.space.base import SearchSpace
+
+log = logging.getLogger("raydgp.search")
+
+
+class DGPSearch:
+    """Propose configurations of one target space, learning from history and from the target's own results.
+
+    Args:
+        space: the target space.
+        settings: search settings.
+        history: stage-1 source data (encoded with the same layout as ``space.encode_many``), or None.
+        cache_dir: where pre-trained weights are cached (None: no cache).
+        maximize: True if larger metric values are better (latency: False).
+    """
+
+    def __init__(self, space: SearchSpace, settings: SearchSettings = SearchSettings(), history: History | None = None,
+                 cache_dir: str | None = None, maximize: bool = False):
+        self.space = space
+        self.settings = settings
+        self.history = history if history is not None and len(history) else None
+        self.cache_dir = cache_dir
+        self.maximize = maximize
+        self.rng = np.random.default_rng(settings.seed)
+        self.observed: dict[Hashable, tuple[str, float]] = {}  # config -> (status, metric)
+        self.invalid: set[Hashable] = set()
+        self._pretrained: DeepGPSurrogate | None = None
+        self._model: DeepGPSurrogate | None = None
+        self._fitted_on = -1
+        self._scaler: InputScaler | None = None
+        self._calls = 0
+        self._refit_thread: threading.Thread | None = None
+        self._center: dict[str, torch.Tensor] | None = None  # the MAP prior's centre (pre-trained parameters)
+        self.candidates = CandidatePool(space, settings.pool_size, settings.pool_refresh,
+                                        lambda X: self._scaler_for().transform(X), self.rng)
+        self.timings: dict[str, list[float]] = {"suggest": [], "fit": []}
+        #: What proposed each configuration and what failed: ``model`` (the DGP's acquisition), ``tuning_set``
+        #: (stage 2's picks by the pre-trained model), ``random`` (random tuning-set points, by design),
+        #: ``refit_failures`` (background refits that raised; the previous model kept proposing).
+        self.stats: dict[str, int] = {"model": 0, "tuning_set": 0, "random": 0, "refit_failures": 0}
+
+    # -- data ----------------------------------------------------------------------------------------------------------
+    def observe(self, config: Hashable, metric: float | None, status: str = "ok") -> None:
+        """Record a result. ``metric`` None/NaN/inf or a non-``ok`` status is a failure (see :mod:`raydgp.dgp.data`)."""
+        if status == "invalid":
+            self.invalid.add(config)
+            return
+        if metric is None or not math.isfinite(float(metric)):
+            status = "run_error" if status == "ok" else status
+            metric = math.nan
+        self.observed[config] = (status, float(metric))
+
+    @property
+    def seen(self) -> set:
+        return set(self.observed) | self.invalid
+
+    def _target_xy(self) -> tuple[np.ndarray, np.ndarray, list]:
+        configs = list(self.observed)
+        st = [self.observed[c][0] for c in configs]
+        m = [self.observed[c][1] for c in configs]
+        if self.maximize:
+            # larger is better: use exp(-metric) as a "latency" so that -log(latency) = metric
+            lat = [math.exp(-v) if math.isfinite(v) else math.nan for v in m]
+        else:
+            lat = m
+        ok = [s == "ok" and math.isfinite(v) and (v > 0 or self.maximize) for s, v in zip(st, lat)]
+        st = [s if good or s != "ok" else "run_error" for s, good in zip(st, ok)]
+        y, keep = standardised_targets(["t"] * len(configs), st, lat)
+        X = self._encode(configs)
+        return X[keep], y[keep], [c for c, k in zip(configs, keep) if k]
+
+    # -- model ---------------------------------------------------------------------------------------------------------
+    def _scaler_for(self) -> InputScaler:
+        if self._scaler is None:
+            if self.history is not None:
+                self._scaler = InputScaler.fit(self.history.X)
+            else:
+                sample = self.space.sample_many(512, np.random.default_rng(self.settings.seed + 1))
+                self._scaler = InputScaler.fit(self.space.encode_many(sample))
+        return self._scaler
+
+    def pretrained(self) -> DeepGPSurrogate | None:
+        """Stage 1 (lazily, once): the DGP trained on the history, or None without history."""
+        if self._pretrained is None and self.history is not None:
+            t0 = time.perf_counter()
+            sc = self._scaler_for()
+            X = sc.transform(self.history.X)
+            y = torch.as_tensor(self.history.y, dtype=torch.float32)
+            with torch_threads(self.settings.torch_threads):
+                ps = self.settings.seed if self.settings.pretrain_seed is None else self.settings.pretrain_seed
+                self._pretrained = pretrain(X, y, self.settings.dgp, seed=ps,
+                                            cache_dir=self.cache_dir).model
+            self.timings["fit"].append(time.perf_counter() - t0)
+        return self._pretrained
+
+    def fit(self) -> DeepGPSurrogate | None:
+        """Stage 2 (and its warm-started refits): the model for the current target data."""
+        with torch_threads(self.settings.torch_threads):
+            return self._fit()
+
+    def _fit(self) -> DeepGPSurrogate | None:
+        X, y, _ = self._target_xy()
+        if len(y) == 0:
+            return self.pretrained()
+        if self._model is not None and self._fitted_on == len(y):
+            return self._model
+        base = self.pretrained()  # stage 1 always in the caller's thread
+        if self._model is not None and self.settings.async_refit:
+            # Refit a copy in the background; score with the current model (a result or two behind) meanwhile.
+            if self._refit_thread is None or not self._refit_thread.is_alive():
+                torch.set_num_threads(self.settings.torch_threads)  # the worker thread shares the process setting
+                work = copy.deepcopy(self._model)
+                self._refit_thread = threading.Thread(target=self._refit_in_background, args=(work, X, y, base),
+                                                      daemon=True, name="raydgp-refit")
+                self._refit_thread.start()
+            return self._model
+        self._model = self._refit(self._model, X, y, base)
+        self._fitted_on = len(y)
+        return self._model
+
+    def _refit_in_background(self, model, X, y, base) -> None:
+        try:
+            new = self._refit(model, X, y, base)
+        except Exception as e:  # noqa: BLE001 - a failed refit keeps the previous model (counted and logged)
+            self.stats["refit_failures"] += 1
+            log.warning("background refit failed (%s: %s); proposing with the previous model", type(e).__name__, e)
+            return
+        self._model, self._fitted_on = new, len(y)
+
+    def wait_for_refit(self, timeout: float | None = None) -> None:
+        """Block until a background refit (``async_refit``) has finished."""
+        t = self._refit_thread
+        if t is not None:
+            t.join(timeout)
+
+    def _refit(self, model: DeepGPSurrogate | None, X: np.ndarray, y: np.ndarray,
+               base: DeepGPSurrogate | None) -> DeepGPSurrogate:
+        """Stage 2 on the target data ``(X, y)``: a new or warm-started fit of ``model`` (trained in place)."""
+        t0 = time.perf_counter()
+        Xt = self._scaler_for().transform(X)
+        yt = torch.as_tensor(y, dtype=torch.float32)
+        s = self.settings
+        if base is not None:
+            if model is None:
+                model = copy.deepcopy(base)
+                steps = s.dgp.finetune_steps
+                self._center = {k: v.detach().clone() for k, v in base.named_parameters()}
+            else:
+                steps = s.refit_steps
+            map_finetune(model, Xt, yt, prior_strength=s.prior_strength, steps=steps, scope=s.finetune_scope,
+                         seed=s.seed + len(y), prior_center=self._center)
+        elif model is None or len(y) <= s.dgp.num_inducing:
+            # Cold start: a new DGP on the (growing) target data, initialised from exact GPs on it.
+            model = fit_dgp(Xt, yt, s.dgp, steps=s.cold_steps, seed=s.seed)
+        else:
+            train_elbo(model, Xt, yt, s.refit_steps, s.dgp.lr, seed=s.seed + len(y))
+        self.timings["fit"].append(time.perf_counter() - t0)
+        return model
+
+    # -- proposals -----------------------------------------------------------------------------------------------------
+    def _encode(self, configs: Sequence[Hashable]) -> np.ndarray:
+        return self.candidates.encode(configs)
+
+    def _best_configs(self) -> list:
+        good = sorted(((v, c) for c, (st, v) in self.observed.items() if st == "ok" and math.isfinite(v)),
+                      key=lambda t: -t[0] if self.maximize else t[0])
+        return [c for _, c in good[: self.settings.neighbour_seeds]]
+
+    def suggest(self, pending: Sequence[Hashable] = ()) -> Hashable | None:
+        """The next configuration to measure, or None when the space is exhausted.
+
+        Args:
+            pending: configurations being measured right now (never proposed again, and accounted for).
+        """
+        t0 = time.perf_counter()
+        self._calls += 1
+        with torch_threads(self.settings.torch_threads):
+            try:
+                return self._suggest(pending)
+            finally:
+                self.timings["suggest"].append(time.perf_counter() - t0)
+
+    def _suggest(self, pending: Sequence[Hashable]) -> Hashable | None:
+        exclude = self.seen | set(pending)
+        if len(exclude) >= self.space.size:
+            return None
+        n_target = len(self.observed)
+        s = self.settings
+        if n_target + len(pending) < s.n_init:
+            return self._tuning_set_pick(exclude, pending)
+        model = self._fit()
+        pool, X = self.candidates.with_neighbours(exclude, self._best_configs())
+        if not pool:
+            return None
+        if model is None:
+            self.stats["random"] += 1
+            return pool[0]
+        self.stats["model"] += 1
+        _, y, _ = self._target_xy()
+        best_f = float(y.max()) if len(y) else 0.0
+        bm = DGPModel(model, seed=s.seed + self._calls)
+        scores = log_ei_pool(bm, X, best_f)
+        if pending:
+            top = torch.topk(scores, min(32, len(pool))).indices
+            P = self._scaler_for().transform(self._encode(list(pending)))
+            q = q_log_ei_with_pending(bm, X[top], best_f, P, seed=s.seed + self._calls)
+            return pool[int(top[int(torch.argmax(q))])]
+        return pool[int(torch.argmax(scores))]
+
+    def _tuning_set_pick(self, exclude: set, pending: Sequence) -> Hashable | None:
+        """A tuning-set point: random, or the pre-trained DGP's pick (:func:`~raydgp.search.tuning_set.pick_tuning_point`)."""
+        s = self.settings
+        model = self.pretrained() if s.init == "dgp" else None
+        if model is None:
+            got = self.space.sample_many(1, self.rng, exclude=exclude)
+            self.stats["random"] += bool(got)
+            return got[0] if got else None
+        pool, X = self.candidates.random(exclude)
+        if not pool:
+            return None
+        chosen = list(self.observed) + list(pending)
+        C = self._scaler_for().transform(self._encode(chosen)) if chosen else None
+        self.stats["tuning_set"] += 1
+        return pool[pick_tuning_point(model, X, C, seed=s.seed + self._calls)]

@@ -1,0 +1,67 @@
+"""Settings of the three-stage search (frozen, validated)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from raydgp.dgp.model import DGPSettings
+from raydgp.errors import ConfigError
+
+INIT_MODES = ("dgp", "random")
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    """Settings of the three-stage search.
+
+    Attributes:
+        n_init: size of the tuning set (stage 2's first measurements).
+        init: how the tuning set is chosen: ``dgp`` (by the pre-trained model) or ``random``.
+        pool_size: random candidates scored per proposal.
+        pool_refresh: fraction of the pool replaced by fresh random samples at each proposal (the oldest go first;
+            measured and pending configurations leave at once). The pool is kept encoded between proposals, so a
+            proposal samples and encodes only ``pool_refresh * pool_size`` new configurations; 1.0 draws a whole new
+            pool every time.
+        neighbour_seeds: how many of the best configurations contribute their neighbours to the pool.
+        prior_strength: precision of the MAP prior around the pre-trained weights (0: plain fine-tuning).
+        finetune_scope: ``variational`` (the head plus the output GP's q(u), with some inducing points moved onto
+            the target: measured best, BENCHMARKS.md section 2), ``head`` (output mean, output scale, noise),
+            ``output`` (the whole output GP layer + likelihood) or ``all`` parameters are fine-tuned.
+        refit_steps: Adam steps of a warm-started refit when new results arrived.
+        cold_steps: Adam steps of a from-scratch fit without history.
+        dgp: the deep GP's own settings.
+        seed: seed of everything random in the search.
+        pretrain_seed: seed of stage 1 (None: ``seed``). Searchers that share a history and this seed share one cached
+            pre-trained model (e.g. every layer chunk of a whole-model run).
+        torch_threads: torch threads while fitting and scoring (small GP algebra is fastest on one thread, and on a
+            tuning node the other cores are building and timing kernels).
+        async_refit: refit on new results in a background thread and keep proposing with the latest finished model
+            (a result or two behind), so ``suggest()`` stays fast; proposals then depend on timing. Off: every
+            ``suggest()`` first refits on all results (deterministic for a seed). The first fit of a search is
+            always synchronous. Pins torch's intra-op threads to ``torch_threads`` for the process.
+    """
+
+    n_init: int = 8
+    init: str = "dgp"
+    pool_size: int = 2000
+    pool_refresh: float = 0.0625
+    neighbour_seeds: int = 5
+    prior_strength: float = 10.0
+    finetune_scope: str = "variational"
+    refit_steps: int = 30
+    cold_steps: int = 50
+    dgp: DGPSettings = field(default_factory=DGPSettings)
+    seed: int = 0
+    torch_threads: int = 1
+    pretrain_seed: int | None = None
+    async_refit: bool = False
+
+    def __post_init__(self):
+        if self.init not in INIT_MODES:
+            raise ConfigError(f"init={self.init!r}: choose one of {INIT_MODES}")
+        if self.n_init < 1 or self.pool_size < 1:
+            raise ConfigError("n_init and pool_size must be >= 1")
+        if not 0 < self.pool_refresh <= 1:
+            raise ConfigError(f"pool_refresh={self.pool_refresh}: must be in (0, 1]")
+        if self.prior_strength < 0:
+            raise ConfigError("prior_strength must be >= 0")

@@ -1,0 +1,114 @@
+"""Isolated measurement: a real conv builds, runs and passes the check; broken, crashing and hanging candidates come
+back as results with the right status, within their timeouts, and the next measurement still works."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from raydgp import testing
+from raydgp.measure.local import LocalMeasurer
+from raydgp.measure.protocol import MeasureSettings, TaskPayload
+
+
+def _payload(mod, target, key):
+    import tvm
+
+    return TaskPayload(key, tvm.ir.save_json(mod), target)
+
+
+def test_real_conv_configuration_is_ok_and_correct(measurer, small_space, small_payload):
+    rng = np.random.default_rng(0)
+    oks = []
+    for c in small_space.sample_many(4, rng):
+        out = measurer.measure(small_payload, small_space.trace_json(c))
+        assert out.result.status in ("ok", "invalid"), out.result.message
+        if out.result.ok:
+            oks.append(out)
+    assert oks
+    r = oks[0].result
+    assert len(r.latencies_ms) == measurer.settings.repeat and all(x > 0 for x in r.latencies_ms)
+    assert r.median_ms == pytest.approx(np.median(r.latencies_ms))
+    assert r.build_s > 0 and r.run_s > 0
+    assert oks[0].applied is not None
+
+
+def test_untuned_task_is_measured(measurer, small_payload):
+    out = measurer.measure(small_payload, None)
+    assert out.result.ok and out.result.median_ms > 0
+
+
+def test_invalid_configuration_is_a_result(measurer, small_space, small_payload):
+    c = small_space.sample(np.random.default_rng(0))
+    trace = small_space.trace_json(c)
+    tile = next(i for i, (_, d) in enumerate(trace[1]) if isinstance(d, list) and len(d) == 4)
+    trace[1][tile][1] = [3, 1, 1, 5]  # product != extent: TVM would silently "repair" it
+    out = measurer.measure(small_payload, trace)
+    assert out.result.status == "invalid" and "changed decision" in out.result.message
+
+
+@pytest.fixture(scope="module")
+def copy_task(cpu_target):
+    return _payload(testing.copy_task_module(), cpu_target, "copy-task")
+
+
+@pytest.mark.parametrize("make, status, needle", [
+    (testing.wrong_result_module, "wrong_result", "differs from the reference"),
+    (testing.build_error_module, "build_error", ""),
+    (testing.segfault_module, "run_error", "SIGSEGV"),
+])
+def test_broken_candidates_get_their_status_and_the_tuner_continues(measurer, copy_task, make, status, needle):
+    import tvm
+
+    out = measurer.measure(copy_task, None, tvm.ir.save_json(make()))
+    assert out.result.status == status, out.result.message
+    assert needle in out.result.message
+    assert not out.result.latencies_ms
+    again = measurer.measure(copy_task, None, tvm.ir.save_json(testing.copy_task_module()))
+    assert again.result.ok, again.result.message
+
+
+def test_hanging_candidate_times_out(tmp_path, copy_task):
+    import tvm
+
+    settings = MeasureSettings(num_threads=1, run_timeout_s=2, repeat=2, min_repeat_ms=1,
+                               timing_lock=str(tmp_path / "lock"))
+    with LocalMeasurer(settings) as m:
+        assert m.measure(copy_task, None).result.ok  # warm: worker started, reference ready
+        t0 = time.monotonic()
+        out = m.measure(copy_task, None, tvm.ir.save_json(testing.hanging_module()))
+        took = time.monotonic() - t0
+        assert out.result.status == "timeout" and "2 s" in out.result.message
+        assert took < 2 + 10
+        assert m.measure(copy_task, None).result.ok  # a fresh worker took over
+
+
+def test_timing_is_exclusive_on_a_node(tmp_path, copy_task):
+    """While another process holds the node's timing lock, a measurement builds but does not time."""
+    import fcntl
+    import os
+
+    lock = str(tmp_path / "lock")
+    settings = MeasureSettings(num_threads=1, lock_timeout_s=3, repeat=2, min_repeat_ms=1, timing_lock=lock)
+    with LocalMeasurer(settings) as m:
+        assert m.measure(copy_task, None).result.ok
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            out = m.measure(copy_task, None)
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+        assert out.result.status == "timeout" and "timing lock" in out.result.message
+        assert m.measure(copy_task, None).result.ok
+
+
+def test_settings_are_validated():
+    from raydgp.errors import ConfigError
+
+    with pytest.raises(ConfigError):
+        MeasureSettings(run_timeout_s=0)
+    with pytest.raises(ConfigError):
+        MeasureSettings(device="tpu")

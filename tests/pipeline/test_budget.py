@@ -1,0 +1,111 @@
+"""The budget: how a model's trials are shared among its layers (fake results, no Ray, no TVM)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.helpers import ROOT, LAYER_KEYS, SUMMARY_KEYS, _check_library_in_fresh_process, _env, _one_line_error, _small_history, cli, make_onnx  # noqa: F401
+
+
+def _states(specs):
+    from raydgp.pipeline.budget import LayerState
+
+    return [LayerState(n, w, size, untuned_ms=u) for n, w, size, u in specs]
+
+
+def test_scheduler_warms_up_biggest_first_and_keeps_the_budget():
+    from raydgp.pipeline.budget import Budget
+
+    s = Budget(_states([("small", 1, 1e6, 0.1), ("big", 2, 1e6, 10.0), ("one", 1, 1, 0.5)]), total_trials=40,
+                      chunk=5, warmup=4)
+    handed = []
+    while (c := s.next_chunk()) is not None:
+        handed.append(c)
+        name, n = c
+        s.finish(name, [1.0] * n, n)
+    assert handed[0] == ("big", 4)
+    assert ("one", 1) in handed  # a one-point space gets exactly one trial
+    assert sum(n for _, n in handed) <= 40
+    assert s.layers["one"].trials == 1
+
+
+def test_scheduler_prefers_the_layer_that_still_improves():
+    from raydgp.pipeline.budget import Budget
+
+    s = Budget(_states([("flat", 1, 1e6, 10.0), ("steep", 1, 1e6, 10.0)]), total_trials=1000, chunk=8,
+                      warmup=8, patience=8)
+    for name in ("flat", "steep"):
+        c = s.next_chunk()
+        s.finish(c[0], [5.0] * 8 if c[0] == "flat" else list(np.linspace(9, 5, 8)), 8)
+    # steep keeps improving; flat found 5 ms at once and never moves again
+    picks = []
+    for _ in range(6):
+        name, n = s.next_chunk()
+        picks.append(name)
+        s.finish(name, [5.0] * n if name == "flat" else [s.layers[name].best_ms * 0.8] * n, n)
+    assert picks.count("steep") >= 5
+    assert s.converged(s.layers["flat"])
+
+
+def test_scheduler_stops_cheap_and_converged_layers():
+    from raydgp.pipeline.budget import Budget
+
+    s = Budget(_states([("heavy", 1, 1e6, 100.0), ("cheap", 1, 1e6, 0.01)]), total_trials=500, chunk=4,
+                      warmup=4, patience=8)
+    while (c := s.next_chunk()) is not None:
+        s.finish(c[0], [3.0 if c[0] == "heavy" else 0.01] * c[1], c[1])
+    assert s.layers["cheap"].trials == 2  # a short warm-up only: below 1% of the model
+    assert s.layers["heavy"].trials < 500  # converged long before the budget
+    assert s.done()
+
+
+def test_scheduler_gives_more_trials_to_the_layer_that_matters_more():
+    """Fake measurer: both layers improve the same way; the one called 3x per inference gets most of the budget."""
+    from raydgp.pipeline.budget import Budget
+
+    s = Budget(_states([("once", 1, 1e6, 10.0), ("thrice", 3, 1e6, 10.0)]), total_trials=120, chunk=8,
+                      warmup=8, patience=1000)
+    rng = np.random.default_rng(0)
+    while (c := s.next_chunk()) is not None:
+        name, n = c
+        st = s.layers[name]
+        fake = [max(1.0, (st.best_ms if np.isfinite(st.best_ms) else 10.0) * rng.uniform(0.8, 1.0)) for _ in range(n)]
+        s.finish(name, fake, n)
+    assert s.layers["thrice"].trials > 1.5 * s.layers["once"].trials, {k: v.trials for k, v in s.layers.items()}
+
+
+def test_scheduler_resumes_from_earlier_trials():
+    from raydgp.pipeline.budget import Budget
+
+    st = _states([("a", 1, 1e6, 1.0), ("b", 1, 1e6, 1.0)])
+    st[0].add([0.5] * 10)
+    s = Budget(st, total_trials=12, chunk=4, warmup=4)
+    got = []
+    while (c := s.next_chunk()) is not None:
+        got.append(c)
+        s.finish(c[0], [0.9] * c[1], c[1])
+    assert got == [("b", 2)]  # only the 2 trials left of the budget; a is already warm
+
+
+def test_scheduler_drops_a_layer_whose_experiments_keep_failing():
+    from raydgp.pipeline.budget import Budget
+
+    s = Budget(_states([("bad", 1, 1e6, 5.0), ("good", 1, 1e6, 1.0)]), total_trials=40, chunk=4, warmup=4)
+    n_bad = 0
+    while (c := s.next_chunk()) is not None:
+        if c[0] == "bad":
+            n_bad += 1
+            s.finish("bad", [], c[1])  # the experiment died before any trial
+        else:
+            s.finish("good", list(np.linspace(1.0, 0.5, c[1])), c[1])
+    assert n_bad == 2 and s.layers["good"].trials > 4 and s.done()

@@ -1,0 +1,48 @@
+"""History: the shipped dataset as package data, checked --history paths, seeding from other layers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+
+def test_seed_configs_take_the_best_valid_configurations_of_other_layers(small_space):
+    """A sibling layer (same loop nest, other key) donates its fastest configurations; invalid ones and ones already
+    measured here are skipped."""
+    from dataclasses import replace
+
+    from raydgp.pipeline.history import seed_configs, top_configs
+    from raydgp.records import Config, MeasureResult, Record
+
+    rng = np.random.default_rng(0)
+    cfgs = small_space.sample_many(6, rng)
+    sibling = replace(small_space.workload, key="conv2d-llvm-sibling")
+    recs = [Record.now(sibling, small_space.target, c, MeasureResult("ok", (float(i + 1),))) for i, c in enumerate(cfgs)]
+    recs.append(Record.now(sibling, small_space.target, Config(0, ((1, 1),)), MeasureResult("ok", (0.1,))))  # invalid
+    donors = top_configs(recs, per_workload=4)
+    assert [round(d[0], 1) for d in donors[:2]] == [1.0, 10.0]  # relative to the sibling's best (the invalid 0.1 ms)
+    got = seed_configs(small_space, {cfgs[0]}, donors, k=2)
+    assert got == [cfgs[1].to_json(), cfgs[2].to_json()]
+
+
+def test_the_shipped_dataset_is_package_data():
+    from raydgp.pipeline.history import shipped_dataset
+    from raydgp.records import RecordStore
+
+    p = shipped_dataset()
+    assert p is not None and p.is_relative_to(__import__("pathlib").Path(__import__("raydgp").__file__).parent)
+    assert len(RecordStore(p).records()) >= 9000
+
+
+def test_history_paths_are_checked_before_any_work(tmp_path):
+    from raydgp.errors import ConfigError
+    from raydgp.pipeline.history import check_history_paths
+
+    with pytest.raises(ConfigError, match="no such directory"):
+        check_history_paths([tmp_path / "missing"])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match="not a record store"):
+        check_history_paths([tmp_path / "empty"])
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ConfigError):
+        check_history_paths([tmp_path / "file"])
