@@ -1,0 +1,96 @@
+"""The whole model job on the fake toolchain: real Ray, real searchers, real records and budget, no TVM. Seconds."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from tests.helpers import ROOT
+
+RUN = textwrap.dedent("""
+    import json, sys
+    from raydgp.pipeline.model_job import run_model
+    from raydgp.pipeline.settings import ModelRun
+    from raydgp.testing import FakeToolchain
+    args = json.loads(sys.argv[1])
+    tc = FakeToolchain(layers=3, crash_library=args.pop("crash", False))
+    s = run_model(ModelRun(model="fake", compare_reference=False, default_history=False, **args), toolchain=tc)
+    print("RESULT " + json.dumps({"summary": s, "tvm_imported": "tvm" in sys.modules}))
+""")
+
+
+def run_fake(out, **kw):
+    env = dict(os.environ, RAY_AUTH_MODE="disabled", RAYDGP_HOME=str(out.parent / "home"),
+               RAYDGP_CACHE=str(out.parent / "cache"))
+    p = subprocess.run([sys.executable, "-c", RUN, json.dumps({"out": str(out), **kw})], capture_output=True,
+                       text=True, timeout=600, cwd=ROOT, env=env)
+    lines = [l for l in p.stdout.splitlines() if l.startswith("RESULT ")]
+    assert p.returncode == 0 and lines, p.stderr[-3000:]
+    return json.loads(lines[-1][7:]), p
+
+
+def test_whole_model_on_the_fake_toolchain_with_the_dgp(tmp_path):
+    out = tmp_path / "run"
+    got, p = run_fake(out, trials=20, searcher="dgp", chunk=4, warmup=4, seed=1)
+    s = got["summary"]
+    assert not got["tvm_imported"]  # the pipeline itself needs no TVM
+    assert s["verified"] and s["trials_total"] == 20 and len(s["layers"]) == 3
+    assert all(l["trials"] >= 4 and l["best_ms"] < l["untuned_ms"] for l in s["layers"])
+    # Where every proposal came from is shown; the DGP must not have fallen back (a test fails if it did).
+    assert s["proposals"]["fallback"] == 0 and s["proposals"]["refit_failures"] == 0, s["proposals"]
+    assert s["proposals"]["total"] == 20
+    on_disk = json.loads((out / "summary.json").read_text())
+    assert on_disk["trials_total"] == 20
+    recs = [json.loads(l) for l in (out / "records" / "records.jsonl").read_text().splitlines()]
+    assert len(recs) == 20
+    assert (out / "tuning_curves.png").stat().st_size > 10_000
+    assert json.loads((out / "untuned.json").read_text())  # cached baselines
+
+
+def test_a_crashing_library_is_unverified_with_a_summary(tmp_path):
+    out = tmp_path / "run"
+    got, _ = run_fake(out, trials=6, searcher="random", chunk=2, warmup=2, crash=True)
+    s = json.loads((out / "summary.json").read_text())
+    assert s["verified"] is False and s["end_to_end_ms"] is None and "did not run" in s["verify_message"]
+    assert got["summary"]["verified"] is False
+
+
+def test_a_torn_untuned_cache_from_an_older_writer_does_not_stop_a_resume(tmp_path):
+    out = tmp_path / "run"
+    run_fake(out, trials=6, searcher="random", chunk=2, warmup=2)
+    (out / "untuned.json").write_text('{"fake-0": 12.5, "fak')  # what a kill during a plain write_text left
+    got, p = run_fake(out, trials=9, searcher="random", chunk=3, warmup=2)
+    assert got["summary"]["trials_total"] == 9  # the 6 earlier measurements count, 3 new ones
+    assert "unreadable" in p.stderr
+    assert json.loads((out / "untuned.json").read_text())["fake-0"] > 0
+
+
+@pytest.mark.slow
+def test_sigkill_at_any_moment_then_the_same_command_resumes(tmp_path):
+    """Kill the fake run at several moments (set-up, untuned timing, mid-tuning); the same command then finishes with
+    every finished measurement kept and the budget exact."""
+    import signal
+    import time
+
+    out = tmp_path / "run"
+    env = dict(os.environ, RAY_AUTH_MODE="disabled", RAYDGP_HOME=str(tmp_path / "home"),
+               RAYDGP_CACHE=str(tmp_path / "cache"))
+    args = json.dumps({"out": str(out), "trials": 12, "searcher": "random", "chunk": 2, "warmup": 2})
+    for delay in (1.0, 4.0, 8.0):
+        proc = subprocess.Popen([sys.executable, "-c", RUN, args], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, start_new_session=True)
+        time.sleep(delay)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    got, _ = run_fake(out, trials=12, searcher="random", chunk=2, warmup=2)
+    s = got["summary"]
+    assert s["trials_total"] == 12 and s["verified"]
+    recs = [json.loads(l) for l in (out / "records" / "records.jsonl").read_text().splitlines() if l.strip()]
+    assert len(recs) >= 12
+    keys = [(r["workload"]["key"], json.dumps(r["config"], sort_keys=True)) for r in recs]
+    assert len(set(keys)) == len(keys)  # nothing measured twice
