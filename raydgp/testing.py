@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 from raydgp.measure.base import Measurer, Outcome
 from raydgp.measure.protocol import MeasureSettings, TaskPayload
-from raydgp.pipeline.toolchain import Deployment, LoadedModel, ModelLayer, Toolchain
+from raydgp.models.base import Deployment, LoadedModel, ModelLayer, Toolchain
 from raydgp.records import MeasureResult, RecordStore, Workload
 from raydgp.space.design_space import DesignSpace, Knob, Sketch
 from raydgp.tvm_loader import import_tvm

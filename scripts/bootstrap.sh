@@ -12,6 +12,7 @@ fi
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
 # The CPU build of torch first: an unpinned torch pulled in by a dependency would be a multi-GB CUDA build.
-.venv/bin/python -m pip install -q torch==2.13.0
+# Elsewhere, TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu takes it from PyTorch's CPU index.
+.venv/bin/python -m pip install -q torch==2.13.0 ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"}
 .venv/bin/python -m pip install -q -e '.[test]'
 echo "$want" > "$stamp"

@@ -13,7 +13,7 @@ from typing import Any, Callable
 from raydgp.errors import RayDGPError
 from raydgp.measure.local import LocalMeasurer
 from raydgp.measure.protocol import MeasureSettings, TaskPayload
-from raydgp.pipeline.toolchain import Deployment, LoadedModel, ModelLayer, Toolchain
+from raydgp.models.base import Deployment, LoadedModel, ModelLayer, Toolchain
 from raydgp.records import RecordStore
 
 

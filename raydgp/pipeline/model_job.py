@@ -28,7 +28,7 @@ from raydgp.pipeline import history as hist_mod
 from raydgp.pipeline.budget import Budget, LayerState
 from raydgp.pipeline.report import Progress, finite, plot_curves, table
 from raydgp.pipeline.settings import ModelRun
-from raydgp.pipeline.toolchain import LoadedModel, Toolchain
+from raydgp.models.base import LoadedModel, Toolchain
 from raydgp.pipeline.untuned import measure_untuned
 from raydgp.records import Record, RecordStore
 

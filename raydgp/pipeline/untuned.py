@@ -37,7 +37,7 @@ def measure_untuned(layers, make_measurer: Callable[[MeasureSettings], Measurer]
     """Untuned latency (ms, NaN if it failed) of every layer, by name; each measurement is saved as it finishes.
 
     Args:
-        layers: :class:`~raydgp.pipeline.toolchain.ModelLayer` objects.
+        layers: :class:`~raydgp.models.base.ModelLayer` objects.
         make_measurer: builds the measurer (the toolchain's).
         settings: measurement settings (repeats are cut to 3 short ones: a baseline, not a tuning result).
         cache: ``untuned.json``, written atomically after every layer.

@@ -114,7 +114,7 @@ def test_the_tvm_toolchain_reports_a_library_that_crashes(monkeypatch, tmp_path)
     import raydgp.space.ms_database as msdb
     from raydgp.errors import RayDGPError
     from raydgp.models.toolchain import TVMToolchain
-    from raydgp.pipeline.toolchain import LoadedModel
+    from raydgp.models.base import LoadedModel
 
     class M:
         name, reference_name, inputs, extra = "m", "pytorch", {"x": np.zeros(2)}, {}

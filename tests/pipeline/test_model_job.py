@@ -38,8 +38,9 @@ def test_tiny_cnn_end_to_end_with_the_dgp_searcher(tmp_path):
     assert s["max_abs_err"] is not None and s["pytorch_ms"] > 0
     assert (out / "tuning_curves.png").stat().st_size > 1000
     assert (out / "ms_database" / "database_tuning_record.json").exists()
-    assert "history:" in p.stdout and "stage 1: deep GP pre-trained" in p.stdout
-    assert "end to end: tuned" in p.stdout
+    assert "history:" in p.stderr and "stage 1: deep GP pre-trained" in p.stderr  # log records: stderr
+    assert "end to end: tuned" in p.stdout  # the result: stdout
+    assert s["proposals"]["fallback"] == 0 and s["proposals"]["refit_failures"] == 0, s["proposals"]
     # the library, loaded as a deployment would, matches PyTorch
     module = seeded(BUILTIN["tiny_cnn"][0](), 0)
     x = np.random.default_rng(7).standard_normal((1, 3, 64, 64)).astype(np.float32)
@@ -98,7 +99,7 @@ def test_resume_after_sigkill_loses_and_repeats_nothing(tmp_path):
     assert 5 <= len(before) < 16
     p = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert p.returncode == 0, p.stderr[-3000:] + p.stdout[-3000:]
-    assert "resuming:" in p.stdout
+    assert "resuming:" in p.stderr
     after = RecordStore(out / "records").records()
     ident = lambda r: (r.workload.key, r.config, r.time)  # noqa: E731
     assert {ident(r) for r in before} <= {ident(r) for r in after}  # nothing lost
@@ -126,7 +127,7 @@ def test_python_api_inside_the_users_ray_with_mlflow_and_wandb(tmp_path, monkeyp
     try:
         out = tmp_path / "run"
         s = raydgp.tune_model("tiny_cnn", trials=4, out=out, searcher="random", default_history=False, warmup=1,
-                              chunk=2, trackers=["mlflow", "wandb"], compare_pytorch=False, log=lambda *_: None)
+                              chunk=2, trackers=["mlflow", "wandb"], compare_reference=False)
         assert ray.is_initialized()  # the user's Ray is left running
     finally:
         ray.shutdown()

@@ -1,4 +1,4 @@
-"""What the pipeline needs from a compiler toolchain, as one interface: a model in as layers with design spaces, a
+"""The toolchain interface (no TVM here): what the pipeline needs from a compiler, a model in as layers with design spaces, a
 measurer for untuned baselines, trial measurement, and the tuned library out (built, verified, timed).
 
 :class:`raydgp.models.toolchain.TVMToolchain` is the real one (TVM); :class:`raydgp.testing.FakeToolchain` runs the
