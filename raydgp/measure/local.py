@@ -95,12 +95,6 @@ class LocalMeasurer(Measurer):
                 pass
         self._kill(count_restart=False)
 
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
     def __del__(self):
         try:
             if self._proc is not None:
