@@ -36,6 +36,8 @@ class MeasureSettings:
         device: ``cpu`` or ``cuda``.
         device_id: which GPU (within ``CUDA_VISIBLE_DEVICES``).
         timing_lock: path of the lock held while timing; None = one per node (cpu) or per GPU.
+        pause_builds: on a CPU node, builds (and surrogate refits that take the node's build lock) wait while a kernel
+            is timed, so a timing shares its cores with nothing raydgp runs (:mod:`raydgp.measure.node_locks`).
     """
 
     build_timeout_s: float = 60.0
@@ -51,6 +53,7 @@ class MeasureSettings:
     device: str = "cpu"
     device_id: int = 0
     timing_lock: str | None = None
+    pause_builds: bool = True
 
     def __post_init__(self):
         for name in ("build_timeout_s", "run_timeout_s", "prepare_timeout_s", "lock_timeout_s"):

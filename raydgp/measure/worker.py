@@ -27,14 +27,14 @@ def _first_line(e: BaseException) -> str:
 
 
 class _TaskState:
-    def __init__(self, key, mod, target, postprocs, inputs, reference, untuned_ex):
+    def __init__(self, key, mod, target, postprocs, inputs, reference, shapes):
         self.key = key
+        self.shapes = shapes
         self.mod = mod
         self.target = target
         self.postprocs = postprocs
         self.inputs = inputs
         self.reference = reference
-        self.untuned_ex = untuned_ex
 
 
 class Worker:
@@ -44,7 +44,7 @@ class Worker:
 
         self.tvm = import_tvm()
         self.tasks: dict[str, _TaskState] = {}
-        self._lock_fd = None
+        self._lock = None
 
     # -- protocol ------------------------------------------------------------------------------------------------------
     def emit(self, **msg):
@@ -55,21 +55,27 @@ class Worker:
         return self.tvm.cpu(0) if settings["device"] == "cpu" else self.tvm.cuda(settings["device_id"])
 
     def lock(self, settings):
-        import fcntl
+        from raydgp.measure.node_locks import TimingLock
 
-        path = settings["timing_lock"]
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
-        fcntl.flock(fd, fcntl.LOCK_EX)  # released by the kernel if this process dies
-        self._lock_fd = fd
+        lock = TimingLock(settings["timing_lock"], exclusive=self.exclusive(settings))
+        lock.acquire()
+        self._lock = lock
         self.emit(ev="timing")
 
     def unlock(self):
-        import fcntl
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
-        if self._lock_fd is not None:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
-            os.close(self._lock_fd)
-            self._lock_fd = None
+    @staticmethod
+    def exclusive(settings) -> bool:
+        """Builds pause while a kernel is timed on the CPU (they would share its cores); a GPU timing runs beside them."""
+        return settings["device"] == "cpu" and bool(settings.get("pause_builds", True))
+
+    def building(self, settings):
+        from raydgp.measure.node_locks import building
+
+        return building(settings["timing_lock"], self.exclusive(settings))
 
     # -- per task ------------------------------------------------------------------------------------------------------
     def prepare(self, req) -> _TaskState:
@@ -94,7 +100,8 @@ class Worker:
                 inputs.append(rng.integers(0, 8, size=shape).astype(dtype))
             else:
                 inputs.append(np.zeros(shape, dtype=dtype))
-        untuned = self.tvm.compile(mod, target=target)
+        with self.building(settings):
+            untuned = self.tvm.compile(mod, target=target)
         dev = self.device(settings)
         self.lock(settings)
         try:
@@ -104,14 +111,14 @@ class Worker:
             reference = [a.numpy() for a in args]
         finally:
             self.unlock()
-        state = _TaskState(key, mod, target, postprocs, inputs, reference, untuned)
+        shapes = [(list(a.shape), str(a.dtype)) for a in inputs]
+        state = _TaskState(key, mod, target, postprocs, inputs, reference, shapes)
         self.tasks[key] = state
         return state
 
     # -- one request ---------------------------------------------------------------------------------------------------
     def measure(self, req) -> dict:
         settings = req["settings"]
-        t0 = time.perf_counter()
         try:
             st = self.prepare(req)
         except Exception as e:  # noqa: BLE001 - a task that cannot even run as is
@@ -122,14 +129,20 @@ class Worker:
 
         t0 = time.perf_counter()
         applied = None
+        from raydgp.measure.prepack import split_and_build
+
         try:
-            if req.get("candidate_mod"):
-                ex = self.tvm.compile(self.tvm.ir.load_json(req["candidate_mod"]), target=st.target)
-            elif req.get("trace") is None:
-                ex = st.untuned_ex
-            else:
-                sch, applied = apply_config(st.mod, req["trace"], st.postprocs)
-                ex = self.tvm.compile(sch.mod, target=st.target)
+            with self.building(settings):
+                t0 = time.perf_counter()  # build time, not the wait for a timing in progress
+                if req.get("candidate_mod"):
+                    sched_mod = self.tvm.ir.load_json(req["candidate_mod"])
+                elif req.get("trace") is None:
+                    sched_mod = st.mod
+                else:
+                    sch, applied = apply_config(st.mod, req["trace"], st.postprocs)
+                    sched_mod = sch.mod
+                dev = self.device(settings)
+                kernel = split_and_build(sched_mod, st.shapes, st.target, dev)
         except InvalidConfigurationError as e:
             return dict(status="invalid", message=str(e), build_s=time.perf_counter() - t0)
         except Exception as e:  # noqa: BLE001
@@ -137,31 +150,29 @@ class Worker:
                         applied=applied)
         build_s = time.perf_counter() - t0
         self.emit(ev="built", build_s=build_s)
-        dev = self.device(settings)
         self.lock(settings)
         t1 = time.perf_counter()
         try:
-            args = [self.tvm.runtime.tensor(a, dev) for a in st.inputs]
             try:
-                ex["main"](*args)
+                # As deployed: the weights packed from the originals, then the kernel proper; checked against the
+                # reference computed from the original weights.
+                args = kernel.run_all(st.inputs)
                 dev.sync()
             except Exception as e:  # noqa: BLE001
                 return dict(status="run_error", message=_first_line(e), build_s=build_s,
                             run_s=time.perf_counter() - t1, applied=applied)
-            for i, (got, ref) in enumerate(zip(args, st.reference)):
-                g = got.numpy()
-                scale = max(1.0, float(np.max(np.abs(ref)))) if ref.size else 1.0
-                if not np.allclose(g, ref, rtol=settings["rtol"], atol=settings["atol"] * scale, equal_nan=False):
-                    err = float(np.max(np.abs(g.astype(np.float64) - ref.astype(np.float64)))) if g.size else 0.0
-                    return dict(status="wrong_result", message=f"output {i} differs from the reference (max abs err "
-                                f"{err:.3g})", build_s=build_s, run_s=time.perf_counter() - t1, applied=applied)
+            got_out, ref = args[-1].numpy(), st.reference[-1]
+            scale = max(1.0, float(np.max(np.abs(ref)))) if ref.size else 1.0
+            if not np.allclose(got_out, ref, rtol=settings["rtol"], atol=settings["atol"] * scale, equal_nan=False):
+                err = float(np.max(np.abs(got_out.astype(np.float64) - ref.astype(np.float64)))) if ref.size else 0.0
+                return dict(status="wrong_result", message=f"the output differs from the reference (max abs err "
+                            f"{err:.3g})", build_s=build_s, run_s=time.perf_counter() - t1, applied=applied)
+            # Timed: the kernel proper on the packed weights (the packing runs once per deployed model, at build).
+            kfunc = kernel.lib[kernel.kernel_name]
             for _ in range(int(settings["warmup"])):
-                ex["main"](*args)
+                kfunc(*args)
             dev.sync()
-            timer = ex.mod.time_evaluator("main", dev, number=1, repeat=int(settings["repeat"]),
-                                          min_repeat_ms=int(round(float(settings["min_repeat_ms"]))))
-            res = timer(*args)
-            lat = [float(x) * 1e3 for x in res.results]
+            lat = kernel.time(args, dev, int(settings["repeat"]), int(round(float(settings["min_repeat_ms"]))))
         except Exception as e:  # noqa: BLE001
             return dict(status="run_error", message=_first_line(e), build_s=build_s,
                         run_s=time.perf_counter() - t1, applied=applied)

@@ -23,15 +23,59 @@ from raydgp.tvm_loader import import_tvm
 
 
 def compile_tuned(prepared_mod, target: Mapping, ms_db_dir: str | os.PathLike):
-    """``compile_relax`` with the records exported to ``ms_db_dir``: every layer with a record gets its best schedule."""
-    import_tvm()
-    from tvm.s_tir import meta_schedule as ms
+    """Build with the records exported to ``ms_db_dir``: every layer with a record gets its best schedule.
+
+    The pipeline is ``compile_relax``'s (the same fusion as extraction, so the database's workloads match, then
+    ``MetaScheduleApplyDatabase`` and the VM lowering), plus, on CPU, the weight prepacking of
+    ``static_shape_tuning_pipeline(cpu_weight_prepack=True)``: ``SplitLayoutRewritePreproc`` moves each schedule's
+    layout-rewrite block into its own function and ``FoldConstant`` runs it on the constant weights, so the library
+    holds the weights already packed and never packs them per call.
+    """
+    tvm = import_tvm()
+    from tvm import relax
+    from tvm.relax import build as relax_build
+    from tvm.relax import pipeline as relax_pipeline
+    from tvm.s_tir import dlight as dl
 
     from raydgp.space.metaschedule import make_target
 
+    t = make_target(target)
+    try:
+        lower = [*relax_pipeline.dataflow_lower_passes(t), *relax_pipeline.finalize_passes(t)]
+    except (ValueError, AttributeError):  # as compile_relax: targets without a registered pipeline
+        lower = [relax.transform.RewriteDataflowReshape(), relax.transform.ToNonDataflow(),
+                 relax.transform.RemovePurityChecking(), relax.transform.CallTIRRewrite(),
+                 relax.transform.StaticPlanBlockMemory(), relax.transform.LowerAllocTensor(),
+                 relax.transform.KillAfterLastUse(), relax.transform.LowerRuntimeBuiltin(),
+                 relax.transform.ComputePrimValue(), relax.transform.VMShapeLower(),
+                 relax.transform.AttachGlobalSymbol()]
+    gpu = relax_pipeline.BackendDispatcher.is_gpu_target(t)
+    if gpu:
+        lower = [dl.ApplyDefaultSchedule(dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.Reduction(),
+                                         dl.gpu.GeneralReduction(), dl.gpu.Fallback()), *lower]
+    mod = tuned_module(prepared_mod, target, ms_db_dir)
+    with t, tvm.transform.PassContext(opt_level=3):
+        return relax_build(mod, target=t, relax_pipeline=tvm.transform.Sequential(lower))
+
+
+def tuned_module(prepared_mod, target: Mapping, ms_db_dir: str | os.PathLike):
+    """The Relax module with the database's schedules applied (and, on CPU, the weights packed at build), before the
+    VM lowering: what :func:`compile_tuned` builds."""
+    tvm = import_tvm()
+    from tvm import relax
+    from tvm.s_tir import meta_schedule as ms
+
+    from raydgp.models.tasks import fuse
+    from raydgp.space.metaschedule import make_target
+    from raydgp.space.workloads import prepacks
+
     Path(ms_db_dir).mkdir(parents=True, exist_ok=True)
     db = ms.database.JSONDatabase(work_dir=str(ms_db_dir))
-    return ms.relax_integration.compile_relax(db, prepared_mod, make_target(target), params=None)
+    prepack = [relax.transform.SplitLayoutRewritePreproc(), relax.transform.FoldConstant(),
+               relax.transform.DeadCodeElimination()] if prepacks(target) else []
+    with make_target(target), db, tvm.transform.PassContext(opt_level=3):
+        mod = relax.transform.MetaScheduleApplyDatabase()(fuse(prepared_mod, target))
+        return tvm.transform.Sequential(prepack)(mod)
 
 
 def compile_untuned(prepared_mod, target: Mapping):

@@ -58,7 +58,9 @@ def prepare(mod, target: Mapping):
 
 
 def fuse(mod, target: Mapping):
-    """The fusion ``compile_relax`` applies before looking schedules up (same passes, same order)."""
+    """The fusion ``compile_relax`` applies before looking schedules up (same passes, same order); on CPU targets the
+    constant weights are then marked layout-free (``AttachAttrLayoutFreeBuffers``, as
+    ``static_shape_tuning_pipeline(cpu_weight_prepack=True)`` does), so schedules may prepack them."""
     tvm = import_tvm()
     from tvm import relax
     from tvm.relax import pipeline
@@ -70,10 +72,13 @@ def fuse(mod, target: Mapping):
         dispatch = pipeline.library_dispatch_passes(t)
     except (ValueError, AttributeError):
         dispatch = []
+    from raydgp.space.workloads import prepacks
+
+    layout_free = [relax.transform.AttachAttrLayoutFreeBuffers()] if prepacks(target) else []
     with t, tvm.transform.PassContext(opt_level=3):
         return tvm.transform.Sequential([*dispatch, relax.transform.LegalizeOps(),
                                          relax.transform.AnnotateTIROpPattern(), relax.transform.FoldConstant(),
-                                         relax.transform.FuseOps(), relax.transform.FuseTIR()])(mod)
+                                         relax.transform.FuseOps(), relax.transform.FuseTIR(), *layout_free])(mod)
 
 
 def extract_layers(prepared_mod, target: Mapping) -> list[Layer]:

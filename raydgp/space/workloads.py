@@ -187,11 +187,30 @@ def workload_of(mod, target: Mapping, name: str = "main") -> Workload:
     return Workload(key=key, name=name, op=kind, features=feats)
 
 
+def prepacks(target: Mapping) -> bool:
+    """Whether tasks on ``target`` get their weights prepacked (MetaSchedule's ``RewriteLayout``: CPU targets)."""
+    return str(target.get("kind", "llvm")) == "llvm"
+
+
+def mark_layout_free(mod, indices=(1, 2)):
+    """The module with its PrimFunc's weight (and bias) arguments marked ``layout_free_buffers``, as Relax's
+    ``AttachAttrLayoutFreeBuffers`` marks a model's constants: ``RewriteLayout`` may then store them in the layout the
+    schedule reads best, packed once at build."""
+    tvm = import_tvm()
+    return tvm.IRModule({"main": mod["main"].with_attr("layout_free_buffers", list(indices))})
+
+
 def make_task(spec_or_mod, target: Mapping, name: str | None = None) -> Task:
-    """A :class:`Task` from a workload spec string or an IRModule / PrimFunc."""
+    """A :class:`Task` from a workload spec string or an IRModule / PrimFunc.
+
+    A spec's weight and bias are layout-free on CPU targets (see :func:`mark_layout_free`); a given module keeps its
+    own attributes (a model's tasks are marked by Relax's ``AttachAttrLayoutFreeBuffers`` at extraction).
+    """
     tvm = import_tvm()
     if isinstance(spec_or_mod, str):
         mod = build_spec_module(spec_or_mod)
+        if prepacks(target):
+            mod = mark_layout_free(mod)
         name = name or spec_or_mod.replace(":", "_").replace(",", "_")
     else:
         mod = spec_or_mod

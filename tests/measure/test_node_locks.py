@@ -1,0 +1,70 @@
+"""The node locks: no build runs while a kernel is timed, a timing waits for the builds in flight, and a stream of
+overlapping builds cannot starve a waiting timing."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from raydgp.measure.node_locks import TimingLock, building
+
+
+def test_builds_wait_for_a_timing_and_timings_wait_for_builds(tmp_path):
+    path = str(tmp_path / "t.lock")
+    events: list[tuple[str, float]] = []
+
+    def build(name, hold):
+        with building(path):
+            events.append((name + "+", time.monotonic()))
+            time.sleep(hold)
+            events.append((name + "-", time.monotonic()))
+
+    b1 = threading.Thread(target=build, args=("b1", 0.4))
+    b1.start()
+    time.sleep(0.1)
+    with TimingLock(path):  # must wait for b1
+        events.append(("t+", time.monotonic()))
+        b2 = threading.Thread(target=build, args=("b2", 0.05))
+        b2.start()
+        time.sleep(0.3)  # b2 must not start meanwhile
+        events.append(("t-", time.monotonic()))
+    b1.join()
+    b2.join()
+    order = [e for e, _ in events]
+    assert order.index("b1-") < order.index("t+") < order.index("t-") < order.index("b2+"), order
+
+
+def test_overlapping_builds_do_not_starve_a_timing(tmp_path):
+    path = str(tmp_path / "t.lock")
+    stop = threading.Event()
+
+    def builder():
+        while not stop.is_set():
+            with building(path):
+                time.sleep(0.05)
+
+    threads = [threading.Thread(target=builder) for _ in range(3)]
+    for t in threads:
+        t.start()
+    time.sleep(0.1)
+    t0 = time.monotonic()
+    with TimingLock(path):
+        waited = time.monotonic() - t0
+    stop.set()
+    for t in threads:
+        t.join()
+    assert waited < 1.0, f"the timing waited {waited:.2f} s behind a stream of builds"
+
+
+def test_without_exclusivity_builds_run_beside_a_timing(tmp_path):
+    path = str(tmp_path / "t.lock")
+    with TimingLock(path, exclusive=False):
+        done = threading.Event()
+        def build():
+            with building(path):
+                done.set()
+
+        t = threading.Thread(target=build)
+        t.start()
+        assert done.wait(2.0)
+        t.join()
