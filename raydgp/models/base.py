@@ -29,6 +29,8 @@ class ModelLayer:
         weight: calls per inference.
         op: operator kind (``conv2d``, ``dense``, ...).
         flops: floating-point operations of one call (NaN if unknown).
+        group: sibling group: layers with the same anchor loop nest (the same conv with another epilogue) share a
+            group, and their schedules carry over; "" = a group of its own.
     """
 
     name: str
@@ -37,6 +39,7 @@ class ModelLayer:
     weight: int = 1
     op: str = ""
     flops: float = math.nan
+    group: str = ""
 
     @property
     def key(self) -> str:
@@ -97,6 +100,10 @@ class Toolchain(abc.ABC):
 
     def trial_measurer(self) -> Measurer | None:
         """The measurer trials use, shipped to them (None: the node's warm TVM workers)."""
+        return None
+
+    def peak_gflops(self, target_kind: str, threads: int, settings: MeasureSettings) -> float | None:
+        """This node's practical peak (GFLOP/s) for the budget's headroom term; None: unknown (no headroom term)."""
         return None
 
     @abc.abstractmethod

@@ -24,6 +24,7 @@ class TVMToolchain(Toolchain):
         from raydgp.models.importer import load_model
         from raydgp.models.tasks import extract_layers, prepare
         from raydgp.space.metaschedule import build_space, host_target
+        from raydgp.space.workloads import anchor_signature
 
         target = host_target(target_kind, threads)
         m = load_model(model, input_shape, seed=seed)
@@ -32,7 +33,8 @@ class TVMToolchain(Toolchain):
         for l in extract_layers(prepared, target):
             layers.append(ModelLayer(name=l.name, task=TaskPayload(l.task.workload.key, l.task.mod_json, target),
                                      space=build_space(l.task), weight=l.weight, op=l.task.workload.op,
-                                     flops=l.flops))
+                                     flops=l.flops,
+                                     group=f"{l.task.workload.op}:{anchor_signature(l.task.mod)}"))
         if not layers:
             raise RayDGPError(f"model {m.name!r}: no tunable layers found")
         return LoadedModel(name=m.name, source=m.source, reference_name=m.reference_name, target=target,
@@ -42,6 +44,16 @@ class TVMToolchain(Toolchain):
 
     def measurer(self, settings: MeasureSettings) -> LocalMeasurer:
         return LocalMeasurer(settings)
+
+    def peak_gflops(self, target_kind: str, threads: int, settings: MeasureSettings) -> float | None:
+        """The CPU's sgemm rate on ``threads`` threads (:mod:`raydgp.measure.peak`, cached); None on GPU targets
+        (no GPU peak micro-benchmark yet: the budget then runs without its headroom term)."""
+        if target_kind != "llvm":
+            return None
+        from raydgp.dgp.train import default_cache_dir
+        from raydgp.measure.peak import node_peak_gflops
+
+        return node_peak_gflops(threads, default_cache_dir().parent, lock_path=settings.lock_path)
 
     def deploy(self, model: LoadedModel, store: RecordStore, tuned_keys: set, out, threads: int,
                compare_reference: bool, log: Callable[[str], Any]) -> Deployment:

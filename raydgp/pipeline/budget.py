@@ -5,9 +5,21 @@ the layer whose tuning is expected to cut end-to-end latency most,
 
     priority = weight x best_ms x expected relative gain,
 
-where the expected gain is the relative improvement the layer's last chunk bought (plus a small optimism bonus that
-shrinks with its trial count). Warm-up is shorter (2 trials) for layers that are cheap already by their untuned latency. Layers stop early when they are *converged* (no improvement over their last ``patience``
-trials) or *cheap* (below ``cheap_fraction`` of the model's estimated latency), or when their space is exhausted.
+where the expected gain is the relative improvement the layer's last chunk bought, a small optimism bonus that shrinks
+with its trial count, and the layer's *headroom*: how far its FLOP rate is from what this machine can do (a fraction
+``attainable`` of the peak measured once per node, :mod:`raydgp.measure.peak`). A compute-bound layer far below the peak
+keeps a high priority, and is not called converged, while others are.
+
+Layers with the same anchor loop nest (*siblings*: the same conv with another epilogue) form a group: once one member
+is warm, the others start from its best configurations (the pipeline seeds them) and get a short warm-up of
+``sibling_warmup`` trials.
+
+Warm-up is shorter (2 trials) for layers that are cheap already by their untuned latency. Layers stop early when they
+are *converged* (no improvement over their last ``patience`` trials, and not far below the peak) or *cheap* (below
+``cheap_fraction`` of the model's estimated latency), or when their space is exhausted.
+
+No decision is taken on stale information: while a layer's warm-up results are still out, a chunk does not go to an
+idle layer that would matter far less than the pending one might.
 """
 
 from __future__ import annotations
@@ -29,12 +41,18 @@ class LayerState:
         curve: best latency (ms) after each trial so far (inf while none succeeded).
         running: trials handed out and not yet returned.
         stalls: chunks that came back without a single trial (a failing experiment); two and the layer is dropped.
+        group: sibling group (layers with the same anchor loop nest); "" = a group of its own.
+        flops: floating-point operations of one call (NaN: unknown, no headroom term).
+        compute_bound: whether the FLOP rate is a meaningful target (convs, dense; not pools or elementwise).
     """
 
     name: str
     weight: int
     space_size: float
     untuned_ms: float = math.nan
+    group: str = ""
+    flops: float = math.nan
+    compute_bound: bool = False
     trials: int = 0
     curve: list = field(default_factory=list)
     running: int = 0
@@ -70,10 +88,16 @@ class Budget:
         warmup: trials every layer gets first (capped by its space size).
         patience: a layer whose best has not moved in this many trials is converged.
         cheap_fraction: a layer whose weight x latency is below this share of the model's estimate stops after warm-up.
+        peak_gflops: the node's measured peak (GFLOP/s); None: no headroom term.
+        attainable: the share of the peak a good schedule can reach (the headroom is measured against it).
+        sibling_warmup: warm-up trials of a layer whose sibling is already warm.
+        pending_ratio: a pending warm-up holds back chunks for idle layers whose priority is below its potential
+            priority (weight x untuned latency) divided by this.
     """
 
     def __init__(self, layers: list[LayerState], total_trials: int, chunk: int = 16, warmup: int = 8,
-                 patience: int = 32, cheap_fraction: float = 0.01):
+                 patience: int = 32, cheap_fraction: float = 0.01, peak_gflops: float | None = None,
+                 attainable: float = 0.6, sibling_warmup: int = 2, pending_ratio: float = 4.0):
         if total_trials < 1:
             raise ValueError(f"total_trials must be >= 1, got {total_trials}")
         self.layers = {l.name: l for l in layers}
@@ -83,6 +107,10 @@ class Budget:
         self.chunk = max(1, int(chunk))
         self.patience = int(patience)
         self.cheap_fraction = float(cheap_fraction)
+        self.peak_gflops = float(peak_gflops) if peak_gflops and peak_gflops > 0 else None
+        self.attainable = float(attainable)
+        self.sibling_warmup = max(1, int(sibling_warmup))
+        self.pending_ratio = float(pending_ratio)
 
     # -- accounting ----------------------------------------------------------------------------------------------------
     @property
@@ -112,20 +140,50 @@ class Budget:
             return 0
         return max(0, int(min(l.space_size, 1e9)) - l.trials - l.running)
 
+    def siblings(self, l: LayerState) -> list[LayerState]:
+        """The other members of the layer's group."""
+        if not l.group:
+            return []
+        return [o for o in self.layers.values() if o.group == l.group and o.name != l.name]
+
+    def _sibling_warm(self, l: LayerState) -> bool:
+        return any(o.trials >= min(self.warmup, int(min(o.space_size, 1e9))) and math.isfinite(o.best_ms)
+                   for o in self.siblings(l))
+
     def warmup_of(self, l: LayerState) -> int:
-        """Warm-up trials of a layer: the full warm-up, or 2 for a layer that is cheap by its untuned latency."""
+        """Warm-up trials of a layer: the full warm-up; ``sibling_warmup`` once a sibling is warm (it starts from the
+        sibling's best); 2 for a layer that is cheap by its untuned latency."""
         n = self.warmup
         if self.cheap(l):
             n = min(n, 2)
+        if self._sibling_warm(l):
+            n = min(n, self.sibling_warmup)
         return max(1, min(n, int(min(l.space_size, 1e9))))
+
+    def gflops(self, l: LayerState) -> float:
+        """The layer's best FLOP rate so far, GFLOP/s (NaN when unknown)."""
+        if not (math.isfinite(l.flops) and math.isfinite(l.best_ms) and l.best_ms > 0):
+            return math.nan
+        return l.flops / (l.best_ms * 1e-3) / 1e9
+
+    def headroom(self, l: LayerState) -> float:
+        """``1 - rate / (attainable x peak)``, clipped to [0, 1]: the share of the layer's time a good schedule could
+        still save. 0 without a peak, for layers that are not compute-bound, or before any success."""
+        rate = self.gflops(l)
+        if self.peak_gflops is None or not l.compute_bound or not math.isfinite(rate):
+            return 0.0
+        return min(1.0, max(0.0, 1.0 - rate / (self.attainable * self.peak_gflops)))
 
     def _warm(self, l: LayerState) -> bool:
         return l.trials + l.running >= self.warmup_of(l)
 
     def converged(self, l: LayerState) -> bool:
+        """No gain in the last ``patience`` trials; a layer still below half of the attainable rate gets three times
+        that patience."""
         if l.trials < max(self.warmup, self.patience) or not math.isfinite(l.best_ms):
             return False
-        return l.curve[-self.patience - 1] <= l.best_ms if len(l.curve) > self.patience else False
+        patience = self.patience * (3 if self.headroom(l) > 0.5 else 1)
+        return l.curve[-patience - 1] <= l.best_ms if len(l.curve) > patience else False
 
     def cheap(self, l: LayerState) -> bool:
         total = self.model_estimate_ms()
@@ -138,7 +196,7 @@ class Budget:
         k = min(len(l.curve), max(self.chunk, 1))
         before = l.curve[-k - 1] if len(l.curve) > k else (l.untuned_ms if math.isfinite(l.untuned_ms) else l.best_ms)
         recent = max(0.0, (before - l.best_ms) / max(before, 1e-12)) if math.isfinite(before) else 1.0
-        return recent + 0.1 / math.sqrt(max(l.trials, 1))
+        return recent + 0.1 / math.sqrt(max(l.trials, 1)) + 0.5 * self.headroom(l)
 
     def priority(self, l: LayerState) -> float:
         return l.weight * l.estimate_ms() * self.expected_gain(l)
@@ -162,7 +220,14 @@ class Budget:
         if not live:
             return None
         l = max(live, key=self.priority)
+        if self.priority(l) * self.pending_ratio < self.pending_potential():
+            return None  # a warm-up whose results are still out may matter far more: wait for it
         return self._hand_out(l, min(self.chunk, self._cap(l), self.remaining))
+
+    def pending_potential(self) -> float:
+        """The largest priority a running layer without any result yet might turn out to have (weight x untuned)."""
+        pend = [l.weight * l.estimate_ms() for l in self.layers.values() if l.running and not math.isfinite(l.best_ms)]
+        return max(pend, default=0.0)
 
     def _hand_out(self, l: LayerState, n: int) -> tuple[str, int]:
         l.running += n

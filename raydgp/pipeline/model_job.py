@@ -34,6 +34,17 @@ from raydgp.records import Record, RecordStore
 
 log = logging.getLogger("raydgp.pipeline")
 
+#: Operators whose FLOP rate the budget compares with the node's peak (pools and elementwise ops are memory-bound).
+COMPUTE_BOUND_OPS = ("conv2d", "dense", "depthwise_conv2d")
+
+
+def _peak(run: ModelRun, toolchain: Toolchain, settings) -> float | None:
+    try:
+        return toolchain.peak_gflops(run.target_kind, run.n_threads, settings)
+    except Exception as e:  # noqa: BLE001 - the budget works without it, and says so
+        log.warning("node peak not measured (%s); the budget runs without its headroom term", e)
+        return None
+
 
 def tune_model(model: str, *, out, callbacks: list | None = None, toolchain: Toolchain | None = None,
                **settings) -> dict:
@@ -98,10 +109,16 @@ def run_model(run: ModelRun, callbacks: list | None = None, toolchain: Toolchain
     untuned = measure_untuned(m.layers, toolchain.measurer, settings, out / "untuned.json")
     states = []
     for l in m.layers:
-        st = LayerState(l.name, l.weight, l.space.size, untuned_ms=untuned[l.name])
+        st = LayerState(l.name, l.weight, l.space.size, untuned_ms=untuned[l.name], group=l.group, flops=l.flops,
+                        compute_bound=l.op in COMPUTE_BOUND_OPS)
         st.add([r.result.median_ms if r.result.ok else math.nan for r in prior[l.name]])
         states.append(st)
-    budget = Budget(states, run.trials, chunk=run.chunk, warmup=run.warmup)
+    peak = _peak(run, toolchain, settings)
+    budget = Budget(states, run.trials, chunk=run.chunk, warmup=run.warmup, peak_gflops=peak)
+    groups = {l.group for l in m.layers if l.group}
+    log.info("%d layers in %d sibling groups; node peak %s", len(m.layers),
+             len(groups) + sum(1 for l in m.layers if not l.group),
+             f"{peak:.0f} GFLOP/s (sgemm, {run.n_threads} threads)" if peak else "unknown (no headroom term)")
 
     # -- per-layer experiments under one budget -----------------------------------------------------------------------
     try:
@@ -186,8 +203,13 @@ def _tune_layers(run: ModelRun, m: LoadedModel, store: RecordStore, budget: Budg
             l, st = by_name[name], budget.layers[name]
             all_recs = store.records()
             recs = [r for r in all_recs if r.workload.key == l.key]
-            donors = sorted(hist_mod.top_configs(all_recs) + donors_hist, key=lambda t: t[0])
-            seeds = hist_mod.seed_configs(l.space, {r.config for r in recs}, donors, k=min(4, max(1, n // 2)))
+            sibling_keys = {o.key for o in m.layers if o.group and o.group == l.group and o.key != l.key}
+            sib = [d for d in hist_mod.top_configs(all_recs) if d[1] in sibling_keys]
+            rest = [d for d in hist_mod.top_configs(all_recs) if d[1] not in sibling_keys]
+            donors = sib + sorted(rest + donors_hist, key=lambda t: t[0])  # siblings' best first
+            # A sibling's best schedules carry over: they are what a short sibling warm-up is spent on.
+            k_seeds = min(4, n) if sib else min(4, max(1, n // 2))
+            seeds = hist_mod.seed_configs(l.space, {r.config for r in recs}, donors, k=k_seeds)
             runner.submit(ChunkSpec(
                 name=name, experiment=experiment_name(f"{name}.t{st.trials}.{run_id}"), task=l.task, space=l.space,
                 searcher=run.searcher, seed=run.seed * 100003 + n_chunks, trials=n,
@@ -240,7 +262,9 @@ def _deploy_and_report(run: ModelRun, m: LoadedModel, toolchain: Toolchain, stor
         rows.append({"name": l.name, "workload_key": l.key, "op": l.op, "weight": l.weight, "flops": finite(l.flops),
                      "trials": s.trials, "best_ms": finite(s.best_ms), "untuned_ms": finite(untuned[l.name]),
                      "schedule": "tuned" if use_tuned[l.name] else "default",
-                     "space_size": finite(float(min(s.space_size, 1e300))), "proposals": p})
+                     "space_size": finite(float(min(s.space_size, 1e300))), "proposals": p,
+                     "group": l.group, "gflops": finite(budget.gflops(s)),
+                     "peak_fraction": finite(budget.gflops(s) / budget.peak_gflops) if budget.peak_gflops else None})
     try:
         plot_curves(run.out / "tuning_curves.png", estimate, list(states.values()))
     except Exception as e:  # noqa: BLE001 - a plot must never cost the results (said on the console)
@@ -248,6 +272,8 @@ def _deploy_and_report(run: ModelRun, m: LoadedModel, toolchain: Toolchain, stor
     return {
         "model": m.name, "source": m.source, "target": m.target, "searcher": run.searcher,
         "trials_budget": run.trials, "trials_total": sum(s.trials for s in states.values()), "layers": rows,
+        "peak_gflops": finite(budget.peak_gflops) if budget.peak_gflops else None,
+        "sibling_groups": len({l.group or l.key for l in m.layers}),
         "proposals": totals,
         "verified": dep.verified, "verify_message": dep.verify_message, "reference": m.reference_name,
         "end_to_end_ms": finite(dep.end_to_end_ms) if dep.end_to_end_ms is not None else None,

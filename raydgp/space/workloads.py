@@ -148,6 +148,26 @@ def _anchor_block_info(mod) -> tuple[str, list[int], list[int], int, int, float]
     return str(block.name_hint), spatial, reduce, bits, n_blocks, flops
 
 
+def anchor_signature(mod) -> str:
+    """What identifies a task's anchor loop nest regardless of its epilogue: the anchor block's iteration domain
+    (extents and kinds, in order) and the shapes of the buffers it reads and writes. Two tasks with the same signature
+    are *siblings*: the same conv (or matmul) with another fused epilogue (bias + ReLU vs + residual add + ReLU), whose
+    schedules carry over."""
+    tvm = import_tvm()
+    from tvm.s_tir import analysis
+
+    block = analysis.find_anchor_sblock(mod)
+    if block is None:
+        return "none"
+    def dim(d) -> str:
+        return str(int(d)) if isinstance(d, tvm.tirx.IntImm) else str(d)
+
+    dom = ",".join(f"{'r' if int(iv.iter_type) == 2 else 's'}{dim(iv.dom.extent)}" for iv in block.iter_vars)
+    reads = ";".join("x".join(dim(d) for d in r.source.shape) for r in block.reads)
+    writes = ";".join("x".join(dim(d) for d in w.source.shape) for w in block.writes)
+    return f"{block.name_hint.rstrip('0123456789_')}[{dom}]({reads})->({writes})"
+
+
 def op_kind(block_name: str, n_reduce: int) -> str:
     """Operator kind from the anchor block's name (TOPI's names) and whether it reduces."""
     name = block_name.lower()

@@ -109,3 +109,67 @@ def test_scheduler_drops_a_layer_whose_experiments_keep_failing():
         else:
             s.finish("good", list(np.linspace(1.0, 0.5, c[1])), c[1])
     assert n_bad == 2 and s.layers["good"].trials > 4 and s.done()
+
+
+def _run(budget, latency_of, max_chunks=10_000):
+    """Drive the budget serially: each chunk returns ``latency_of(name, trial_index)`` per trial."""
+    given: dict[str, int] = {}
+    for _ in range(max_chunks):
+        c = budget.next_chunk()
+        if c is None:
+            break
+        name, n = c
+        t0 = budget.layers[name].trials
+        budget.finish(name, [latency_of(name, t0 + i) for i in range(n)], n)
+        given[name] = given.get(name, 0) + n
+    return given
+
+
+def test_a_layer_far_from_the_peak_gets_more_trials():
+    """Two convs of equal weight and latency curve shape: the one running at 10% of the peak keeps its priority and is
+    not called converged, the one at 55% of it (near the attainable 60%) is left alone sooner."""
+    from raydgp.pipeline.budget import Budget, LayerState
+
+    def states():
+        # 1 ms each; flops set so that 1 ms is 10% resp. 55% of a 100 GFLOP/s peak
+        return [LayerState("far", 1, 1e6, untuned_ms=5.0, flops=0.10 * 100e9 * 1e-3, compute_bound=True),
+                LayerState("near", 1, 1e6, untuned_ms=5.0, flops=0.55 * 100e9 * 1e-3, compute_bound=True)]
+
+    def lat(name, i):  # both plateau at 1 ms after 4 trials
+        return 1.0 if i >= 3 else 2.0 + i
+
+    with_peak = _run(Budget(states(), total_trials=400, chunk=8, warmup=4, patience=16, peak_gflops=100.0), lat)
+    assert with_peak["far"] > 2 * with_peak["near"], with_peak
+    b = Budget(states(), total_trials=400, chunk=8, warmup=4, patience=16, peak_gflops=100.0)
+    b.layers["far"].add([1.0] * 20)
+    assert b.headroom(b.layers["far"]) > 0.8 and b.headroom(b.layers["near"]) == 0.0
+    without = _run(Budget(states(), total_trials=400, chunk=8, warmup=4, patience=16), lat)
+    assert abs(without["far"] - without["near"]) <= 8, without  # no peak: no headroom term, the same treatment
+
+
+def test_no_chunk_goes_to_a_minor_layer_while_a_major_warm_up_is_pending():
+    from raydgp.pipeline.budget import Budget, LayerState
+
+    b = Budget([LayerState("major", 1, 1e6, untuned_ms=50.0), LayerState("minor", 1, 1e6, untuned_ms=1.5)],
+               total_trials=64, chunk=16, warmup=2)
+    assert b.next_chunk() == ("major", 2)
+    assert b.next_chunk() == ("minor", 2)
+    b.finish("minor", [1.4, 1.5], 2)
+    assert b.next_chunk() is None  # major's results are out: waiting beats giving 16 trials to a 1.5 ms layer
+    b.finish("major", [40.0, 45.0], 2)
+    assert b.next_chunk()[0] == "major"
+
+
+def test_siblings_get_a_short_warm_up_once_one_member_is_warm():
+    from raydgp.pipeline.budget import Budget, LayerState
+
+    b = Budget([LayerState("a", 2, 1e6, untuned_ms=10.0, group="g"), LayerState("b", 1, 1e6, untuned_ms=9.0, group="g"),
+                LayerState("c", 1, 1e6, untuned_ms=8.0)], total_trials=200, chunk=8, warmup=8, sibling_warmup=2)
+    assert b.next_chunk() == ("a", 8)
+    assert b.next_chunk() == ("b", 8)  # no sibling is warm yet: the full warm-up
+    b2 = Budget([LayerState("a", 2, 1e6, untuned_ms=10.0, group="g"), LayerState("b", 1, 1e6, untuned_ms=9.0, group="g"),
+                 LayerState("c", 1, 1e6, untuned_ms=8.0)], total_trials=200, chunk=8, warmup=8, sibling_warmup=2)
+    name, n = b2.next_chunk()
+    b2.finish(name, [1.0] * n, n)
+    assert b2.next_chunk() == ("b", 2)  # a is warm: b starts from a's best, two trials
+    assert b2.next_chunk() == ("c", 8)  # not a sibling: the full warm-up
