@@ -43,9 +43,19 @@ class SplitKernel:
     run_all: Callable[[Sequence[np.ndarray]], list]
     prepacked: bool
 
-    def time(self, args: list, dev, repeat: int, min_repeat_ms: int) -> list[float]:
-        """Latencies in ms of the kernel proper on ``args`` (``repeat`` means of at least ``min_repeat_ms`` each)."""
-        timer = self.lib.time_evaluator(self.kernel_name, dev, number=1, repeat=int(repeat),
+    def time(self, args: list, dev, repeat: int, min_repeat_ms: int, flush_cache: bool = False) -> list[float]:
+        """Latencies in ms of the kernel proper on ``args``.
+
+        Without ``flush_cache``: ``repeat`` means of runs lasting at least ``min_repeat_ms`` each (warm caches).
+        With it: ``repeat`` single runs, each after TVM's ``cache_flush_cpu_non_first_arg`` has flushed every argument
+        but the input from the CPU caches (what MetaSchedule's runner does with ``enable_cpu_cache_flush``): the
+        weights arrive from memory as they do inside a model, where the other layers have evicted them.
+        """
+        if flush_cache:
+            timer = self.lib.time_evaluator(self.kernel_name, dev, number=1, repeat=int(repeat), min_repeat_ms=0,
+                                            f_preproc="cache_flush_cpu_non_first_arg")
+        else:
+            timer = self.lib.time_evaluator(self.kernel_name, dev, number=1, repeat=int(repeat),
                                             min_repeat_ms=int(min_repeat_ms))
         return [float(x) * 1e3 for x in timer(*args).results]
 

@@ -172,7 +172,9 @@ class Worker:
             for _ in range(int(settings["warmup"])):
                 kfunc(*args)
             dev.sync()
-            lat = kernel.time(args, dev, int(settings["repeat"]), int(round(float(settings["min_repeat_ms"]))))
+            flush = settings["device"] == "cpu" and bool(settings.get("flush_cache", True))
+            repeat = int(settings["flush_repeat"] if flush else settings["repeat"])
+            lat = kernel.time(args, dev, repeat, int(round(float(settings["min_repeat_ms"]))), flush_cache=flush)
         except Exception as e:  # noqa: BLE001
             return dict(status="run_error", message=_first_line(e), build_s=build_s,
                         run_s=time.perf_counter() - t1, applied=applied)

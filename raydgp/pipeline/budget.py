@@ -212,6 +212,10 @@ class Budget:
             return None
         idle = [l for l in self.layers.values() if l.running == 0 and self._cap(l) > 0]
         cold = [l for l in idle if not self._warm(l)]
+        # A layer whose sibling is warming up waits for it (it will start from the sibling's best), unless no other
+        # layer needs its warm-up.
+        lone = [l for l in cold if not any(o.running and not math.isfinite(o.best_ms) for o in self.siblings(l))]
+        cold = lone or cold
         if cold:
             l = max(cold, key=lambda l: l.weight * l.estimate_ms())
             n = min(self.warmup_of(l) - l.trials - l.running, self._cap(l), self.remaining)

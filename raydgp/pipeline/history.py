@@ -80,13 +80,29 @@ def load_history(paths, target_space, exclude_target: bool = True, max_points: i
                     spaces[key] = sp
     if not records:
         return None
+    from raydgp.space.hardware import HARDWARE_FEATURES, hardware_features, hardware_tag
+
     exclude = target_space.workload.key if exclude_target else None
-    hist = history_from_records(records, spaces, exclude_workload=exclude)
+    here = hardware_tag(target_space.target)
+    hist = history_from_records(records, spaces, exclude_workload=exclude, exclude_hardware=here)
+    hw = np.array(hardware_features(target_space.target))
+    same = np.all(np.isclose(hist.X[:, hist.X.shape[1] - len(HARDWARE_FEATURES):], hw), axis=1) if len(hist) else \
+        np.zeros(0, bool)
     if max_points is not None and len(hist) > max_points:
-        idx = np.sort(np.random.default_rng(seed).choice(len(hist), max_points, replace=False))
-        hist = History(hist.X[idx], hist.y[idx])
+        # This machine's own kind of hardware first (up to 3/4 of the points): a user store that grows on a new
+        # machine takes over from the shipped history recorded elsewhere.
+        rng = np.random.default_rng(seed)
+        mine, other = np.flatnonzero(same), np.flatnonzero(~same)
+        n_mine = min(len(mine), int(0.75 * max_points))
+        n_other = min(len(other), max_points - n_mine)
+        n_mine = min(len(mine), max_points - n_other)
+        idx = np.sort(np.concatenate([rng.choice(mine, n_mine, replace=False),
+                                      rng.choice(other, n_other, replace=False)]).astype(int))
+        hist, same = History(hist.X[idx], hist.y[idx]), same[idx]
+    machines = sorted({hardware_tag(r.target) for r in records if r.workload.key in spaces})
     n_work = len(spaces) - (exclude in spaces)
-    log.info("history: %d measurements of %d workloads", len(hist), n_work)
+    log.info("history: %d measurements of %d workloads (%d on this hardware kind, %s); machines: %s", len(hist),
+             n_work, int(same.sum()), here, ", ".join(machines))
     return hist if len(hist) else None
 
 

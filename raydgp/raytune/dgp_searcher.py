@@ -151,7 +151,8 @@ class DGPSearcher(JsonStateMixin, Searcher):
         """Where the proposals came from: ``model`` (DGP acquisition), ``tuning_set`` (the pre-trained model's
         picks), ``random`` (random tuning-set points by design), ``seeded`` (``points_to_evaluate``), ``fallback``
         (random because the model raised: never silent, logged as a warning), ``refit_failures``, and ``total``."""
-        st = dict(self._core.stats) if self._core else {"model": 0, "tuning_set": 0, "random": 0, "refit_failures": 0}
+        st = dict(self._core.stats) if self._core else {"model": 0, "tuning_set": 0, "random": 0, "refit_failures": 0,
+                                                         "evolved": 0}
         st.update(seeded=self._seeded, fallback=self._fallbacks)
         st["total"] = st["model"] + st["tuning_set"] + st["random"] + st["seeded"] + st["fallback"]
         return st

@@ -28,6 +28,7 @@ from raydgp.dgp.data import InputScaler, standardised_targets
 from raydgp.dgp.model import DeepGPSurrogate
 from raydgp.dgp.train import fit_dgp, map_finetune, pretrain, train_elbo
 from raydgp.search.candidates import CandidatePool
+from raydgp.search.evolution import FailureModel, evolve
 from raydgp.search.history import History
 from raydgp.search.settings import SearchSettings
 from raydgp.search.threads import torch_threads
@@ -71,7 +72,8 @@ class DGPSearch:
         #: What proposed each configuration and what failed: ``model`` (the DGP's acquisition), ``tuning_set``
         #: (stage 2's picks by the pre-trained model), ``random`` (random tuning-set points, by design),
         #: ``refit_failures`` (background refits that raised; the previous model kept proposing).
-        self.stats: dict[str, int] = {"model": 0, "tuning_set": 0, "random": 0, "refit_failures": 0}
+        #: ``evolved`` counts the model proposals found by the evolutionary search (not in the random pool).
+        self.stats: dict[str, int] = {"model": 0, "tuning_set": 0, "random": 0, "refit_failures": 0, "evolved": 0}
 
     # -- data ----------------------------------------------------------------------------------------------------------
     def observe(self, config: Hashable, metric: float | None, status: str = "ok") -> None:
@@ -233,13 +235,55 @@ class DGPSearch:
         _, y, _ = self._target_xy()
         best_f = float(y.max()) if len(y) else 0.0
         bm = DGPModel(model, seed=s.seed + self._calls)
-        scores = log_ei_pool(bm, X, best_f)
+        fail = self._failure_model()
+        scores = log_ei_pool(bm, X, best_f) + fail.log_ok(X)
+        self._evolved: set = set()
+        if s.evolve_generations > 0:
+            pool, X, scores = self._evolve(pool, X, scores, exclude, bm, best_f, fail)
         if pending:
             top = torch.topk(scores, min(32, len(pool))).indices
             P = self._scaler_for().transform(self._encode(list(pending)))
             q = q_log_ei_with_pending(bm, X[top], best_f, P, seed=s.seed + self._calls)
-            return pool[int(top[int(torch.argmax(q))])]
-        return pool[int(torch.argmax(scores))]
+            chosen = pool[int(top[int(torch.argmax(q))])]
+        else:
+            chosen = pool[int(torch.argmax(scores))]
+        if chosen in self._evolved:
+            self.stats["evolved"] += 1  # a model proposal that only the evolutionary search found
+        return chosen
+
+    def _failure_model(self) -> FailureModel:
+        """The failure model on every measured configuration of the target (invalid ones included)."""
+        fm = FailureModel()
+        if not self.settings.failure_model:
+            return fm
+        configs = list(self.observed) + [c for c in self.invalid if c not in self.observed]
+        failed = np.array([c in self.invalid or self.observed[c][0] != "ok" or not math.isfinite(self.observed[c][1])
+                           for c in configs], dtype=bool)
+        if failed.sum() < fm.min_failures:
+            return fm
+        return fm.fit(self._scaler_for().transform(self._encode(configs)), failed)
+
+    def _evolve(self, pool: list, X: torch.Tensor, scores: torch.Tensor, exclude: set, bm, best_f: float,
+                fail: FailureModel):
+        """Add evolved candidates (:func:`~raydgp.search.evolution.evolve`) bred from the best measured and the best
+        scored configurations to the pool; returns the grown ``(pool, X, scores)``."""
+        s = self.settings
+        top = torch.topk(scores, min(16, len(pool))).indices.tolist()
+        parents = self._best_configs() + [pool[i] for i in top]
+        have = set(pool)
+
+        def score(configs):
+            Xc = self._scaler_for().transform(self._encode(configs))
+            return (log_ei_pool(bm, Xc, best_f) + fail.log_ok(Xc)).detach().numpy()
+
+        kids, _ = evolve(self.space, score, parents, exclude | have, self.rng, generations=s.evolve_generations,
+                         population=s.evolve_population, keep=s.evolve_population)
+        if not kids:
+            return pool, X, scores
+        Xk = self._scaler_for().transform(self._encode(kids))
+        sk = log_ei_pool(bm, Xk, best_f) + fail.log_ok(Xk)
+        self._evolved = set(kids)
+        return pool + kids, torch.cat([X, Xk]), torch.cat([scores, sk])
 
     def _tuning_set_pick(self, exclude: set, pending: Sequence) -> Hashable | None:
         """A tuning-set point: random, or the pre-trained DGP's pick (:func:`~raydgp.search.tuning_set.pick_tuning_point`)."""

@@ -39,6 +39,12 @@ class SearchSettings:
             (a result or two behind), so ``suggest()`` stays fast; proposals then depend on timing. Off: every
             ``suggest()`` first refits on all results (deterministic for a seed). The first fit of a search is
             always synchronous. Pins torch's intra-op threads to ``torch_threads`` for the process.
+        evolve_generations: generations of the evolutionary search over the acquisition that adds bred candidates
+            (crossovers and mutations of the best measured and best scored configurations) to each proposal's pool;
+            0 = random pool and neighbours only.
+        evolve_population: children bred per generation (and the most kept).
+        failure_model: penalise candidates near the target's failed configurations (invalid, build/run errors,
+            timeouts, wrong results) with ``log(1 - P(fail))`` on the acquisition.
     """
 
     n_init: int = 8
@@ -55,6 +61,9 @@ class SearchSettings:
     torch_threads: int = 1
     pretrain_seed: int | None = None
     async_refit: bool = False
+    evolve_generations: int = 3
+    evolve_population: int = 64
+    failure_model: bool = True
 
     def __post_init__(self):
         if self.init not in INIT_MODES:

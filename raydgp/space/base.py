@@ -56,6 +56,16 @@ class SearchSpace(abc.ABC):
     def from_params(self, params: dict) -> Hashable:
         """The configuration of a parameter dict (raises :class:`~raydgp.errors.RayDGPError` if it is none)."""
 
+    def mutate(self, config: Hashable, rng: np.random.Generator) -> Hashable:
+        """A random small change of ``config`` (default: one of its :meth:`neighbours`, uniformly)."""
+        nb = self.neighbours(config)
+        return nb[int(rng.integers(len(nb)))] if nb else config
+
+    def crossover(self, a: Hashable, b: Hashable, rng: np.random.Generator) -> Hashable | None:
+        """A child taking each knob from one parent or the other; None where the two cannot be combined
+        (default: never)."""
+        return None
+
     def config_to_json(self, config: Hashable) -> Any:
         """A JSON value for checkpoints (default: the trial parameters)."""
         return self.to_params(config)

@@ -29,6 +29,7 @@ import numpy as np
 from raydgp.errors import InvalidConfigurationError
 from raydgp.records import Config, Workload
 from raydgp.space.base import SearchSpace
+from raydgp.space.hardware import HARDWARE_FEATURES, hardware_features
 
 #: Encoding layout: sketch one-hot, then one fixed-width slot per knob (padded), then workload features.
 MAX_SKETCHES = 8
@@ -258,6 +259,33 @@ class DesignSpace(SearchSpace):
                 out.append(Config(config.sketch, tuple(decisions)))
         return out
 
+    def mutate(self, config: Config, rng: np.random.Generator) -> Config:
+        """One knob changed at random, as MetaSchedule's mutators do: a tile moves a prime factor between two
+        positions (MutateTileSize) or, one time in four, is sampled afresh; a categorical knob (unroll) or a compute
+        location takes another value (MutateUnroll, MutateComputeLocation)."""
+        knobs = self.sketches[config.sketch].knobs
+        if not knobs:
+            return config
+        i = int(rng.integers(len(knobs)))
+        k, d = knobs[i], config.decisions[i]
+        if k.kind == "tile" and rng.random() < 0.25:
+            nd = _sample_tile(k, random.Random(int(rng.integers(2**63))))
+        else:
+            moves = self._knob_moves(k, d)
+            if not moves:
+                return config
+            nd = moves[int(rng.integers(len(moves)))]
+        decisions = list(config.decisions)
+        decisions[i] = nd
+        return Config(config.sketch, tuple(decisions))
+
+    def crossover(self, a: Config, b: Config, rng: np.random.Generator) -> Config | None:
+        """Each knob's decision from ``a`` or ``b`` (the same sketch only: knobs are per sketch)."""
+        if a.sketch != b.sketch:
+            return None
+        pick = rng.random(len(a.decisions)) < 0.5
+        return Config(a.sketch, tuple(x if p else y for x, y, p in zip(a.decisions, b.decisions, pick)))
+
     @staticmethod
     def _knob_moves(k: Knob, d: Any) -> list:
         if k.kind != "tile":
@@ -290,12 +318,14 @@ class DesignSpace(SearchSpace):
 
     @property
     def dim(self) -> int:
-        """Length of :meth:`encode`'s vector: configuration part + workload features."""
-        return self.config_dim + len(self.workload.features)
+        """Length of :meth:`encode`'s vector: configuration part + workload features + hardware features."""
+        return self.config_dim + len(self.workload.features) + len(HARDWARE_FEATURES)
 
     def features(self) -> np.ndarray:
-        """The workload features, shape ``(n_features,)``, in :data:`raydgp.space.workloads.FEATURE_NAMES` order."""
-        return np.array(list(self.workload.features.values()), dtype=np.float64)
+        """The workload features (in :data:`raydgp.space.workloads.FEATURE_NAMES` order), then the target's
+        :data:`~raydgp.space.hardware.HARDWARE_FEATURES`: shape ``(n_features + n_hardware,)``."""
+        return np.array(list(self.workload.features.values()) + list(hardware_features(self.target)),
+                        dtype=np.float64)
 
     def encode(self, config: Config, with_features: bool = True) -> np.ndarray:
         """A fixed-length numeric vector, shape ``(dim,)`` (or ``(config_dim,)`` without features).

@@ -131,6 +131,16 @@ class ParamSpace(SearchSpace):
                 out.append(tuple(c))
         return out
 
+    def mutate(self, config: tuple, rng: np.random.Generator) -> tuple:
+        """One dimension moved (a neighbouring value, drawn from ``rng``)."""
+        nb = self.neighbours(config, rng)
+        return nb[int(rng.integers(len(nb)))] if nb else config
+
+    def crossover(self, a: tuple, b: tuple, rng: np.random.Generator) -> tuple:
+        """Each dimension's value from ``a`` or ``b``."""
+        pick = rng.random(len(a)) < 0.5
+        return tuple(x if p else y for x, y, p in zip(a, b, pick))
+
     def is_valid(self, config: tuple) -> bool:
         return isinstance(config, tuple) and len(config) == len(self.dims)
 

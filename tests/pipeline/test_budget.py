@@ -163,13 +163,20 @@ def test_no_chunk_goes_to_a_minor_layer_while_a_major_warm_up_is_pending():
 def test_siblings_get_a_short_warm_up_once_one_member_is_warm():
     from raydgp.pipeline.budget import Budget, LayerState
 
-    b = Budget([LayerState("a", 2, 1e6, untuned_ms=10.0, group="g"), LayerState("b", 1, 1e6, untuned_ms=9.0, group="g"),
-                LayerState("c", 1, 1e6, untuned_ms=8.0)], total_trials=200, chunk=8, warmup=8, sibling_warmup=2)
-    assert b.next_chunk() == ("a", 8)
-    assert b.next_chunk() == ("b", 8)  # no sibling is warm yet: the full warm-up
     b2 = Budget([LayerState("a", 2, 1e6, untuned_ms=10.0, group="g"), LayerState("b", 1, 1e6, untuned_ms=9.0, group="g"),
                  LayerState("c", 1, 1e6, untuned_ms=8.0)], total_trials=200, chunk=8, warmup=8, sibling_warmup=2)
     name, n = b2.next_chunk()
     b2.finish(name, [1.0] * n, n)
     assert b2.next_chunk() == ("b", 2)  # a is warm: b starts from a's best, two trials
     assert b2.next_chunk() == ("c", 8)  # not a sibling: the full warm-up
+
+
+def test_a_sibling_does_not_warm_up_beside_its_warming_sibling():
+    from raydgp.pipeline.budget import Budget, LayerState
+
+    b = Budget([LayerState("a", 1, 1e6, untuned_ms=10.0, group="g"), LayerState("b", 1, 1e6, untuned_ms=9.0, group="g"),
+                LayerState("c", 1, 1e6, untuned_ms=1.0)], total_trials=200, chunk=8, warmup=8)
+    assert b.next_chunk() == ("a", 8)
+    assert b.next_chunk() == ("c", 8)  # not b: a's results will seed it
+    b.finish("a", [2.0] * 8, 8)
+    assert b.next_chunk() == ("b", 2)
