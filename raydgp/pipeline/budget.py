@@ -44,6 +44,8 @@ class LayerState:
         group: sibling group (layers with the same anchor loop nest); "" = a group of its own.
         flops: floating-point operations of one call (NaN: unknown, no headroom term).
         compute_bound: whether the FLOP rate is a meaningful target (convs, dense; not pools or elementwise).
+        synced_at: the group leader's best (ms) when this follower was last handed its leader's configurations.
+        released: a follower found to differ from its leader: searched on its own from then on.
     """
 
     name: str
@@ -53,6 +55,8 @@ class LayerState:
     group: str = ""
     flops: float = math.nan
     compute_bound: bool = False
+    synced_at: float = math.inf
+    released: bool = False
     trials: int = 0
     curve: list = field(default_factory=list)
     running: int = 0
@@ -93,11 +97,16 @@ class Budget:
         sibling_warmup: warm-up trials of a layer whose sibling is already warm.
         pending_ratio: a pending warm-up holds back chunks for idle layers whose priority is below its potential
             priority (weight x untuned latency) divided by this.
+        sync_trials: trials of a follower's sync chunk (its leader's best configurations).
+        sync_gain: a follower is synced again once its leader's best improved by this fraction since the last sync.
+        release_ratio: a follower slower than ``release_ratio`` x its leader's best after two syncs is searched on its
+            own.
     """
 
     def __init__(self, layers: list[LayerState], total_trials: int, chunk: int = 16, warmup: int = 8,
                  patience: int = 32, cheap_fraction: float = 0.01, peak_gflops: float | None = None,
-                 attainable: float = 0.6, sibling_warmup: int = 2, pending_ratio: float = 4.0):
+                 attainable: float = 0.6, sibling_warmup: int = 2, pending_ratio: float = 4.0, sync_trials: int = 2,
+                 sync_gain: float = 0.02, release_ratio: float = 1.15):
         if total_trials < 1:
             raise ValueError(f"total_trials must be >= 1, got {total_trials}")
         self.layers = {l.name: l for l in layers}
@@ -111,6 +120,9 @@ class Budget:
         self.attainable = float(attainable)
         self.sibling_warmup = max(1, int(sibling_warmup))
         self.pending_ratio = float(pending_ratio)
+        self.sync_trials = max(1, int(sync_trials))
+        self.sync_gain = float(sync_gain)
+        self.release_ratio = float(release_ratio)
 
     # -- accounting ----------------------------------------------------------------------------------------------------
     @property
@@ -125,7 +137,8 @@ class Budget:
     def layers_done(self) -> int:
         """Layers that will get no further trial as things stand: converged, cheap or exhausted, none running."""
         return sum(1 for l in self.layers.values()
-                   if l.running == 0 and (self.converged(l) or self.cheap(l) or self._cap(l) == 0))
+                   if l.running == 0 and (self.converged(l) or self.cheap(l) or self._cap(l) == 0
+                                          or (self._warm(l) and self.following(l) and not self._leader_improved(l))))
 
     @property
     def remaining(self) -> int:
@@ -199,15 +212,25 @@ class Budget:
         return recent + 0.1 / math.sqrt(max(l.trials, 1)) + 0.5 * self.headroom(l)
 
     def priority(self, l: LayerState) -> float:
-        return l.weight * l.estimate_ms() * self.expected_gain(l)
+        return self.group_weight(l) * l.estimate_ms() * self.expected_gain(l)
 
     # -- decisions -----------------------------------------------------------------------------------------------------
     def next_chunk(self) -> tuple[str, int] | None:
         """The next (layer, trials) to run, or None when nothing is left to hand out now.
 
-        Warm-up first (largest weight x latency first), then by priority. Chunks are never larger than what is left of the
-        budget or of the layer's space. Returns None also while every candidate layer already has trials running.
+        Warm-up first (largest weight x latency first), then a follower's sync when its group's leader improved, then
+        by priority. Chunks are never larger than what is left of the budget or of the layer's space. Returns None
+        also while every candidate layer already has trials running, or while a pending warm-up may matter more.
         """
+        pick = self._pick()
+        if pick is None:
+            return None
+        l, n, sync = pick
+        if sync or (self.following(l) and math.isfinite(self.leader(l).best_ms)):
+            l.synced_at = self.leader(l).best_ms  # its chunk starts from the leader's best (the pipeline seeds it)
+        return self._hand_out(l, n)
+
+    def _pick(self) -> tuple[LayerState, int, bool] | None:
         if self.remaining <= 0:
             return None
         idle = [l for l in self.layers.values() if l.running == 0 and self._cap(l) > 0]
@@ -219,14 +242,63 @@ class Budget:
         if cold:
             l = max(cold, key=lambda l: l.weight * l.estimate_ms())
             n = min(self.warmup_of(l) - l.trials - l.running, self._cap(l), self.remaining)
-            return self._hand_out(l, max(1, n))
-        live = [l for l in idle if not self.converged(l) and not self.cheap(l)]
+            return l, max(1, n), False
+        syncs = [f for f in idle if self.following(f) and self._leader_improved(f)]
+        if syncs:
+            f = max(syncs, key=lambda f: f.weight * f.estimate_ms())
+            return f, min(self.sync_trials, self._cap(f), self.remaining), True
+        live = [l for l in idle if not self.converged(l) and not self.cheap(l) and not self.following(l)]
         if not live:
             return None
         l = max(live, key=self.priority)
         if self.priority(l) * self.pending_ratio < self.pending_potential():
             return None  # a warm-up whose results are still out may matter far more: wait for it
-        return self._hand_out(l, min(self.chunk, self._cap(l), self.remaining))
+        n = min(self.chunk, self._cap(l), self.remaining - self._sync_reserve(exclude=l))
+        if n < 1:
+            return None  # what is left is kept for the followers' last syncs
+        return l, n, False
+
+    def _sync_reserve(self, exclude: LayerState | None = None) -> int:
+        """Trials kept for followers whose leader is still searching or has improved since their last sync (the
+        leader about to get a chunk counts as searching)."""
+        n = 0
+        for f in self.layers.values():
+            if self._warm(f) and self.following(f):
+                lead = self.leader(f)
+                if lead.running or lead is exclude or self._leader_improved(f):
+                    n += self.sync_trials
+        return n
+
+    # -- sibling groups ------------------------------------------------------------------------------------------------
+    def leader(self, l: LayerState) -> LayerState:
+        """The group's leader: the member with the largest weight x untuned latency (the one tuned first)."""
+        members = [l] + self.siblings(l)
+        return max(members, key=lambda o: (o.weight * (o.untuned_ms if math.isfinite(o.untuned_ms) else 0.0),
+                                           o.weight, o.name))
+
+    def following(self, l: LayerState) -> bool:
+        """Whether ``l`` follows its group's leader: it gets no search chunks of its own, only syncs (the leader's best
+        configurations, measured on ``l``) whenever the leader improves. A follower that stays more than
+        ``release_ratio`` slower than its leader after two syncs is released: it is searched on its own."""
+        if not l.group or self.leader(l) is l:
+            return False
+        # released when, synced twice, it still stays slower than what its leader had at its last sync
+        if l.trials >= self.warmup_of(l) + 2 * self.sync_trials and math.isfinite(l.synced_at) and \
+                l.running == 0 and l.best_ms > self.release_ratio * l.synced_at:
+            l.released = True
+        return not l.released
+
+    def _leader_improved(self, f: LayerState) -> bool:
+        lead = self.leader(f)
+        if not math.isfinite(lead.best_ms):
+            return False
+        return not math.isfinite(f.synced_at) or lead.best_ms < f.synced_at * (1.0 - self.sync_gain)
+
+    def group_weight(self, l: LayerState) -> int:
+        """Calls per inference that a gain on ``l`` buys: its own, plus its followers' if it leads a group."""
+        if not l.group or self.leader(l) is not l:
+            return l.weight
+        return l.weight + sum(f.weight for f in self.siblings(l) if self.following(f))
 
     def pending_potential(self) -> float:
         """The largest priority a running layer without any result yet might turn out to have (weight x untuned)."""
@@ -249,9 +321,4 @@ class Budget:
         """True when no further chunk can be handed out and none is running."""
         if any(l.running for l in self.layers.values()):
             return False
-        if self.remaining <= 0:
-            return True
-        idle = [l for l in self.layers.values() if self._cap(l) > 0]
-        if any(not self._warm(l) for l in idle):
-            return False
-        return not any(not self.converged(l) and not self.cheap(l) for l in idle)
+        return self._pick() is None

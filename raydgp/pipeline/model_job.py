@@ -204,7 +204,10 @@ def _tune_layers(run: ModelRun, m: LoadedModel, store: RecordStore, budget: Budg
             all_recs = store.records()
             recs = [r for r in all_recs if r.workload.key == l.key]
             sibling_keys = {o.key for o in m.layers if o.group and o.group == l.group and o.key != l.key}
-            sib = [d for d in hist_mod.top_configs(all_recs) if d[1] in sibling_keys]
+            # the group's fastest configurations first (a follower's chunk is its leader's best, measured here)
+            sib = sorted(((r.result.median_ms, r.workload.key, r.config) for r in all_recs
+                          if r.workload.key in sibling_keys and r.result.ok and r.config.sketch >= 0),
+                         key=lambda t: t[0])
             rest = [d for d in hist_mod.top_configs(all_recs) if d[1] not in sibling_keys]
             donors = sib + sorted(rest + donors_hist, key=lambda t: t[0])  # siblings' best first
             # A sibling's best schedules carry over: they are what a short sibling warm-up is spent on.

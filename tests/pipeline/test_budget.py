@@ -180,3 +180,40 @@ def test_a_sibling_does_not_warm_up_beside_its_warming_sibling():
     assert b.next_chunk() == ("c", 8)  # not b: a's results will seed it
     b.finish("a", [2.0] * 8, 8)
     assert b.next_chunk() == ("b", 2)
+
+
+def test_followers_get_only_syncs_while_the_leader_searches_and_a_different_follower_is_released():
+    from raydgp.pipeline.budget import Budget, LayerState
+
+    def group():
+        return [LayerState("lead", 2, 1e6, untuned_ms=10.0, group="g"), LayerState("f1", 1, 1e6, untuned_ms=10.0,
+                                                                                    group="g"),
+                LayerState("f2", 1, 1e6, untuned_ms=10.0, group="g")]
+
+    b = Budget(group(), total_trials=120, chunk=8, warmup=8, sync_trials=2)
+    given: dict[str, list[int]] = {}
+    while (c := b.next_chunk()) is not None:
+        name, n = c
+        given.setdefault(name, []).append(n)
+        t = b.layers[name].trials
+        lead_best = b.layers["lead"].best_ms
+        # the leader keeps improving; a follower measures the leader's best (the pipeline seeds it) plus one other
+        lat = [max(1.0, 10.0 - 0.1 * (t + i)) for i in range(n)] if name == "lead" else \
+            [lead_best * 1.01] + [5.0] * (n - 1)
+        b.finish(name, lat, n)
+    assert all(n <= 2 for n in given["f1"]) and all(n <= 2 for n in given["f2"]), given
+    assert sum(given["lead"]) > 3 * (sum(given["f1"]) + sum(given["f2"])) / 2
+    assert len(given["f1"]) >= 3  # synced again as the leader improved
+    assert b.layers["f1"].best_ms <= 1.02 * b.layers["lead"].best_ms * 1.5
+
+    # a follower that stays far slower than its leader is released and searched on its own
+    b = Budget(group(), total_trials=200, chunk=8, warmup=8, sync_trials=2)
+    given = {}
+    while (c := b.next_chunk()) is not None:
+        name, n = c
+        given.setdefault(name, []).append(n)
+        t = b.layers[name].trials
+        lat = [max(1.0, 10.0 - 0.1 * (t + i)) for i in range(n)] if name != "f2" else [9.0] * n
+        b.finish(name, lat, n)
+    assert not b.following(b.layers["f2"])
+    assert max(given["f2"]) == 8, given["f2"]

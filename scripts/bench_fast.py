@@ -1,0 +1,255 @@
+#!/usr/bin/env python
+"""Fast-schedules benchmark (issue 10): whole models through ``raydgp tune`` at stated budgets, and single layers
+against MetaSchedule's ``tune_tir`` at equal trials; every figure measured in this run, on this machine.
+
+    python scripts/bench_fast.py models --model resnet18 --trials 300 --out runs/bench_fast
+    python scripts/bench_fast.py layers --workloads conv2d:1,160,14,14,320,3,1,1 --trials 64 --out runs/bench_fast
+    python scripts/bench_fast.py render --out runs/bench_fast     # (re)writes the BENCHMARKS.md section
+
+``models`` runs ``raydgp tune`` (its summary already holds the tuned library's latency, verified against the framework,
+and PyTorch eager / ONNX Runtime / untuned TVM timed in fresh processes after tuning, on the same threads) and keeps, per
+layer, trials, best ms, GFLOP/s and fraction of the node's sgemm peak, plus the sum of the layer bests next to the
+built model's latency. ``layers`` runs, per workload and one after the other: ``raydgp layer`` (DGP with the shipped
+history, the same layer excluded) and MetaSchedule ``tune_tir`` with the weight layout-free (its own builder, runner,
+XGBoost cost model and evolutionary search), each timed end to end; then both best schedules are re-timed by the same
+raydgp measurer, interleaved, so the comparison uses one measurement method. Results are appended to
+``OUT/bench_fast.json`` (one entry per run, with ``mcpu``); ``render`` turns the JSON into tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BEGIN, END = "<!-- bench_fast:begin -->", "<!-- bench_fast:end -->"
+
+
+def machine() -> dict:
+    from raydgp.measure.peak import cpu_name
+
+    try:
+        sys.path.insert(0, str(ROOT))
+        from raydgp.space.metaschedule import host_target
+
+        mcpu = host_target("llvm", os.cpu_count())["mcpu"]
+    except Exception:  # noqa: BLE001
+        mcpu = "?"
+    return {"cpu": cpu_name(), "mcpu": mcpu, "cores": os.cpu_count(), "platform": platform.platform()}
+
+
+def _load(out: Path) -> dict:
+    f = out / "bench_fast.json"
+    return json.loads(f.read_text()) if f.exists() else {"models": [], "layers": []}
+
+
+def _save(out: Path, data: dict) -> None:
+    from raydgp.atomic import write_json_atomic
+
+    write_json_atomic(out / "bench_fast.json", data, indent=2)
+
+
+def run_models(args) -> None:
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    data = _load(out)
+    mach = machine()
+    for model in args.model.split(","):
+        for trials in [int(t) for t in str(args.trials).split(",")]:
+            run = out / f"{model}-{trials}-{time.strftime('%H%M%S')}"
+            env = dict(os.environ, RAYDGP_HOME=str(out / "home"))
+            cmd = [sys.executable, "-m", "raydgp", "tune", "--model", model, "--trials", str(trials), "--out", str(run),
+                   *args.extra.split()]
+            t0 = time.monotonic()
+            p = subprocess.run(cmd, cwd=ROOT, env=env, text=True, capture_output=True)
+            wall = time.monotonic() - t0
+            (run.parent / f"{run.name}.log").write_text(p.stdout + "\n--- stderr ---\n" + p.stderr)
+            summ = json.loads((run / "summary.json").read_text()) if (run / "summary.json").exists() else {}
+            layers = [{k: l.get(k) for k in ("name", "op", "weight", "trials", "best_ms", "untuned_ms", "gflops",
+                                              "peak_fraction", "group", "schedule")} for l in summ.get("layers", [])]
+            est = sum(l["weight"] * l["best_ms"] for l in layers if l["best_ms"] and l.get("schedule") == "tuned") + \
+                sum(l["weight"] * (l["untuned_ms"] or 0) for l in layers if l.get("schedule") != "tuned")
+            row = {"model": model, "trials": trials, "command": " ".join(cmd[1:]), "exit": p.returncode,
+                   "wall_s": round(wall, 1), "machine": mach, "date": time.strftime("%Y-%m-%d %H:%M"),
+                   "tuned_ms": summ.get("end_to_end_ms"), "verified": summ.get("verified"),
+                   "pytorch_ms": summ.get("pytorch_ms"), "onnxruntime_ms": summ.get("onnxruntime_ms"),
+                   "untuned_ms": summ.get("untuned_end_to_end_ms"), "max_abs_err": summ.get("max_abs_err"),
+                   "trials_total": summ.get("trials_total"), "tuning_wall_s": summ.get("tuning_wall_s"),
+                   "peak_gflops": summ.get("peak_gflops"), "layer_best_sum_ms": round(est, 4),
+                   "sibling_groups": summ.get("sibling_groups"), "proposals": summ.get("proposals"), "layers": layers}
+            data["models"].append(row)
+            _save(out, data)
+            print(f"{model} {trials} trials: tuned {row['tuned_ms']} ms (verified {row['verified']}), PyTorch "
+                  f"{row['pytorch_ms']} ms, ORT {row['onnxruntime_ms']} ms, layer bests {row['layer_best_sum_ms']} ms, "
+                  f"wall {row['wall_s']} s", flush=True)
+
+
+def _time_both(spec: str, ours: dict, theirs_db: Path, rounds: int = 5) -> tuple[list, list]:
+    """Re-time raydgp's best configuration and MetaSchedule's best schedule with one measurer, interleaved."""
+    import tvm
+    from tvm.s_tir import meta_schedule as ms
+
+    from raydgp.measure.local import LocalMeasurer
+    from raydgp.measure.protocol import MeasureSettings, TaskPayload
+    from raydgp.space.metaschedule import host_target, make_target
+    from raydgp.space.workloads import make_task
+
+    target = host_target("llvm", os.cpu_count())
+    task = make_task(spec, target)
+    payload = TaskPayload(task.workload.key, task.mod_json, target)
+    db = ms.database.JSONDatabase(work_dir=str(theirs_db))
+    sch = ms.tir_integration.compile_tir(db, task.mod, make_target(target))
+    theirs_mod = tvm.ir.save_json(sch.mod) if sch is not None else None
+    a, b = [], []
+    with LocalMeasurer(MeasureSettings(num_threads=os.cpu_count())) as m:
+        for _ in range(rounds):
+            ra = m.measure(payload, ours["trace"]).result
+            a.append(ra.median_ms if ra.ok else None)
+            if theirs_mod:
+                rb = m.measure(payload, None, theirs_mod).result
+                b.append(rb.median_ms if rb.ok else None)
+    return a, b
+
+
+def run_layers(args) -> None:
+    import statistics
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    data = _load(out)
+    mach = machine()
+    for spec in args.workloads.split(";"):
+        tag = spec.replace(":", "_").replace(",", "_")
+        # raydgp layer: DGP with the shipped history (the layer itself is never in it)
+        run = out / f"layer-{tag}-{time.strftime('%H%M%S')}"
+        env = dict(os.environ, RAYDGP_HOME=str(out / "home-layers"))
+        cmd = [sys.executable, "-m", "raydgp", "layer", "--workload", spec, "--trials", str(args.trials), "--out",
+               str(run), "--searcher", "dgp", "--history", str(ROOT / "raydgp" / "datasets" / "shipped")]
+        t0 = time.monotonic()
+        p = subprocess.run(cmd, cwd=ROOT, env=env, text=True, capture_output=True)
+        ours_wall = time.monotonic() - t0
+        (run.parent / f"{run.name}.log").write_text(p.stdout + "\n--- stderr ---\n" + p.stderr)
+        summ = json.loads((run / "summary.json").read_text()) if (run / "summary.json").exists() else {}
+        best = _best_record(run / "records")
+        # MetaSchedule tune_tir, weight layout-free, same trial count
+        msdir = out / f"ms-{tag}-{time.strftime('%H%M%S')}"
+        t0 = time.monotonic()
+        q = subprocess.run([sys.executable, str(Path(__file__).resolve()), "_ms", spec, str(args.trials), str(msdir)],
+                           cwd=ROOT, text=True, capture_output=True)
+        ms_wall = time.monotonic() - t0
+        (out / f"{msdir.name}.log").write_text(q.stdout + "\n--- stderr ---\n" + q.stderr)
+        a, b = _time_both(spec, best, msdir) if best and q.returncode == 0 else ([], [])
+        med = lambda v: statistics.median([x for x in v if x]) if any(v) else None  # noqa: E731
+        row = {"workload": spec, "trials": args.trials, "machine": mach, "date": time.strftime("%Y-%m-%d %H:%M"),
+               "raydgp": {"best_ms_during_search": summ.get("best_ms"), "wall_s": round(ours_wall, 1),
+                          "retimed_ms": a, "retimed_median_ms": med(a), "exit": p.returncode},
+               "metaschedule": {"wall_s": round(ms_wall, 1), "retimed_ms": b, "retimed_median_ms": med(b),
+                                "exit": q.returncode}}
+        data["layers"].append(row)
+        _save(out, data)
+        print(json.dumps(row), flush=True)
+
+
+def _best_record(store_dir: Path) -> dict | None:
+    from raydgp.records import RecordStore
+
+    recs = [r for r in RecordStore(store_dir).records() if r.result.ok and r.trace is not None]
+    if not recs:
+        return None
+    r = min(recs, key=lambda r: r.result.median_ms)
+    return {"trace": r.trace, "ms": r.result.median_ms}
+
+
+def _ms_main(spec: str, trials: int, work_dir: str) -> int:
+    """MetaSchedule's own tuning of one task (a subprocess: its builder/runner pools stay out of this process)."""
+    from raydgp.space.metaschedule import host_target, make_target
+    from raydgp.space.workloads import make_task
+    from raydgp.tvm_loader import import_tvm, load_intrinsics
+
+    import_tvm()
+    load_intrinsics("llvm")
+    from tvm.s_tir import meta_schedule as ms
+
+    target = host_target("llvm", os.cpu_count())
+    task = make_task(spec, target)  # the weight (and bias) layout-free, as raydgp's own task
+    ms.tune_tir(task.mod, make_target(target), work_dir=work_dir, max_trials_global=trials,
+                num_trials_per_iter=min(64, trials))
+    return 0
+
+
+def render(args) -> None:
+    out = Path(args.out)
+    data = _load(out)
+    lines = [BEGIN, "", "## 6. Fast schedules (issue 10): whole models and single layers, measured by "
+             "`scripts/bench_fast.py`", ""]
+    if data["models"]:
+        lines += ["Whole models through `raydgp tune` (DGP, shipped history; batch 1, fp32, all cores). PyTorch eager, "
+                  "ONNX Runtime and untuned TVM are timed in the same run, after tuning, in fresh processes.", "",
+                  "| model | trials | mcpu | tuned ms | PyTorch ms | ONNX Runtime ms | untuned ms | tuned/PyTorch | "
+                  "tuned/ORT | layer-best sum ms | wall | verified |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for r in data["models"]:
+            t, pt, ort = r.get("tuned_ms"), r.get("pytorch_ms"), r.get("onnxruntime_ms")
+            ratio = lambda a, b: f"{a / b:.2f}x" if a and b else "-"  # noqa: E731
+            lines.append(f"| {r['model']} | {r['trials_total']}/{r['trials']} | {r['machine']['mcpu']} | {t} | {pt} | "
+                         f"{ort} | {r.get('untuned_ms')} | {ratio(t, pt)} | {ratio(t, ort)} | "
+                         f"{r.get('layer_best_sum_ms')} | {r['wall_s']:.0f} s | {r.get('verified')} |")
+        last = data["models"][-1]
+        lines += ["", f"Per layer, last run ({last['model']}, {last['trials']} trials, peak {last.get('peak_gflops')} "
+                  f"GFLOP/s sgemm on {last['machine']['cores']} cores):", "",
+                  "| layer | weight | trials | best ms | GFLOP/s | of peak |", "|---|---|---|---|---|---|"]
+        for l in last["layers"]:
+            pf = f"{100 * l['peak_fraction']:.0f}%" if l.get("peak_fraction") else "-"
+            g = f"{l['gflops']:.0f}" if l.get("gflops") else "-"
+            lines.append(f"| {l['name']} | {l['weight']} | {l['trials']} | {l['best_ms']} | {g} | {pf} |")
+    if data["layers"]:
+        lines += ["", "Single layers, equal trials, one after the other; both best schedules re-timed by raydgp's "
+                  "measurer (cold caches), interleaved, 5 rounds, medians:", "",
+                  "| workload | trials | mcpu | raydgp ms | raydgp wall | MetaSchedule ms | MetaSchedule wall | "
+                  "raydgp/MS |", "|---|---|---|---|---|---|---|---|"]
+        for r in data["layers"]:
+            a, b = r["raydgp"]["retimed_median_ms"], r["metaschedule"]["retimed_median_ms"]
+            lines.append(f"| `{r['workload']}` | {r['trials']} | {r['machine']['mcpu']} | "
+                         f"{a:.3f} | {r['raydgp']['wall_s']:.0f} s | " + (f"{b:.3f}" if b else "-") +
+                         f" | {r['metaschedule']['wall_s']:.0f} s | " + (f"{a / b:.2f}" if a and b else "-") + " |")
+    lines += ["", "Raw results: `bench/bench_fast.json`.", "", END]
+    bm = ROOT / "BENCHMARKS.md"
+    text = bm.read_text()
+    block = "\n".join(lines)
+    if BEGIN in text:
+        text = text[:text.index(BEGIN)] + block + text[text.index(END) + len(END):]
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
+    bm.write_text(text)
+    print(block)
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "_ms":
+        return _ms_main(argv[1], int(argv[2]), argv[3])
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    m = sub.add_parser("models")
+    m.add_argument("--model", default="resnet18")
+    m.add_argument("--trials", default="300", help="comma-separated budgets")
+    m.add_argument("--extra", default="", help="extra raydgp tune arguments")
+    m.add_argument("--out", default="bench")
+    l = sub.add_parser("layers")
+    l.add_argument("--workloads", default="conv2d:1,160,14,14,320,3,1,1", help="';'-separated specs")
+    l.add_argument("--trials", type=int, default=64)
+    l.add_argument("--out", default="bench")
+    r = sub.add_parser("render")
+    r.add_argument("--out", default="bench")
+    args = ap.parse_args(argv)
+    {"models": run_models, "layers": run_layers, "render": render}[args.cmd](args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
