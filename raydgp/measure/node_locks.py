@@ -85,3 +85,14 @@ def building(path: str | None, exclusive: bool = True) -> Iterator[None]:
         fcntl.flock(builds, fcntl.LOCK_UN)
         os.close(builds)
         os.close(gate)
+
+
+class NodeComputeGuard:
+    """A picklable ``guard()`` -> context manager for other heavy computation on the node (a searcher's model fits
+    and scoring): it takes the build lock, so it pauses while a kernel is timed and a timing waits for it."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def __call__(self):
+        return building(self.path)

@@ -67,7 +67,7 @@ def run_chunk(spec: ChunkSpec, history=None, callbacks=None) -> ChunkResult:
     from raydgp.raytune.trackers import tracker_callbacks
 
     searcher = make_searcher(spec.searcher, spec.space, spec.seed, history, pretrain_seed=spec.pretrain_seed,
-                             cache_dir=spec.cache_dir, points_to_evaluate=list(spec.seeds))
+                             cache_dir=spec.cache_dir, points_to_evaluate=list(spec.seeds), settings=spec.settings)
     for params, status, value in spec.prior:
         searcher.add_evaluated_record(params, status, value)
     res = tune_layer(spec.task, spec.space, searcher, trials=spec.trials, store=RecordStore(spec.store_path),

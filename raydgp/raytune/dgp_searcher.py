@@ -84,6 +84,9 @@ class DGPSearcher(JsonStateMixin, Searcher):
         history: stage-1 source data (:class:`raydgp.search.History`) for transfer, e.g. other layers' records.
         settings: :class:`raydgp.search.SearchSettings` (tuning-set size and mode, pool size, MAP prior strength).
         seed: seed of every random choice.
+        compute_guard: held around model fits and scoring (see :class:`raydgp.search.DGPSearch`); raydgp's own jobs
+            pass the node's :class:`~raydgp.measure.node_locks.NodeComputeGuard`, so the searcher never computes
+            while a kernel is timed on its node.
         cache_dir: where pre-trained weights are cached.
 
     Example:
@@ -102,7 +105,8 @@ class DGPSearcher(JsonStateMixin, Searcher):
 
     def __init__(self, space: SearchSpace | dict | None = None, metric: str | None = None, mode: str | None = None,
                  points_to_evaluate: Sequence[dict] | None = None, history: History | None = None,
-                 settings: SearchSettings | None = None, seed: int = 0, cache_dir: str | None = None):
+                 settings: SearchSettings | None = None, seed: int = 0, cache_dir: str | None = None,
+                 compute_guard=None):
         if mode is not None and mode not in ("min", "max"):
             raise SearchSpaceError(f"mode must be 'min' or 'max', got {mode!r}")
         super().__init__(metric=metric, mode=mode)
@@ -113,6 +117,7 @@ class DGPSearcher(JsonStateMixin, Searcher):
             self._settings = replace(settings, seed=seed)
         self._history = history
         self._cache_dir = cache_dir
+        self._compute_guard = compute_guard
         self._points = [dict(p) for p in (points_to_evaluate or [])]
         self._live: dict[str, Any] = {}
         self._core: DGPSearch | None = None
@@ -131,7 +136,7 @@ class DGPSearcher(JsonStateMixin, Searcher):
                                    "DesignSpace) or a Ray param-space dict")
         self._space = space
         self._core = DGPSearch(self._space, self._settings, history=self._history, cache_dir=self._cache_dir,
-                               maximize=(self._mode == "max"))
+                               maximize=(self._mode == "max"), compute_guard=self._compute_guard)
 
     def set_search_properties(self, metric: str | None, mode: str | None, config: dict, **spec) -> bool:
         if self._core is not None and config:

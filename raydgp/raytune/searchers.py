@@ -8,13 +8,13 @@ from raydgp.errors import ConfigError
 from raydgp.space.base import SearchSpace
 
 
-def _random(space, seed, history, pretrain_seed, cache_dir, points_to_evaluate):
+def _random(space, seed, history, pretrain_seed, cache_dir, points_to_evaluate, compute_guard):
     from raydgp.raytune.random_searcher import RandomSearcher
 
     return RandomSearcher(space, metric="latency_ms", mode="min", seed=seed, points_to_evaluate=points_to_evaluate)
 
 
-def _dgp(space, seed, history, pretrain_seed, cache_dir, points_to_evaluate):
+def _dgp(space, seed, history, pretrain_seed, cache_dir, points_to_evaluate, compute_guard):
     from raydgp.dgp.train import default_cache_dir
     from raydgp.raytune.dgp_searcher import DGPSearcher
     from raydgp.search import SearchSettings
@@ -22,16 +22,20 @@ def _dgp(space, seed, history, pretrain_seed, cache_dir, points_to_evaluate):
     return DGPSearcher(space, metric="latency_ms", mode="min", seed=seed, history=history,
                        points_to_evaluate=points_to_evaluate,
                        settings=SearchSettings(seed=seed, pretrain_seed=pretrain_seed, async_refit=True),
-                       cache_dir=cache_dir or str(default_cache_dir()))
+                       cache_dir=cache_dir or str(default_cache_dir()), compute_guard=compute_guard)
 
 
 SEARCHERS: dict[str, Callable] = {"dgp": _dgp, "random": _random}
 
 
 def make_searcher(name: str, space: SearchSpace, seed: int, history=None, pretrain_seed: int | None = None,
-                  cache_dir: str | None = None, points_to_evaluate: list | None = None):
+                  cache_dir: str | None = None, points_to_evaluate: list | None = None, settings=None):
     """A Ray Tune searcher over ``space``: ``dgp`` (:class:`~raydgp.raytune.dgp_searcher.DGPSearcher`) or ``random``
     (:class:`~raydgp.raytune.random_searcher.RandomSearcher`), metric ``latency_ms``, mode ``min``.
+
+    ``settings`` (the trials' :class:`~raydgp.measure.protocol.MeasureSettings`): on a CPU node with
+    ``pause_builds``, the searcher's model computation takes the node's build lock, so it never runs beside a timing
+    (the searcher runs on the driver's node, where the trials of raydgp's own jobs also run).
 
     Raises:
         ConfigError: an unknown name.
@@ -40,4 +44,9 @@ def make_searcher(name: str, space: SearchSpace, seed: int, history=None, pretra
         factory = SEARCHERS[name]
     except KeyError:
         raise ConfigError(f"unknown searcher {name!r}; choose one of {', '.join(SEARCHERS)}") from None
-    return factory(space, seed, history, pretrain_seed, cache_dir, points_to_evaluate)
+    guard = None
+    if settings is not None and settings.device == "cpu" and settings.pause_builds:
+        from raydgp.measure.node_locks import NodeComputeGuard
+
+        guard = NodeComputeGuard(settings.lock_path)
+    return factory(space, seed, history, pretrain_seed, cache_dir, points_to_evaluate, guard)

@@ -13,6 +13,7 @@ The space is any :class:`~raydgp.space.base.SearchSpace`; configurations are has
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import math
@@ -47,15 +48,19 @@ class DGPSearch:
         history: stage-1 source data (encoded with the same layout as ``space.encode_many``), or None.
         cache_dir: where pre-trained weights are cached (None: no cache).
         maximize: True if larger metric values are better (latency: False).
+        compute_guard: ``compute_guard()`` gives a context manager held around every model fit and every proposal's
+            scoring (None: none). On a tuning node, :class:`raydgp.measure.node_locks.NodeComputeGuard` makes them
+            wait while a kernel is timed, so the searcher never disturbs a timing.
     """
 
     def __init__(self, space: SearchSpace, settings: SearchSettings = SearchSettings(), history: History | None = None,
-                 cache_dir: str | None = None, maximize: bool = False):
+                 cache_dir: str | None = None, maximize: bool = False, compute_guard=None):
         self.space = space
         self.settings = settings
         self.history = history if history is not None and len(history) else None
         self.cache_dir = cache_dir
         self.maximize = maximize
+        self.compute_guard = compute_guard
         self.rng = np.random.default_rng(settings.seed)
         self.observed: dict[Hashable, tuple[str, float]] = {}  # config -> (status, metric)
         self.invalid: set[Hashable] = set()
@@ -156,7 +161,8 @@ class DGPSearch:
 
     def _refit_in_background(self, model, X, y, base) -> None:
         try:
-            new = self._refit(model, X, y, base)
+            with self._guard():
+                new = self._refit(model, X, y, base)
         except Exception as e:  # noqa: BLE001 - a failed refit keeps the previous model (counted and logged)
             self.stats["refit_failures"] += 1
             log.warning("background refit failed (%s: %s); proposing with the previous model", type(e).__name__, e)
@@ -210,11 +216,14 @@ class DGPSearch:
         """
         t0 = time.perf_counter()
         self._calls += 1
-        with torch_threads(self.settings.torch_threads):
+        with torch_threads(self.settings.torch_threads), self._guard():
             try:
                 return self._suggest(pending)
             finally:
                 self.timings["suggest"].append(time.perf_counter() - t0)
+
+    def _guard(self):
+        return self.compute_guard() if self.compute_guard is not None else contextlib.nullcontext()
 
     def _suggest(self, pending: Sequence[Hashable]) -> Hashable | None:
         exclude = self.seen | set(pending)
@@ -240,13 +249,20 @@ class DGPSearch:
         self._evolved: set = set()
         if s.evolve_generations > 0:
             pool, X, scores = self._evolve(pool, X, scores, exclude, bm, best_f, fail)
+        chosen = pool[int(torch.argmax(scores))]
         if pending:
-            top = torch.topk(scores, min(32, len(pool))).indices
             P = self._scaler_for().transform(self._encode(list(pending)))
-            q = q_log_ei_with_pending(bm, X[top], best_f, P, seed=s.seed + self._calls)
-            chosen = pool[int(top[int(torch.argmax(q))])]
-        else:
-            chosen = pool[int(torch.argmax(scores))]
+            # candidates that encode exactly like a pending point add nothing and make the joint covariance singular
+            far = torch.cdist(X, P).min(dim=1).values > 1e-6
+            scores_far = torch.where(far, scores, torch.full_like(scores, -math.inf))
+            top = torch.topk(scores_far, min(32, int(far.sum()))).indices if bool(far.any()) else None
+            if top is not None and len(top):
+                try:
+                    q = q_log_ei_with_pending(bm, X[top], best_f, P, seed=s.seed + self._calls)
+                    chosen = pool[int(top[int(torch.argmax(q))])]
+                except torch.linalg.LinAlgError:  # numerically singular joint posterior: the analytic ranking
+                    self.stats["joint_fallback"] = self.stats.get("joint_fallback", 0) + 1
+                    chosen = pool[int(top[0])]
         if chosen in self._evolved:
             self.stats["evolved"] += 1  # a model proposal that only the evolutionary search found
         return chosen
