@@ -13,6 +13,10 @@ from raydgp.errors import RayDGPError
 
 RESNET18_CONV = "conv2d:1,64,56,56,64,3,1,1"
 
+#: ``raydgp tune`` without --trials and --time-budget: a trial budget it rarely reaches and a time budget that keeps
+#: the whole command (set-up, tuning, build, verification, reference timings) to about 10 minutes on 2 cores.
+DEFAULT_TRIALS = 2000
+DEFAULT_TIME_BUDGET_S = 450.0
 
 def _layer_parser(sub) -> None:
     p = sub.add_parser("layer", help="tune one layer (a workload spec) through Ray Tune",
@@ -44,10 +48,12 @@ def _tune_parser(sub) -> None:
                    help="resnet18 | mobilenet_v1 | vgg16 | alexnet | tiny_cnn, a path to an .onnx file, or "
                         "package.module:factory (with --input-shape). Default resnet18")
     p.add_argument("--input-shape", default=None, help="e.g. 1,3,224,224 (PyTorch factories, dynamic ONNX inputs)")
-    p.add_argument("--trials", type=int, default=64,
-                   help="trials for the whole model (default 64: a few minutes here; 300+ for real use)")
+    p.add_argument("--trials", type=int, default=None,
+                   help=f"trials for the whole model (default: {DEFAULT_TRIALS}, within the default time budget)")
     p.add_argument("--time-budget", type=float, default=None,
-                   help="seconds; no new layer chunk starts after it (default: none)")
+                   help="seconds from the start; no new layer chunk starts after it (default: "
+                        f"{DEFAULT_TIME_BUDGET_S:.0f} s when --trials is not given either, so the whole command takes "
+                        "about 10 minutes on a 2-core machine; else none)")
     p.add_argument("--out", default="runs/model", help="output directory; re-running resumes from its records")
     p.add_argument("--searcher", default="dgp", choices=["dgp", "random"], help="default dgp")
     p.add_argument("--history", action="append", default=None,
@@ -98,9 +104,14 @@ def main(argv: list[str] | None = None) -> int:
             from raydgp.pipeline.settings import ModelRun
 
             threads = args.threads or os.cpu_count() or 1
+            trials, time_budget = args.trials, args.time_budget
+            if trials is None:
+                trials = DEFAULT_TRIALS
+                if time_budget is None:
+                    time_budget = DEFAULT_TIME_BUDGET_S
             run = ModelRun(
-                model=args.model, out=args.out, trials=args.trials, searcher=args.searcher,
-                time_budget_s=args.time_budget, seed=args.seed, target_kind=args.target,
+                model=args.model, out=args.out, trials=trials, searcher=args.searcher,
+                time_budget_s=time_budget, seed=args.seed, target_kind=args.target,
                 input_shape=parse_shape(args.input_shape), history=tuple(args.history or ()),
                 default_history=not args.no_default_history, cpus_per_trial=args.cpus_per_trial, threads=threads,
                 address=args.address, max_concurrent_layers=args.max_concurrent_layers,

@@ -192,6 +192,10 @@ class Record:
         return Record(workload, dict(target), config, result, trace, time.time(), host or socket.gethostname(), tag)
 
 
+#: The tag of the quiet re-timings taken after tuning (:mod:`raydgp.pipeline.retime`); the build prefers them.
+RETIME_TAG = "retime"
+
+
 def dumps_line(obj: Mapping) -> str:
     """One compact JSON line (no newline). NaN/inf are refused: records must stay standard JSON."""
     return json.dumps(obj, separators=(",", ":"), sort_keys=True, allow_nan=False)
@@ -377,14 +381,17 @@ class RecordStore:
                 raise RecordsCorruptError(str(self._workloads.path), lineno, f"missing field {e}") from None
         return out
 
-    def best(self, workload_key: str) -> Record | None:
-        """The fastest ``ok`` record of a workload, or None."""
+    def best(self, workload_key: str, prefer_tag: str | None = None) -> Record | None:
+        """The fastest ``ok`` record of a workload, or None; with ``prefer_tag``, the fastest among the records with
+        that tag where there are any (e.g. the quiet re-timings of :mod:`raydgp.pipeline.retime`)."""
         ok = [r for r in self.records() if r.workload.key == workload_key and r.result.ok]
+        if prefer_tag is not None and any(r.tag == prefer_tag for r in ok):
+            ok = [r for r in ok if r.tag == prefer_tag]
         return min(ok, key=lambda r: r.result.median_ms, default=None)
 
     def __len__(self) -> int:
         return len(self.records())
 
 
-__all__ = ["SCHEMA_VERSION", "STATUSES", "Workload", "Config", "MeasureResult", "Record", "RecordStore",
+__all__ = ["SCHEMA_VERSION", "STATUSES", "RETIME_TAG", "Workload", "Config", "MeasureResult", "Record", "RecordStore",
            "JsonLinesFile", "dumps_line"]

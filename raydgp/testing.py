@@ -18,7 +18,7 @@ from typing import Any, Callable
 from raydgp.measure.base import Measurer, Outcome
 from raydgp.measure.protocol import MeasureSettings, TaskPayload
 from raydgp.models.base import Deployment, LoadedModel, ModelLayer, Toolchain
-from raydgp.records import MeasureResult, RecordStore, Workload
+from raydgp.records import RETIME_TAG, MeasureResult, RecordStore, Workload
 from raydgp.space.design_space import DesignSpace, Knob, Sketch
 from raydgp.tvm_loader import import_tvm
 
@@ -110,7 +110,7 @@ class FakeToolchain(Toolchain):
                               verify_message="the tuned library did not run: killed by SIGSEGV (fake)")
         total = 0.0
         for l in model.layers:
-            best = store.best(l.key) if l.key in tuned_keys else None
+            best = store.best(l.key, prefer_tag=RETIME_TAG) if l.key in tuned_keys else None
             total += l.weight * (best.result.median_ms if best else fake_latency_ms(l.key, None))
         return Deployment(library=f"{out}/fake.so", verified=True, verify_message="ok",
                           end_to_end_latencies_ms=[total], max_abs_err=0.0,

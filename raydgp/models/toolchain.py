@@ -14,7 +14,7 @@ from raydgp.errors import RayDGPError
 from raydgp.measure.local import LocalMeasurer
 from raydgp.measure.protocol import MeasureSettings, TaskPayload
 from raydgp.models.base import Deployment, LoadedModel, ModelLayer, Toolchain
-from raydgp.records import RecordStore
+from raydgp.records import RETIME_TAG, RecordStore
 
 
 class TVMToolchain(Toolchain):
@@ -67,7 +67,7 @@ class TVMToolchain(Toolchain):
         dbdir = out / "ms_database"
         tmp_db = out / ".ms_database.tmp"
         shutil.rmtree(tmp_db, ignore_errors=True)
-        n_db = export_to_metaschedule(store, tmp_db, top_k=1, keys=tuned_keys)
+        n_db = export_to_metaschedule(store, tmp_db, top_k=1, keys=tuned_keys, prefer_tag=RETIME_TAG)
         _replace_dir(tmp_db, dbdir)  # a kill leaves either the old database or the new one, never half of one
         reference = m.reference(list(m.inputs.values()))
         t0 = time.monotonic()

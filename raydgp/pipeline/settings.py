@@ -46,6 +46,8 @@ class ModelRun:
         max_concurrent_layers: layer experiments at once (None: cluster CPUs / cpus_per_trial, or GPUs).
         measure: measurement settings (None: defaults on ``threads`` threads).
         chunk: trials per scheduler chunk; warmup: every layer's first chunk.
+        retime: after tuning, re-time each layer's best candidates (its own and its siblings') on the quiet node and
+            build from those timings (:mod:`raydgp.pipeline.retime`).
         storage: Ray Tune ``storage_path`` (None: ``out/ray``).
         trackers: ``mlflow``, ``wandb``, ``tensorboard`` logger callbacks in every layer experiment.
         compare_reference: also time the framework reference (PyTorch eager / ONNX Runtime).
@@ -71,6 +73,7 @@ class ModelRun:
     storage: str | None = None
     trackers: tuple[str, ...] = ()
     compare_reference: bool = True
+    retime: bool = True
 
     def __post_init__(self):
         if not self.model:

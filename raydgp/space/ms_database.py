@@ -21,9 +21,9 @@ from raydgp.tvm_loader import import_tvm
 
 
 def export_to_metaschedule(store: RecordStore, work_dir: str | os.PathLike, top_k: int = 8,
-                           keys: set | None = None) -> int:
+                           keys: set | None = None, prefer_tag: str | None = None) -> int:
     """Write the ``top_k`` fastest ``ok`` records of every workload (or of those in ``keys``) to a MetaSchedule
-    JSONDatabase.
+    JSONDatabase; with ``prefer_tag``, a workload that has records with that tag is exported from those only.
 
     Returns:
         The number of tuning records written.
@@ -41,6 +41,8 @@ def export_to_metaschedule(store: RecordStore, work_dir: str | os.PathLike, top_
             by_key[r.workload.key].append(r)
     n = 0
     for key, recs in by_key.items():
+        if prefer_tag is not None and any(r.tag == prefer_tag for r in recs):
+            recs = [r for r in recs if r.tag == prefer_tag]
         entry = entries.get(key)
         if entry is None:
             continue  # measured elsewhere without its module: nothing to attach the schedule to

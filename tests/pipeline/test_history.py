@@ -46,3 +46,27 @@ def test_history_paths_are_checked_before_any_work(tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(ConfigError):
         check_history_paths([tmp_path / "file"])
+
+
+def test_this_hardware_kind_fills_most_of_a_subsampled_history(tmp_path):
+    """With more history than stage 1 takes, records measured on this machine's kind of hardware come first (up to
+    3/4 of the sample); the others fill the rest."""
+    from raydgp.pipeline.history import load_history
+    from raydgp.records import MeasureResult, Record, RecordStore
+    from raydgp.space.design_space import DesignSpace
+    from raydgp.testing import fake_space
+
+    here = {"kind": "llvm", "mcpu": "rocketlake", "num-cores": 2}
+    other = {"kind": "llvm", "mcpu": "znver3", "num-cores": 2}
+    store = RecordStore(tmp_path / "s")
+    rng = np.random.default_rng(0)
+    for i, tgt in enumerate([here, other, other, other]):
+        sp = fake_space(f"w{i}", (64 * (i + 1), 56))
+        store.add_workload(sp.workload.key, "{}", sp.to_json())
+        store.append([Record.now(sp.workload, tgt, c, MeasureResult("ok", (1.0 + j,)))
+                      for j, c in enumerate(sp.sample_many(100, rng))])
+    target = DesignSpace(fake_space("target", (32, 56)).workload, dict(here), fake_space("target", (32, 56)).sketches)
+    h = load_history([tmp_path / "s"], target, max_points=80, seed=0)
+    assert len(h) == 80
+    mine = np.isclose(h.X[:, -2], 9.0)  # log2(512): measured with AVX-512
+    assert mine.sum() == 60

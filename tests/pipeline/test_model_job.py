@@ -33,7 +33,7 @@ def test_tiny_cnn_end_to_end_with_the_dgp_searcher(tmp_path):
     s = json.loads((out / "summary.json").read_text())
     assert SUMMARY_KEYS <= set(s) and s["searcher"] == "dgp" and s["verified"] is True
     assert all(LAYER_KEYS <= set(r) for r in s["layers"]) and len(s["layers"]) >= 5
-    assert s["trials_total"] == 14 == len(RecordStore(out / "records").records())
+    assert s["trials_total"] == 14 == sum(r.tag != "retime" for r in RecordStore(out / "records").records())
     assert s["end_to_end_ms"] < s["untuned_end_to_end_ms"], s
     assert s["max_abs_err"] is not None and s["pytorch_ms"] > 0
     assert (out / "tuning_curves.png").stat().st_size > 1000
@@ -48,7 +48,7 @@ def test_tiny_cnn_end_to_end_with_the_dgp_searcher(tmp_path):
         ref = module(torch.from_numpy(x)).numpy()
     _check_library_in_fresh_process(out / "tiny_cnn.so", x, ref)
     # the user store received this run's records, so the next model starts from them
-    assert len(RecordStore(tmp_path / "home" / "records").records()) == 14
+    assert sum(r.tag != "retime" for r in RecordStore(tmp_path / "home" / "records").records()) == 14
 
 
 @pytest.mark.slow
@@ -95,12 +95,12 @@ def test_resume_after_sigkill_loses_and_repeats_nothing(tmp_path):
     assert proc.poll() is None, "the run finished before it could be killed"
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    before = RecordStore(out / "records").records()
+    before = [r for r in RecordStore(out / "records").records() if r.tag != "retime"]
     assert 5 <= len(before) < 16
     p = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert p.returncode == 0, p.stderr[-3000:] + p.stdout[-3000:]
     assert "resuming:" in p.stderr
-    after = RecordStore(out / "records").records()
+    after = [r for r in RecordStore(out / "records").records() if r.tag != "retime"]  # re-timings re-measure
     ident = lambda r: (r.workload.key, r.config, r.time)  # noqa: E731
     assert {ident(r) for r in before} <= {ident(r) for r in after}  # nothing lost
     assert len(after) == 16 and json.loads((out / "summary.json").read_text())["trials_total"] == 16
