@@ -31,6 +31,13 @@ ROOT = Path(__file__).resolve().parent.parent
 BEGIN, END = "<!-- bench_fast:begin -->", "<!-- bench_fast:end -->"
 
 
+def commit() -> str:
+    p = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True,
+                           text=True).stdout.strip()
+    return p.stdout.strip() + (" (uncommitted changes)" if dirty else "")
+
+
 def machine() -> dict:
     from raydgp.measure.peak import cpu_name
 
@@ -61,10 +68,11 @@ def run_models(args) -> None:
     data = _load(out)
     mach = machine()
     for model in args.model.split(","):
-        for trials in [int(t) for t in str(args.trials).split(",")]:
+        for trials in str(args.trials).split(","):
             run = out / f"{model}-{trials}-{time.strftime('%H%M%S')}"
             env = dict(os.environ, RAYDGP_HOME=str(out / "home"))
-            cmd = [sys.executable, "-m", "raydgp", "tune", "--model", model, "--trials", str(trials), "--out", str(run),
+            budget = [] if trials == "default" else ["--trials", trials]  # "default": the CLI's own defaults
+            cmd = [sys.executable, "-m", "raydgp", "tune", "--model", model, *budget, "--out", str(run),
                    *args.extra.split()]
             t0 = time.monotonic()
             p = subprocess.run(cmd, cwd=ROOT, env=env, text=True, capture_output=True)
@@ -76,12 +84,14 @@ def run_models(args) -> None:
             est = sum(l["weight"] * l["best_ms"] for l in layers if l["best_ms"] and l.get("schedule") == "tuned") + \
                 sum(l["weight"] * (l["untuned_ms"] or 0) for l in layers if l.get("schedule") != "tuned")
             row = {"model": model, "trials": trials, "command": " ".join(cmd[1:]), "exit": p.returncode,
+                   "commit": commit(),
                    "wall_s": round(wall, 1), "machine": mach, "date": time.strftime("%Y-%m-%d %H:%M"),
                    "tuned_ms": summ.get("end_to_end_ms"), "verified": summ.get("verified"),
                    "pytorch_ms": summ.get("pytorch_ms"), "onnxruntime_ms": summ.get("onnxruntime_ms"),
                    "untuned_ms": summ.get("untuned_end_to_end_ms"), "max_abs_err": summ.get("max_abs_err"),
                    "trials_total": summ.get("trials_total"), "tuning_wall_s": summ.get("tuning_wall_s"),
-                   "peak_gflops": summ.get("peak_gflops"), "layer_best_sum_ms": round(est, 4),
+                   "peak_gflops": summ.get("peak_gflops"),
+                   "layer_best_sum_ms": summ.get("layer_best_sum_ms") or round(est, 4),
                    "sibling_groups": summ.get("sibling_groups"), "proposals": summ.get("proposals"), "layers": layers}
             data["models"].append(row)
             _save(out, data)
@@ -147,6 +157,7 @@ def run_layers(args) -> None:
         a, b = _time_both(spec, best, msdir) if best and q.returncode == 0 else ([], [])
         med = lambda v: statistics.median([x for x in v if x]) if any(v) else None  # noqa: E731
         row = {"workload": spec, "trials": args.trials, "machine": mach, "date": time.strftime("%Y-%m-%d %H:%M"),
+               "commit": commit(),
                "raydgp": {"best_ms_during_search": summ.get("best_ms"), "wall_s": round(ours_wall, 1),
                           "retimed_ms": a, "retimed_median_ms": med(a), "exit": p.returncode},
                "metaschedule": {"wall_s": round(ms_wall, 1), "retimed_ms": b, "retimed_median_ms": med(b),
@@ -157,13 +168,17 @@ def run_layers(args) -> None:
 
 
 def _best_record(store_dir: Path) -> dict | None:
+    """The fastest configuration of a layer run, as its MetaSchedule trace (rebuilt from the stored space)."""
     from raydgp.records import RecordStore
+    from raydgp.space.design_space import DesignSpace
 
-    recs = [r for r in RecordStore(store_dir).records() if r.result.ok and r.trace is not None]
+    store = RecordStore(store_dir)
+    recs = [r for r in store.records() if r.result.ok and r.config.sketch >= 0]
     if not recs:
         return None
     r = min(recs, key=lambda r: r.result.median_ms)
-    return {"trace": r.trace, "ms": r.result.median_ms}
+    space = DesignSpace.from_json(store.workload_entries()[r.workload.key]["space"])
+    return {"trace": space.trace_json(r.config), "ms": r.result.median_ms}
 
 
 def _ms_main(spec: str, trials: int, work_dir: str) -> int:
@@ -191,14 +206,16 @@ def render(args) -> None:
     if data["models"]:
         lines += ["Whole models through `raydgp tune` (DGP, shipped history; batch 1, fp32, all cores). PyTorch eager, "
                   "ONNX Runtime and untuned TVM are timed in the same run, after tuning, in fresh processes.", "",
-                  "| model | trials | mcpu | tuned ms | PyTorch ms | ONNX Runtime ms | untuned ms | tuned/PyTorch | "
-                  "tuned/ORT | layer-best sum ms | wall | verified |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "| model | trials (done/asked) | mcpu | tuned ms | PyTorch ms | ONNX Runtime ms | untuned ms | "
+                  "tuned/PyTorch | tuned/ORT | layer-best sum ms | wall (all in) | verified | commit |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in data["models"]:
             t, pt, ort = r.get("tuned_ms"), r.get("pytorch_ms"), r.get("onnxruntime_ms")
             ratio = lambda a, b: f"{a / b:.2f}x" if a and b else "-"  # noqa: E731
             lines.append(f"| {r['model']} | {r['trials_total']}/{r['trials']} | {r['machine']['mcpu']} | {t} | {pt} | "
                          f"{ort} | {r.get('untuned_ms')} | {ratio(t, pt)} | {ratio(t, ort)} | "
-                         f"{r.get('layer_best_sum_ms')} | {r['wall_s']:.0f} s | {r.get('verified')} |")
+                         f"{r.get('layer_best_sum_ms')} | {r['wall_s']:.0f} s | {r.get('verified')} | "
+                         f"{r.get('commit', '?')} |")
         last = data["models"][-1]
         lines += ["", f"Per layer, last run ({last['model']}, {last['trials']} trials, peak {last.get('peak_gflops')} "
                   f"GFLOP/s sgemm on {last['machine']['cores']} cores):", "",
@@ -237,7 +254,7 @@ def main(argv=None) -> int:
     sub = ap.add_subparsers(dest="cmd", required=True)
     m = sub.add_parser("models")
     m.add_argument("--model", default="resnet18")
-    m.add_argument("--trials", default="300", help="comma-separated budgets")
+    m.add_argument("--trials", default="300", help="comma-separated budgets; 'default': the CLI's defaults")
     m.add_argument("--extra", default="", help="extra raydgp tune arguments")
     m.add_argument("--out", default="bench")
     l = sub.add_parser("layers")

@@ -152,3 +152,20 @@ def test_progress_layers_done_never_goes_backwards():
         p.show(10, done, 1.0, [], final=True)
         seen.append(p.layers_done)
     assert seen == sorted(seen) == [0, 2, 2, 3, 3, 5]
+
+
+def test_the_default_tune_budget_is_a_time_budget(monkeypatch, tmp_path):
+    """No --trials and no --time-budget: the default time budget (the README's main job, about 10 minutes all in);
+    --trials alone: no time limit; both: both."""
+    import raydgp.pipeline.model_job as job
+    from raydgp import cli as cli_mod
+
+    got = []
+    monkeypatch.setattr(job, "run_model", lambda run: got.append(run) or {"verified": True})
+    assert cli_mod.main(["tune", "--model", "tiny_cnn", "--out", str(tmp_path)]) == 0
+    assert got[-1].time_budget_s == cli_mod.DEFAULT_TIME_BUDGET_S and got[-1].trials == cli_mod.DEFAULT_TRIALS
+    assert cli_mod.main(["tune", "--model", "tiny_cnn", "--trials", "40", "--out", str(tmp_path)]) == 0
+    assert got[-1].trials == 40 and got[-1].time_budget_s is None
+    assert cli_mod.main(["tune", "--model", "tiny_cnn", "--trials", "40", "--time-budget", "60", "--out",
+                         str(tmp_path)]) == 0
+    assert got[-1].trials == 40 and got[-1].time_budget_s == 60
