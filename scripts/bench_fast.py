@@ -3,6 +3,7 @@
 against MetaSchedule's ``tune_tir`` at equal trials; every figure measured in this run, on this machine.
 
     python scripts/bench_fast.py models --model resnet18 --trials 300 --out runs/bench_fast
+    python scripts/bench_fast.py models --model depthwise_small --trials 120 --out runs/bench_fast   # ONNX vs ORT
     python scripts/bench_fast.py layers --workloads conv2d:1,160,14,14,320,3,1,1 --trials 64 --out runs/bench_fast
     python scripts/bench_fast.py render --out runs/bench_fast     # (re)writes the BENCHMARKS.md section
 
@@ -62,14 +63,20 @@ def _save(out: Path, data: dict) -> None:
     write_json_atomic(out / "bench_fast.json", data, indent=2)
 
 
-def run_models(args) -> None:
+def _begin(args) -> tuple[Path, dict, dict]:
+    """The output folder (created), the results so far and this machine."""
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    data = _load(out)
-    mach = machine()
-    for model in args.model.split(","):
+    return out, _load(out), machine()
+
+
+def run_models(args) -> None:
+    out, data, mach = _begin(args)
+    models = [str(make_depthwise_onnx(out / "depthwise_small.onnx")) if m == "depthwise_small" else m
+              for m in args.model.split(",")]
+    for model in models:
         for trials in str(args.trials).split(","):
-            run = out / f"{model}-{trials}-{time.strftime('%H%M%S')}"
+            run = out / f"{Path(model).stem}-{trials}-{time.strftime('%H%M%S')}"
             env = dict(os.environ, RAYDGP_HOME=str(out / "home"))
             budget = [] if trials == "default" else ["--trials", trials]  # "default": the CLI's own defaults
             cmd = [sys.executable, "-m", "raydgp", "tune", "--model", model, *budget, "--out", str(run),
@@ -83,8 +90,10 @@ def run_models(args) -> None:
                                               "peak_fraction", "group", "schedule")} for l in summ.get("layers", [])]
             est = sum(l["weight"] * l["best_ms"] for l in layers if l["best_ms"] and l.get("schedule") == "tuned") + \
                 sum(l["weight"] * (l["untuned_ms"] or 0) for l in layers if l.get("schedule") != "tuned")
+            hist = next((ln.split("history:", 1)[1].strip() for ln in p.stderr.splitlines() if "history:" in ln),
+                        "none")
             row = {"model": model, "trials": trials, "command": " ".join(cmd[1:]), "exit": p.returncode,
-                   "commit": commit(),
+                   "commit": commit(), "history": hist,
                    "wall_s": round(wall, 1), "machine": mach, "date": time.strftime("%Y-%m-%d %H:%M"),
                    "tuned_ms": summ.get("end_to_end_ms"), "verified": summ.get("verified"),
                    "pytorch_ms": summ.get("pytorch_ms"), "onnxruntime_ms": summ.get("onnxruntime_ms"),
@@ -130,10 +139,7 @@ def _time_both(spec: str, ours: dict, theirs_db: Path, rounds: int = 5) -> tuple
 def run_layers(args) -> None:
     import statistics
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    data = _load(out)
-    mach = machine()
+    out, data, mach = _begin(args)
     for spec in args.workloads.split(";"):
         tag = spec.replace(":", "_").replace(",", "_")
         # raydgp layer: DGP with the shipped history (the layer itself is never in it)
@@ -198,6 +204,48 @@ def _ms_main(spec: str, trials: int, work_dir: str) -> int:
     return 0
 
 
+def make_depthwise_onnx(path: Path) -> Path:
+    """A small MobileNet-like ONNX model (seeded weights, 1x3x112x112): a stride-2 3x3 conv, then three depthwise 3x3
+    + pointwise 1x1 blocks (each conv + bias + ReLU), global average pool and a 10-way linear layer."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    inits, nodes = [], []
+
+    def conv(x, cin, cout, k, stride, groups, name):
+        w = (rng.standard_normal((cout, cin // groups, k, k)) * (2.0 / (cin // groups * k * k)) ** 0.5)
+        inits.append(numpy_helper.from_array(w.astype(np.float32), f"{name}_w"))
+        inits.append(numpy_helper.from_array((rng.standard_normal(cout) * 0.1).astype(np.float32), f"{name}_b"))
+        nodes.append(helper.make_node("Conv", [x, f"{name}_w", f"{name}_b"], [f"{name}_c"], pads=[k // 2] * 4,
+                                      strides=[stride, stride], group=groups))
+        nodes.append(helper.make_node("Relu", [f"{name}_c"], [f"{name}_r"]))
+        return f"{name}_r"
+
+    x = conv("x", 3, 32, 3, 2, 1, "stem")
+    c = 32
+    for i, (cout, stride) in enumerate([(64, 1), (128, 2), (128, 1)]):
+        x = conv(x, c, c, 3, stride, c, f"dw{i}")
+        x = conv(x, c, cout, 1, 1, 1, f"pw{i}")
+        c = cout
+    nodes.append(helper.make_node("GlobalAveragePool", [x], ["gap"]))
+    nodes.append(helper.make_node("Flatten", ["gap"], ["flat"]))
+    inits.append(numpy_helper.from_array((rng.standard_normal((10, c)) * 0.1).astype(np.float32), "fc_w"))
+    inits.append(numpy_helper.from_array(np.zeros(10, np.float32), "fc_b"))
+    nodes.append(helper.make_node("Gemm", ["flat", "fc_w", "fc_b"], ["y"], transB=1))
+    g = helper.make_graph(nodes, "depthwise_small", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
+                                                                                   [1, 3, 112, 112])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 10])], inits)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+def _r(v, nd: int):
+    return "-" if v is None else (f"{v:.{nd}f}")
+
+
 def render(args) -> None:
     out = Path(args.out)
     data = _load(out)
@@ -207,23 +255,26 @@ def render(args) -> None:
         lines += ["Whole models through `raydgp tune` (DGP, shipped history; batch 1, fp32, all cores). PyTorch eager, "
                   "ONNX Runtime and untuned TVM are timed in the same run, after tuning, in fresh processes.", "",
                   "| model | trials (done/asked) | mcpu | tuned ms | PyTorch ms | ONNX Runtime ms | untuned ms | "
-                  "tuned/PyTorch | tuned/ORT | layer-best sum ms | wall (all in) | verified | commit |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "tuned/PyTorch | tuned/ORT | layer-best sum ms | wall (all in) | verified | history | commit |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in data["models"]:
-            t, pt, ort = r.get("tuned_ms"), r.get("pytorch_ms"), r.get("onnxruntime_ms")
+            t, pt, ort = (round(v, 2) if v else v for v in (r.get("tuned_ms"), r.get("pytorch_ms"),
+                                                               r.get("onnxruntime_ms")))
             ratio = lambda a, b: f"{a / b:.2f}x" if a and b else "-"  # noqa: E731
-            lines.append(f"| {r['model']} | {r['trials_total']}/{r['trials']} | {r['machine']['mcpu']} | {t} | {pt} | "
-                         f"{ort} | {r.get('untuned_ms')} | {ratio(t, pt)} | {ratio(t, ort)} | "
-                         f"{r.get('layer_best_sum_ms')} | {r['wall_s']:.0f} s | {r.get('verified')} | "
-                         f"{r.get('commit', '?')} |")
+            lines.append(f"| {Path(r['model']).name} | {r['trials_total']}/{r['trials']} | {r['machine']['mcpu']} | {t} | {pt} | "
+                         f"{ort} | {_r(r.get('untuned_ms'), 0)} | {ratio(t, pt)} | {ratio(t, ort)} | "
+                         f"{_r(r.get('layer_best_sum_ms'), 2)} | {r['wall_s']:.0f} s | {r.get('verified')} | "
+                         f"{r.get('history', '?')} | {r.get('commit', '?')} |")
         last = data["models"][-1]
-        lines += ["", f"Per layer, last run ({last['model']}, {last['trials']} trials, peak {last.get('peak_gflops')} "
-                  f"GFLOP/s sgemm on {last['machine']['cores']} cores):", "",
+        pk = f"{last['peak_gflops']:.0f}" if last.get("peak_gflops") else "?"
+        lines += ["", f"Per layer, last run ({last['model']}, {last['trials']} trials, peak {pk} GFLOP/s sgemm on "
+                  f"{last['machine']['cores']} cores; best = the quiet re-timing where there is one):", "",
                   "| layer | weight | trials | best ms | GFLOP/s | of peak |", "|---|---|---|---|---|---|"]
         for l in last["layers"]:
             pf = f"{100 * l['peak_fraction']:.0f}%" if l.get("peak_fraction") else "-"
             g = f"{l['gflops']:.0f}" if l.get("gflops") else "-"
-            lines.append(f"| {l['name']} | {l['weight']} | {l['trials']} | {l['best_ms']} | {g} | {pf} |")
+            b = f"{l['best_ms']:.3f}" if l.get("best_ms") else "-"
+            lines.append(f"| {l['name']} | {l['weight']} | {l['trials']} | {b} | {g} | {pf} |")
     if data["layers"]:
         lines += ["", "Single layers, equal trials, one after the other; both best schedules re-timed by raydgp's "
                   "measurer (cold caches), interleaved, 5 rounds, medians:", "",
@@ -253,7 +304,9 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
     m = sub.add_parser("models")
-    m.add_argument("--model", default="resnet18")
+    m.add_argument("--model", default="resnet18",
+                   help="comma-separated; built-ins, .onnx paths, or depthwise_small (a small depthwise ONNX net "
+                        "built by this script, compared with ONNX Runtime)")
     m.add_argument("--trials", default="300", help="comma-separated budgets; 'default': the CLI's defaults")
     m.add_argument("--extra", default="", help="extra raydgp tune arguments")
     m.add_argument("--out", default="bench")
