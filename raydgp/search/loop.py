@@ -21,6 +21,7 @@ import threading
 import time
 from typing import Hashable, Sequence
 
+import gpytorch
 import numpy as np
 import torch
 
@@ -218,7 +219,15 @@ class DGPSearch:
         self._calls += 1
         with torch_threads(self.settings.torch_threads), self._guard():
             try:
-                return self._suggest(pending)
+                try:
+                    return self._suggest(pending)
+                except torch.linalg.LinAlgError:
+                    # A covariance that float32 Cholesky cannot factor (near-duplicate inputs): once more with 100x
+                    # GPyTorch's jitter and more tries before the caller's random fallback; counted.
+                    self.stats["jitter_retries"] = self.stats.get("jitter_retries", 0) + 1
+                    with gpytorch.settings.cholesky_jitter(float_value=1e-4, double_value=1e-6), \
+                            gpytorch.settings.cholesky_max_tries(6):
+                        return self._suggest(pending)
             finally:
                 self.timings["suggest"].append(time.perf_counter() - t0)
 
