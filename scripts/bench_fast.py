@@ -34,8 +34,8 @@ BEGIN, END = "<!-- bench_fast:begin -->", "<!-- bench_fast:end -->"
 
 def commit() -> str:
     p = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True,
-                           text=True).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!bench"], cwd=ROOT,
+                           capture_output=True, text=True).stdout.strip()  # results written by this script do not count
     return p.stdout.strip() + (" (uncommitted changes)" if dirty else "")
 
 
