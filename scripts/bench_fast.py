@@ -246,6 +246,55 @@ def _r(v, nd: int):
     return "-" if v is None else (f"{v:.{nd}f}")
 
 
+def run_ms_model(args) -> None:
+    """MetaSchedule's own ``tune_relax`` on the same prepared, fused, layout-free module raydgp tunes, built by the same
+    pipeline (weights packed at build), verified and timed like raydgp's library, PyTorch / ORT in the same run."""
+    out, data, mach = _begin(args)
+    work = out / f"ms-{args.model}-{args.trials}-{time.strftime('%H%M%S')}"
+    t0 = time.monotonic()
+    p = subprocess.run([sys.executable, str(Path(__file__).resolve()), "_ms_model", args.model, str(args.trials),
+                        str(work)], cwd=ROOT, text=True, capture_output=True)
+    (out / f"{work.name}.log").write_text(p.stdout + "\n--- stderr ---\n" + p.stderr)
+    res = json.loads(p.stdout.strip().splitlines()[-1]) if p.returncode == 0 else {}
+    row = {"model": f"{args.model} (MetaSchedule tune_relax)", "trials": args.trials, "trials_total": args.trials,
+           "command": f"bench_fast.py ms-model --model {args.model} --trials {args.trials}", "exit": p.returncode,
+           "commit": commit(), "history": "none (MetaSchedule)", "wall_s": round(time.monotonic() - t0, 1),
+           "machine": mach, "date": time.strftime("%Y-%m-%d %H:%M"), "layers": [], **res}
+    data["models"].append(row)
+    _save(out, data)
+    print(json.dumps({k: v for k, v in row.items() if k != "layers"}), flush=True)
+
+
+def _ms_model_main(model: str, trials: int, work_dir: str) -> int:
+    from raydgp.models.build import compare, compile_tuned, export, run_library
+    from raydgp.models.importer import load_model
+    from raydgp.models.run_reference import time_reference
+    from raydgp.models.tasks import fuse, prepare
+    from raydgp.space.metaschedule import host_target, make_target
+    from raydgp.tvm_loader import import_tvm, load_intrinsics
+
+    import_tvm()
+    load_intrinsics("llvm")
+    from tvm.s_tir import meta_schedule as ms
+
+    threads = os.cpu_count() or 1
+    target = host_target("llvm", threads)
+    m = load_model(model, None, seed=0)
+    prepared = prepare(m.mod, target)
+    t0 = time.monotonic()
+    ms.relax_integration.tune_relax(fuse(prepared, target), {}, make_target(target), work_dir=work_dir,
+                                    max_trials_global=trials, num_trials_per_iter=8)
+    tune_s = time.monotonic() - t0
+    lib = export(compile_tuned(prepared, target, work_dir), Path(work_dir) / f"{m.name}.so")
+    run = run_library(lib, m.inputs, threads=threads)
+    ok, err, msg = compare(run.outputs, m.reference(list(m.inputs.values())))
+    refs = time_reference(model, None, 0, threads) or {}
+    print(json.dumps({"tuned_ms": run.median_ms if ok else None, "verified": ok, "max_abs_err": err,
+                      "verify_message": msg, "tuning_wall_s": round(tune_s, 1), "pytorch_ms": refs.get("pytorch"),
+                      "onnxruntime_ms": refs.get("onnxruntime")}))
+    return 0
+
+
 def render(args) -> None:
     out = Path(args.out)
     data = _load(out)
@@ -301,6 +350,8 @@ def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "_ms":
         return _ms_main(argv[1], int(argv[2]), argv[3])
+    if argv and argv[0] == "_ms_model":
+        return _ms_model_main(argv[1], int(argv[2]), argv[3])
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
     m = sub.add_parser("models")
@@ -314,10 +365,14 @@ def main(argv=None) -> int:
     l.add_argument("--workloads", default="conv2d:1,160,14,14,320,3,1,1", help="';'-separated specs")
     l.add_argument("--trials", type=int, default=64)
     l.add_argument("--out", default="bench")
+    mm = sub.add_parser("ms-model")
+    mm.add_argument("--model", default="resnet18")
+    mm.add_argument("--trials", type=int, default=300)
+    mm.add_argument("--out", default="bench")
     r = sub.add_parser("render")
     r.add_argument("--out", default="bench")
     args = ap.parse_args(argv)
-    {"models": run_models, "layers": run_layers, "render": render}[args.cmd](args)
+    {"models": run_models, "layers": run_layers, "ms-model": run_ms_model, "render": render}[args.cmd](args)
     return 0
 
 
