@@ -27,8 +27,10 @@ def _layer_parser(sub) -> None:
                         f"(default: the ResNet-18 3x3 conv {RESNET18_CONV})")
     p.add_argument("--trials", type=int, default=32, help="configurations to measure (default 32)")
     p.add_argument("--out", default="runs/layer", help="output directory (records, MetaSchedule database, summary)")
-    p.add_argument("--searcher", default="random", choices=["dgp", "random"],
-                   help="dgp: deep-GP Bayesian optimisation with transfer from --history; random (default)")
+    p.add_argument("--searcher", default="random", choices=["dgp", "random", "tpe", "hebo"],
+                   help="dgp: deep-GP Bayesian optimisation with transfer from --history; random (default); tpe / "
+                        "hebo: Ray Tune's OptunaSearch / HEBOSearch over the knobs (for comparisons; need optuna / "
+                        "HEBO)")
     p.add_argument("--history", action="append", default=None,
                    help="record store (directory) of earlier tuning to transfer from; repeatable")
     p.add_argument("--seed", type=int, default=0)

@@ -8,7 +8,10 @@ default: every task in turn is the target), or only ResNet-18's layers with Mobi
 * ``cold``: DGP Bayesian optimisation without history (cold start);
 * ``dgp``: DGP transfer (pre-trained on the history, MAP fine-tuned), tuning set chosen by the pre-trained DGP;
 * ``dgp_rand``: the same with a random tuning set (issue 3 (b), (c));
-* ``dgp_zs``: the pre-trained DGP used zero-shot throughout (no fine-tuning): what stage 2 adds in search;
+* ``dgp_zs``: the pre-trained DGP used zero-shot throughout (no fine-tuning, no cold member): what stage 2 adds;
+* ``dgp_notrust``: ``dgp`` without the trust in history (no cold member beside the transferred model);
+* ``sgp``: ``dgp`` with no hidden layer (``hidden_dims=()``: a one-layer sparse variational GP, the same
+  pre-training, transfer, trust and search): what depth buys;
 * ``exact_gp``: the simple transfer baseline: BoTorch ``SingleTaskGP`` on a history subsample (600) + the target's
   measurements, with the workload features; hyper-parameters refitted (L-BFGS, at most 100 iterations) every 16
   results and conditioned on the new data in between;
@@ -33,7 +36,7 @@ import time
 
 import numpy as np
 
-METHODS = ("random", "cold", "dgp", "dgp_rand", "dgp_zs", "exact_gp")
+METHODS = ("random", "cold", "dgp", "dgp_rand", "dgp_zs", "exact_gp", "dgp_notrust", "sgp")
 
 
 def main(argv=None) -> int:
@@ -132,7 +135,11 @@ def _run(method, sp, lat, hist, seed, budget, cache) -> list:
         return _exact_gp_search(sp, hist, lat, seed, budget)
     kw = {}
     if method == "dgp_zs":
-        kw = {"refit_steps": 0, "dgp": DGPSettings(finetune_steps=0)}
+        kw = {"refit_steps": 0, "dgp": DGPSettings(finetune_steps=0), "trust": False}
+    elif method == "dgp_notrust":
+        kw = {"trust": False}
+    elif method == "sgp":
+        kw = {"dgp": DGPSettings(hidden_dims=())}
     st = SearchSettings(seed=seed, init="random" if method == "dgp_rand" else "dgp", pool_size=len(lat),
                         pool_refresh=1.0, pretrain_seed=0, **kw)
     s = DGPSearch(_Replay(sp, lat), st, history=None if method == "cold" else hist, cache_dir=cache)

@@ -107,6 +107,8 @@ def initialise_from_exact_gp(model: DeepGPSurrogate, X: torch.Tensor, y: torch.T
         Zh = Z[0] @ W.to(Z)  # the output layer's inducing points: the projected inducing inputs
         H = H @ W
     out = model.output
+    if not len(model.hidden):  # a single-layer sparse GP: the output layer sits on the inputs themselves
+        Zh = out.variational_strategy.inducing_points.detach().clone()
     if model.skip or Zh is None:
         return
     with torch.enable_grad():

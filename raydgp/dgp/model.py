@@ -40,7 +40,8 @@ class DGPSettings:
     """Shape and training settings of the deep GP.
 
     Attributes:
-        hidden_dims: widths of the hidden GP layers (one entry per hidden layer; at least one).
+        hidden_dims: widths of the hidden GP layers (one entry per hidden layer); ``()`` is no hidden layer: a
+            single-layer sparse variational GP on the inputs, trained and used the same way (the depth ablation).
         num_inducing: inducing points per layer, initialised from the training inputs.
         num_samples: likelihood samples propagated through the layers (training and prediction).
         pretrain_steps: Adam steps of stage-1 pre-training.
@@ -62,8 +63,8 @@ class DGPSettings:
     hidden_noise: float = 0.01
 
     def __post_init__(self):
-        if not self.hidden_dims or any(h < 1 for h in self.hidden_dims):
-            raise ConfigError(f"DGPSettings.hidden_dims must list at least one positive width, got {self.hidden_dims}")
+        if any(h < 1 for h in self.hidden_dims):
+            raise ConfigError(f"DGPSettings.hidden_dims must list positive widths, got {self.hidden_dims}")
         if self.num_inducing < 2 or self.num_samples < 1:
             raise ConfigError("DGPSettings.num_inducing must be >= 2 and num_samples >= 1")
 
@@ -257,7 +258,7 @@ class DeepGPSurrogate(DeepGP):
             ``(mean, var)`` of the output GP, each ``num_samples x n`` (no observation noise).
         """
         self.eval()
-        h = x
+        h = x.expand(num_samples, *x.shape) if not len(self.hidden) else x
         for i, layer in enumerate(self.hidden):
             mu, var = _layer_moments(layer, h)  # (S x) b x n
             if i == 0:
@@ -288,3 +289,33 @@ class DeepGPSurrogate(DeepGP):
         if observation_noise:
             var = var + self.likelihood.noise
         return mean, var.clamp_min(1e-9)
+
+
+@torch.no_grad()
+def depth_diagnostics(model: DeepGPSurrogate, x: torch.Tensor, num_samples: int = 8, seed: int = 0) -> dict:
+    """How much the hidden layer(s) do at ``x``: is the model deep in practice, or a GP on a fixed linear projection?
+
+    Args:
+        model: a trained DGP.
+        x: ``n x d`` inputs (e.g. the training inputs).
+
+    Returns:
+        ``hidden_outputscale`` (per hidden layer: min / median / max over its GPs), ``warp`` (per hidden layer: RMS of
+        the hidden GPs' mean minus their linear mean, over the RMS spread of the linear mean: 0 = a linear projection),
+        ``mixture_between_within`` (variance over the mixture components of the output mean, over the mean
+        within-component variance: 0 = the mixture is one Gaussian). Empty lists without hidden layers.
+    """
+    out = {"hidden_outputscale": [], "warp": [], "mixture_between_within": 0.0}
+    h = x
+    for layer in model.hidden:
+        s = layer.covar_module.outputscale.reshape(-1)
+        out["hidden_outputscale"].append([float(s.min()), float(s.median()), float(s.max())])
+        mu, _ = _layer_moments(layer, h)  # b x n
+        lin = layer.mean_module(h.unsqueeze(-3) if h.dim() == 2 else h)  # b x n
+        spread = (lin - lin.mean(-1, keepdim=True)).pow(2).mean().sqrt().clamp_min(1e-12)
+        out["warp"].append(float((mu - lin).pow(2).mean().sqrt() / spread))
+        h = mu.mT
+    if len(model.hidden):
+        mean, var = model.predict(x, seed=seed, num_samples=num_samples)
+        out["mixture_between_within"] = float(mean.var(0).mean() / var.mean().clamp_min(1e-12))
+    return out

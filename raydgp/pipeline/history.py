@@ -82,6 +82,18 @@ def load_history(paths, target_space, exclude_target: bool = True, max_points: i
         return None
     from raydgp.space.hardware import HARDWARE_FEATURES, hardware_features, hardware_tag
 
+    # A CPU history says nothing about GPU schedules (other sketches, thread bindings) and vice versa; inside one kind
+    # the hardware features tell the machines apart. (Mixed in, the kind's features would be constant in the history
+    # and dropped by the input scaling, so the model could not even tell.)
+    kind = str(target_space.target.get("kind", "llvm"))
+    other_kind = [r for r in records if str((r.target or {}).get("kind", "llvm")) != kind]
+    if other_kind:
+        records = [r for r in records if str((r.target or {}).get("kind", "llvm")) == kind]
+        log.info("history: %d records measured on other target kinds than %s left out", len(other_kind), kind)
+        if not records:
+            log.info("history: none measured on %s: the search starts without history (cold)", kind)
+            return None
+
     exclude = target_space.workload.key if exclude_target else None
     here = hardware_tag(target_space.target)
     hist = history_from_records(records, spaces, exclude_workload=exclude, exclude_hardware=here)

@@ -243,8 +243,8 @@ def _tune_layers(run: ModelRun, m: LoadedModel, store: RecordStore, budget: Budg
                         if r.workload.key == by_name[name].key][len(budget.layers[name].curve):]
             budget.finish(name, lats, n)
             agg = proposals.setdefault(name, {})
-            for k, v in res.proposals.items():
-                agg[k] = agg.get(k, 0) + int(v)
+            for k, v in res.proposals.items():  # counts add up over chunks; a float (a weight) is the latest
+                agg[k] = v if isinstance(v, float) else agg.get(k, 0) + int(v)
             estimate.append((budget.finished, budget.model_estimate_ms()))
         progress.show(budget.used, budget.layers_done(), budget.model_estimate_ms(), [r[0] for r in runner.running])
     progress.show(budget.used, len(m.layers), budget.model_estimate_ms(), [], final=True)
@@ -276,7 +276,8 @@ def _deploy_and_report(run: ModelRun, m: LoadedModel, toolchain: Toolchain, stor
         s = states[l.name]
         p = proposals.get(l.name, {})
         for k, v in p.items():
-            totals[k] = totals.get(k, 0) + v
+            if not isinstance(v, float):
+                totals[k] = totals.get(k, 0) + v
         rows.append({"name": l.name, "workload_key": l.key, "op": l.op, "weight": l.weight, "flops": finite(l.flops),
                      "trials": s.trials, "best_ms": finite(best_of(l.name)), "untuned_ms": finite(untuned[l.name]),
                      "best_ms_during_tuning": finite(s.best_ms), "retimed": l.name in retimed,

@@ -25,13 +25,28 @@ def _dgp(space, seed, history, pretrain_seed, cache_dir, points_to_evaluate, com
                        cache_dir=cache_dir or str(default_cache_dir()), compute_guard=compute_guard)
 
 
-SEARCHERS: dict[str, Callable] = {"dgp": _dgp, "random": _random}
+def _tpe(space, seed, history, pretrain_seed, cache_dir, points_to_evaluate, compute_guard):
+    from raydgp.raytune.flat_searcher import tpe
+
+    return tpe(space, seed, points_to_evaluate=points_to_evaluate)
+
+
+def _hebo(space, seed, history, pretrain_seed, cache_dir, points_to_evaluate, compute_guard):
+    from raydgp.raytune.flat_searcher import hebo
+
+    return hebo(space, seed, points_to_evaluate=points_to_evaluate)
+
+
+#: ``tpe`` and ``hebo`` are the peers a Ray user would reach for (Ray Tune's OptunaSearch / HEBOSearch over the flat
+#: view of the design space, :mod:`raydgp.raytune.flat_searcher`); they ignore the history.
+SEARCHERS: dict[str, Callable] = {"dgp": _dgp, "random": _random, "tpe": _tpe, "hebo": _hebo}
 
 
 def make_searcher(name: str, space: SearchSpace, seed: int, history=None, pretrain_seed: int | None = None,
                   cache_dir: str | None = None, points_to_evaluate: list | None = None, settings=None):
-    """A Ray Tune searcher over ``space``: ``dgp`` (:class:`~raydgp.raytune.dgp_searcher.DGPSearcher`) or ``random``
-    (:class:`~raydgp.raytune.random_searcher.RandomSearcher`), metric ``latency_ms``, mode ``min``.
+    """A Ray Tune searcher over ``space``: ``dgp`` (:class:`~raydgp.raytune.dgp_searcher.DGPSearcher`), ``random``
+    (:class:`~raydgp.raytune.random_searcher.RandomSearcher`), ``tpe`` or ``hebo`` (flat view, for comparisons),
+    metric ``latency_ms``, mode ``min``.
 
     ``settings`` (the trials' :class:`~raydgp.measure.protocol.MeasureSettings`): on a CPU node with
     ``pause_builds``, the searcher's model computation takes the node's build lock, so it never runs beside a timing

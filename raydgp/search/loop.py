@@ -34,10 +34,14 @@ from raydgp.search.evolution import FailureModel, evolve
 from raydgp.search.history import History
 from raydgp.search.settings import SearchSettings
 from raydgp.search.threads import torch_threads
+from raydgp.search.trust import TrustTracker
 from raydgp.search.tuning_set import pick_tuning_point
 from raydgp.space.base import SearchSpace
 
 log = logging.getLogger("raydgp.search")
+
+#: Target points before a cold member is fitted beside the transferred model.
+TRUST_MIN_POINTS = 4
 
 
 class DGPSearch:
@@ -67,6 +71,10 @@ class DGPSearch:
         self.invalid: set[Hashable] = set()
         self._pretrained: DeepGPSurrogate | None = None
         self._model: DeepGPSurrogate | None = None
+        self._cold: DeepGPSurrogate | None = None  # the cold member beside a transferred model (settings.trust)
+        self._trained: set = set()  # the configurations the current models were fitted on
+        self.trust = TrustTracker(("transfer", "cold"))
+        self._lead = "transfer"
         self._fitted_on = -1
         self._scaler: InputScaler | None = None
         self._calls = 0
@@ -140,41 +148,94 @@ class DGPSearch:
         with torch_threads(self.settings.torch_threads):
             return self._fit()
 
+    @property
+    def trusting(self) -> bool:
+        """Whether a cold member is kept beside the transferred model (history and ``settings.trust``)."""
+        return self.history is not None and self.settings.trust
+
     def _fit(self) -> DeepGPSurrogate | None:
-        X, y, _ = self._target_xy()
+        X, y, configs = self._target_xy()
         if len(y) == 0:
             return self.pretrained()
         if self._model is not None and self._fitted_on == len(y):
             return self._model
         base = self.pretrained()  # stage 1 always in the caller's thread
-        if self._model is not None and self.settings.async_refit:
-            # Refit a copy in the background; score with the current model (a result or two behind) meanwhile.
+        if self.trusting:
+            self._update_trust(X, y, configs)
+        s = self.settings
+        if self._model is not None and s.async_refit:
+            # Refit copies in the background and score with the current models meanwhile, but never from a model
+            # more than ``max_staleness`` results behind: then wait for the running refit (and refit again if needed).
+            t = self._refit_thread
+            if t is not None and t.is_alive() and len(y) - self._fitted_on > s.max_staleness:
+                t.join()
+                self.stats["refit_waits"] = self.stats.get("refit_waits", 0) + 1
+            if self._fitted_on == len(y):
+                return self._model
             if self._refit_thread is None or not self._refit_thread.is_alive():
-                torch.set_num_threads(self.settings.torch_threads)  # the worker thread shares the process setting
-                work = copy.deepcopy(self._model)
-                self._refit_thread = threading.Thread(target=self._refit_in_background, args=(work, X, y, base),
-                                                      daemon=True, name="raydgp-refit")
+                torch.set_num_threads(s.torch_threads)  # the worker thread shares the process setting
+                work = (copy.deepcopy(self._model), copy.deepcopy(self._cold))
+                self._refit_thread = threading.Thread(target=self._refit_in_background,
+                                                      args=(work, X, y, configs, base), daemon=True,
+                                                      name="raydgp-refit")
                 self._refit_thread.start()
+                if len(y) - self._fitted_on > s.max_staleness:
+                    self._refit_thread.join()
+                    self.stats["refit_waits"] = self.stats.get("refit_waits", 0) + 1
             return self._model
-        self._model = self._refit(self._model, X, y, base)
-        self._fitted_on = len(y)
+        self._model, self._cold = self._refit_members((self._model, self._cold), X, y, base)
+        self._fitted_on, self._trained = len(y), set(configs)
         return self._model
 
-    def _refit_in_background(self, model, X, y, base) -> None:
+    def _refit_in_background(self, models, X, y, configs, base) -> None:
         try:
             with self._guard():
-                new = self._refit(model, X, y, base)
+                new = self._refit_members(models, X, y, base)
         except Exception as e:  # noqa: BLE001 - a failed refit keeps the previous model (counted and logged)
             self.stats["refit_failures"] += 1
             log.warning("background refit failed (%s: %s); proposing with the previous model", type(e).__name__, e)
             return
-        self._model, self._fitted_on = new, len(y)
+        (self._model, self._cold), self._fitted_on, self._trained = new, len(y), set(configs)
 
     def wait_for_refit(self, timeout: float | None = None) -> None:
         """Block until a background refit (``async_refit``) has finished."""
         t = self._refit_thread
         if t is not None:
             t.join(timeout)
+
+    def _refit_members(self, models, X, y, base):
+        """Refit the transferred (or, without history, cold) model and, when trusting, the cold member."""
+        model, cold = models
+        model = self._refit(model, X, y, base)
+        if self.trusting and len(y) >= TRUST_MIN_POINTS:
+            cold = self._refit(cold, X, y, None)
+        return model, cold
+
+    def _update_trust(self, X: np.ndarray, y: np.ndarray, configs: list) -> None:
+        """Test the current members on the measured points they were not trained on (:mod:`raydgp.search.trust`)."""
+        ok = [i for i, c in enumerate(configs) if self.observed[c][0] == "ok"]
+        if len(ok) < 2:
+            return
+        cfg = [configs[i] for i in ok]
+        yo = y[ok]
+        Xt = None
+        members = {"transfer": self._model if self._model is not None else self.pretrained(), "cold": self._cold}
+        for name, model in members.items():
+            if model is None:
+                continue
+            test = [i for i in self.trust.untested(name, cfg) if cfg[i] not in self._trained]
+            if not test:
+                continue
+            if Xt is None:
+                Xt = self._scaler_for().transform(X[ok])
+            mean, _ = model.predict(Xt, seed=self.settings.seed, num_samples=4)
+            self.trust.record(name, cfg, test, mean.mean(0).numpy(), yo)
+
+    def trust_weights(self) -> dict[str, float]:
+        """The members' current weights (``{"transfer": 1.0}`` until a cold member exists)."""
+        if not self.trusting or self._cold is None:
+            return {"transfer": 1.0} if self.history is not None else {"cold": 1.0}
+        return self.trust.weights(seed=self.settings.seed + len(self.observed))
 
     def _refit(self, model: DeepGPSurrogate | None, X: np.ndarray, y: np.ndarray,
                base: DeepGPSurrogate | None) -> DeepGPSurrogate:
@@ -252,13 +313,24 @@ class DGPSearch:
         self.stats["model"] += 1
         _, y, _ = self._target_xy()
         best_f = float(y.max()) if len(y) else 0.0
-        bm = DGPModel(model, seed=s.seed + self._calls)
+        members = self._scoring_members(model)
         fail = self._failure_model()
-        scores = log_ei_pool(bm, X, best_f) + fail.log_ok(X)
+
+        def acquisition(Xc: torch.Tensor) -> torch.Tensor:
+            # EI under the mixture of the members' posteriors: log sum_m w_m EI_m, plus log P(not failing).
+            parts = [math.log(w) + log_ei_pool(m, Xc, best_f) for m, w in members]
+            ei = parts[0] if len(parts) == 1 else torch.logsumexp(torch.stack(parts), dim=0)
+            return ei + fail.log_ok(Xc)
+
+        scores = acquisition(X)
         self._evolved: set = set()
         if s.evolve_generations > 0:
-            pool, X, scores = self._evolve(pool, X, scores, exclude, bm, best_f, fail)
-        chosen = pool[int(torch.argmax(scores))]
+            pool, X, scores = self._evolve(pool, X, scores, exclude, acquisition)
+        best = int(torch.argmax(scores))
+        chosen = pool[best]
+        bm = max(members, key=lambda t: t[1])[0]  # joint rescoring with pending points: the leading member
+        if self._lead == "cold":
+            self.stats["cold_led"] = self.stats.get("cold_led", 0) + 1  # proposals led by the cold member
         if pending:
             P = self._scaler_for().transform(self._encode(list(pending)))
             # candidates that encode exactly like a pending point add nothing and make the joint covariance singular
@@ -276,6 +348,20 @@ class DGPSearch:
             self.stats["evolved"] += 1  # a model proposal that only the evolutionary search found
         return chosen
 
+    def _scoring_members(self, model: DeepGPSurrogate) -> list[tuple[DGPModel, float]]:
+        """``(BoTorch model, weight)`` of each member that scores candidates (weights under 1% are dropped)."""
+        seed = self.settings.seed + self._calls
+        self._lead = "transfer" if self.history is not None else "cold"
+        if not self.trusting or self._cold is None:
+            return [(DGPModel(model, seed=seed), 1.0)]
+        w = self.trust_weights()
+        self._lead = "cold" if w["cold"] > w["transfer"] else "transfer"
+        self.stats["transfer_weight"] = round(w["transfer"], 4)
+        members = [(DGPModel(model, seed=seed), w["transfer"]), (DGPModel(self._cold, seed=seed), w["cold"])]
+        members = [(m, wt) for m, wt in members if wt >= 0.01]
+        total = sum(wt for _, wt in members)
+        return [(m, wt / total) for m, wt in members]
+
     def _failure_model(self) -> FailureModel:
         """The failure model on every measured configuration of the target (invalid ones included)."""
         fm = FailureModel()
@@ -288,25 +374,24 @@ class DGPSearch:
             return fm
         return fm.fit(self._scaler_for().transform(self._encode(configs)), failed)
 
-    def _evolve(self, pool: list, X: torch.Tensor, scores: torch.Tensor, exclude: set, bm, best_f: float,
-                fail: FailureModel):
+    def _evolve(self, pool: list, X: torch.Tensor, scores: torch.Tensor, exclude: set, acquisition):
         """Add evolved candidates (:func:`~raydgp.search.evolution.evolve`) bred from the best measured and the best
-        scored configurations to the pool; returns the grown ``(pool, X, scores)``."""
+        scored configurations to the pool, scored by ``acquisition`` (normalised inputs -> scores); returns the grown
+        ``(pool, X, scores)``."""
         s = self.settings
         top = torch.topk(scores, min(16, len(pool))).indices.tolist()
         parents = self._best_configs() + [pool[i] for i in top]
         have = set(pool)
 
         def score(configs):
-            Xc = self._scaler_for().transform(self._encode(configs))
-            return (log_ei_pool(bm, Xc, best_f) + fail.log_ok(Xc)).detach().numpy()
+            return acquisition(self._scaler_for().transform(self._encode(configs))).detach().numpy()
 
         kids, _ = evolve(self.space, score, parents, exclude | have, self.rng, generations=s.evolve_generations,
                          population=s.evolve_population, keep=s.evolve_population)
         if not kids:
             return pool, X, scores
         Xk = self._scaler_for().transform(self._encode(kids))
-        sk = log_ei_pool(bm, Xk, best_f) + fail.log_ok(Xk)
+        sk = acquisition(Xk)
         self._evolved = set(kids)
         return pool + kids, torch.cat([X, Xk]), torch.cat([scores, sk])
 

@@ -45,6 +45,12 @@ class SearchSettings:
         evolve_population: children bred per generation (and the most kept).
         failure_model: penalise candidates near the target's failed configurations (invalid, build/run errors,
             timeouts, wrong results) with ``log(1 - P(fail))`` on the acquisition.
+        max_staleness: with ``async_refit``, the most results a proposing model may be behind: a ``suggest()`` that
+            finds the model further behind waits for the running refit (and, if still behind, refits at once). 0 is
+            a synchronous refit on every result; trials slower than a refit never wait.
+        trust: with history, also keep a cold model (the target's data only) and score candidates under the mixture
+            of the two, weighted by how well each has ranked the target's results it had not seen
+            (:mod:`raydgp.search.trust`), so a misleading history costs a few trials, not the search.
     """
 
     n_init: int = 8
@@ -64,6 +70,8 @@ class SearchSettings:
     evolve_generations: int = 3
     evolve_population: int = 64
     failure_model: bool = True
+    max_staleness: int = 1
+    trust: bool = True
 
     def __post_init__(self):
         if self.init not in INIT_MODES:
@@ -74,3 +82,5 @@ class SearchSettings:
             raise ConfigError(f"pool_refresh={self.pool_refresh}: must be in (0, 1]")
         if self.prior_strength < 0:
             raise ConfigError("prior_strength must be >= 0")
+        if self.max_staleness < 0:
+            raise ConfigError(f"max_staleness={self.max_staleness}: must be >= 0 (0: refit on every result)")

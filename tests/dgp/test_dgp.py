@@ -194,3 +194,20 @@ def test_inducing_points_move_onto_the_target_without_changing_the_function():
     after = m.predict(Xq, seed=1)[0].mean(0)
     assert (after - before).abs().median() < 0.01 and (after - before).abs().max() < 0.1  # range of f: ~3
     assert place_inducing_on_target(m, Xt, max_fraction=0.25) == 0  # the budget is spent: refits do not churn
+
+
+def test_no_hidden_layer_is_a_one_layer_sparse_gp_used_the_same_way():
+    """``hidden_dims=()`` (the depth ablation): the same fit, prediction and BoTorch posterior, on the inputs."""
+    from raydgp.dgp.train import fit_dgp
+
+    X, y = toy(120)
+    settings = DGPSettings(hidden_dims=(), num_inducing=24, num_samples=4)
+    m = fit_dgp(X, y, settings, steps=60, seed=0)
+    assert len(m.hidden) == 0
+    Xt, yt = toy(80, seed=1)
+    mean, var = m.predict(Xt, seed=0)
+    assert mean.shape == var.shape == (4, 80)
+    assert torch.allclose(mean[0], mean[1])  # nothing stochastic without a hidden layer
+    assert ((mean.mean(0) - yt) ** 2).mean() < 0.3 * ((y.mean() - yt) ** 2).mean()
+    p = DGPModel(m, seed=0).posterior(Xt[:6].reshape(2, 3, 3))
+    assert p.covariance_matrix.shape == (2, 4, 3, 3)

@@ -70,3 +70,23 @@ def test_this_hardware_kind_fills_most_of_a_subsampled_history(tmp_path):
     assert len(h) == 80
     mine = np.isclose(h.X[:, -2], 9.0)  # log2(512): measured with AVX-512
     assert mine.sum() == 60
+
+
+def test_a_cpu_history_is_not_used_for_a_gpu_target(tmp_path):
+    """Records measured on another target kind (CPU records for a cuda target) are left out; none left: cold start."""
+    from raydgp.pipeline.history import load_history
+    from raydgp.records import MeasureResult, Record, RecordStore
+    from raydgp.space.design_space import DesignSpace
+    from raydgp.testing import fake_space
+
+    cpu = {"kind": "llvm", "mcpu": "znver3", "num-cores": 2}
+    store = RecordStore(tmp_path / "s")
+    sp = fake_space("w0", (64, 56))
+    store.add_workload(sp.workload.key, "{}", sp.to_json())
+    store.append([Record.now(sp.workload, cpu, c, MeasureResult("ok", (1.0 + j,)))
+                  for j, c in enumerate(sp.sample_many(50, np.random.default_rng(0)))])
+    gpu = DesignSpace(fake_space("t", (32, 56)).workload, {"kind": "cuda", "arch": "sm_90"},
+                      fake_space("t", (32, 56)).sketches)
+    assert load_history([tmp_path / "s"], gpu) is None
+    cpu_target = DesignSpace(fake_space("t", (32, 56)).workload, dict(cpu), fake_space("t", (32, 56)).sketches)
+    assert len(load_history([tmp_path / "s"], cpu_target)) == 50

@@ -1,0 +1,120 @@
+"""How far to trust the history: a prequential ranking test of the transferred model against the cold one.
+
+Transfer is a bet that the history resembles the target. When it does not (other hardware, unlike shapes), a model
+pre-trained on it ranks the target's configurations worse than a model that has seen only the target, and a search that
+follows it does worse than having no history at all. :class:`TrustTracker` keeps score from the target's own results:
+every measured configuration is, once, a test point for each member model that has not been trained on it yet, and
+the member scores the fraction of pairs (test point, any other measured point) it orders correctly. Each test point
+counts as one Beta-Bernoulli observation of that fraction (pairs of one point are not independent, so they are not
+counted one by one), and a member's weight is the posterior probability that it is the better ranker
+(``P(acc_m = max)``, by seeded Monte Carlo draws, as RGPE's bootstrap of ranking losses does for its weights).
+
+The search then scores candidates under the mixture of the members' posteriors: ``EI = sum_m w_m EI_m``. With a
+history that ranks the target well, the transferred model keeps nearly all the weight; with one that misleads, the
+weight moves to the cold model within a few results, and the search becomes the search without history.
+
+Pure numpy: no torch, Ray or TVM here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Hashable, Sequence
+
+import numpy as np
+
+
+def pair_accuracy(pred_test: float, pred_other: np.ndarray, y_test: float, y_other: np.ndarray) -> float | None:
+    """Fraction of pairs ``(test, other_j)`` whose order the predictions get right (ties in ``y`` skipped).
+
+    Args:
+        pred_test: the model's prediction at the test point; pred_other: ``k`` predictions at the other points.
+        y_test: the observed value at the test point; y_other: ``k`` observed values (larger is better).
+
+    Returns:
+        The fraction in [0, 1] (a tied prediction counts half), or None when no pair has distinct values.
+    """
+    dy = np.sign(y_test - np.asarray(y_other, dtype=float))
+    use = dy != 0
+    if not use.any():
+        return None
+    dp = np.sign(pred_test - np.asarray(pred_other, dtype=float))[use]
+    agree = (dp == dy[use]).astype(float) + 0.5 * (dp == 0)
+    return float(agree.mean())
+
+
+@dataclass
+class TrustTracker:
+    """Prequential ranking accuracy of the member models, and the weights that follow from it.
+
+    Attributes:
+        members: member names, e.g. ``("transfer", "cold")``.
+        prior: Beta pseudo-counts ``(correct, wrong)`` each member starts with.
+        draws: Monte Carlo draws per weight computation.
+        scores: per member, the accuracy of each point it was tested on (in order).
+    """
+
+    members: tuple[str, ...]
+    prior: tuple[float, float] = (1.0, 1.0)
+    draws: int = 4096
+    scores: dict[str, list[float]] = field(default_factory=dict)
+    tested: dict[str, set] = field(default_factory=dict)
+
+    def __post_init__(self):
+        for m in self.members:
+            self.scores.setdefault(m, [])
+            self.tested.setdefault(m, set())
+
+    def untested(self, member: str, configs: Sequence[Hashable]) -> list[int]:
+        """Indices of ``configs`` that ``member`` has not been tested on yet."""
+        done = self.tested[member]
+        return [i for i, c in enumerate(configs) if c not in done]
+
+    def record(self, member: str, configs: Sequence[Hashable], test: Sequence[int], pred: np.ndarray,
+               y: np.ndarray) -> int:
+        """Score ``member`` on the points ``test`` (indices into ``configs``), which it was not trained on.
+
+        Args:
+            configs: every measured configuration that is compared (``n``).
+            test: the indices the member has not seen in training.
+            pred: ``n`` member predictions (larger is better), y: ``n`` observed values (larger is better).
+
+        Returns:
+            How many points were scored.
+        """
+        pred, y = np.asarray(pred, dtype=float), np.asarray(y, dtype=float)
+        k = 0
+        for i in test:
+            c = configs[i]
+            if c in self.tested[member]:
+                continue
+            others = np.arange(len(y)) != i
+            acc = pair_accuracy(pred[i], pred[others], y[i], y[others])
+            if acc is None:
+                continue
+            self.tested[member].add(c)
+            self.scores[member].append(acc)
+            k += 1
+        return k
+
+    def posterior(self, member: str) -> tuple[float, float]:
+        """The Beta posterior ``(a, b)`` of ``member``'s ranking accuracy."""
+        s = np.asarray(self.scores[member], dtype=float)
+        return self.prior[0] + float(s.sum()), self.prior[1] + float((1.0 - s).sum())
+
+    def weights(self, seed: int = 0) -> dict[str, float]:
+        """``P(member is the best ranker)`` for every member (seeded; sums to 1)."""
+        rng = np.random.default_rng(seed)
+        draws = np.stack([rng.beta(*self.posterior(m), size=self.draws) for m in self.members])
+        best = np.argmax(draws, axis=0)
+        return {m: float(np.mean(best == i)) for i, m in enumerate(self.members)}
+
+    def summary(self, seed: int = 0) -> dict:
+        """Weights, mean accuracies and test counts, for logs and stats (JSON-ready)."""
+        w = self.weights(seed)
+        out = {}
+        for m in self.members:
+            s = self.scores[m]
+            out[m] = {"weight": round(w[m], 4), "accuracy": round(float(np.mean(s)), 4) if s else None,
+                      "tested": len(s)}
+        return out

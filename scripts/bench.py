@@ -1,0 +1,642 @@
+#!/usr/bin/env python
+"""The evidence benchmark (issue 12): raydgp against the tuners a user would otherwise pick, every figure measured in
+this run, on this machine; raw results in JSON, tables and plots (PNG) in a ``BENCHMARKS.md`` section.
+
+    python scripts/bench.py --quick                 # CI-sized: every part at toy size (a few minutes)
+    python scripts/bench.py                         # the full run (about an hour on a 2-core machine)
+    python scripts/bench.py --parts searchers       # one part (searchers, replay, layers), merged into the results
+    python scripts/bench.py render                  # (re)write the BENCHMARKS.md section from the JSON
+
+Parts:
+
+* ``searchers``: DGPSearcher as a plain Ray Tune searcher (no history) against Ray's random search, Optuna TPE and
+  HEBO (where installed; if not, the JSON says why), on mixed spaces with known optima
+  (:mod:`raydgp.raytune.synthetic`), several seeds, best regret after 20/40/80 trials, with fast trials and with trials
+  slower than a refit. The methods run one after another within each seed (interleaved), 2 trials at a time.
+  ``dgp_sync`` is the same searcher refitting synchronously on every result (``async_refit=False``): the background
+  refit must not cost quality.
+* ``replay``: the recorded dataset as a lookup table (``scripts/bench_search_replay.py``: no measurement noise, many
+  seeds): DGP transfer with and without the trust in history (:mod:`raydgp.search.trust`), the cold DGP, zero-shot,
+  a random tuning set, the one-layer sparse GP (``hidden_dims=()``: what depth buys) and an exact GP; leave-one-task-out
+  and leave-one-model-out.
+* ``layers`` (full mode only): real TVM builds and timings per layer through ``raydgp layer`` (DGP with transfer from
+  the shipped history, which holds none of these shapes; the cold DGP; random search) and MetaSchedule's own
+  ``tune_tir`` at the same trial count; every method's best schedule re-timed by one measurer, interleaved.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
+PARTS = ("depth", "searchers", "replay", "layers")
+
+#: What each mode runs. Full: about an hour on 2 cores (layers about 25 min, replay about 20, searchers about 15).
+MODES = {
+    "quick": {
+        "searchers": {"problems": ["mixed6"], "speeds": {"fast": 0.0}, "seeds": 2, "trials": 12,
+                      "methods": ["dgp", "random", "tpe"], "budgets": [6, 12]},
+        "depth": {"targets": ["conv2d:1,64,56,56,64,3,1,1"], "max_history": 600, "steps": 60,
+                  "variants": {"dgp": {}}},
+        "replay": {"runs": [{"name": "loto", "targets": ["conv2d:1,64,56,56,64,3,1,1", "dense:1,512,1000"],
+                             "seeds": 1, "budget": 12, "random_seeds": 5, "max_history": 600,
+                             "methods": "cold,dgp,sgp"}]},
+        "layers": None,
+    },
+    "full": {
+        "depth": {"targets": ["conv2d:1,64,56,56,64,3,1,1", "depthwise:1,256,28,28,3,1,1", "dense:1,512,1000"],
+                  "max_history": 4000, "steps": None, "variants": {"dgp": {}, "sgp": {"hidden_dims": []}}},
+        "searchers": {"problems": ["mixed6", "branin_mixed", "hartmann6"], "speeds": {"fast": 0.0}, "seeds": 5,
+                      "trials": 80, "methods": ["dgp", "dgp_sync", "random", "tpe", "hebo"],
+                      "budgets": [20, 40, 80],
+                      "slow": {"problems": ["mixed6"], "sleep_s": 1.0, "trials": 40, "budgets": [20, 40]}},
+        "replay": {"runs": [
+            {"name": "loto", "targets": None, "every": 4, "seeds": 3, "budget": 40, "random_seeds": 50,
+             "max_history": 4000, "methods": "cold,dgp,dgp_notrust,sgp,exact_gp"},
+            {"name": "lomo", "lomo": True, "targets": None, "every": 2, "seeds": 3, "budget": 40, "random_seeds": 50,
+             "max_history": 4000, "methods": "cold,dgp,dgp_notrust,dgp_zs,sgp"}]},
+        "layers": {"workloads": ["conv2d:1,160,14,14,320,3,1,1", "conv2d:1,96,28,28,192,5,1,2"], "trials": 64,
+                   "methods": ["dgp", "cold", "random", "metaschedule"]},
+    },
+}
+
+
+# -- bookkeeping ---------------------------------------------------------------------------------------------------------
+def commit() -> str:
+    p = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!bench"], cwd=ROOT,
+                           capture_output=True, text=True).stdout.strip()
+    return p.stdout.strip() + (" (uncommitted changes)" if dirty else "")
+
+
+def machine() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    from raydgp.measure.peak import cpu_name
+
+    try:
+        from raydgp.space.metaschedule import host_target
+
+        mcpu = host_target("llvm", os.cpu_count())["mcpu"]
+    except Exception:  # noqa: BLE001 - a machine without a working TVM still reports the rest
+        mcpu = "?"
+    vers = {}
+    for pkg in ("apache-tvm", "torch", "ray", "botorch", "gpytorch", "optuna", "hebo", "numpy"):
+        try:
+            vers[pkg] = version(pkg)
+        except PackageNotFoundError:
+            vers[pkg] = None
+    return {"cpu": cpu_name(), "mcpu": mcpu, "cores": os.cpu_count(), "platform": platform.platform(),
+            "python": platform.python_version(), "versions": vers}
+
+
+def _load(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _save(path: Path, data: dict) -> None:
+    from raydgp.atomic import write_json_atomic
+
+    write_json_atomic(path, data, indent=1)
+
+
+def _median(v):
+    v = [x for x in v if x is not None]
+    return statistics.median(v) if v else None
+
+
+# -- part 0: what the depth does -----------------------------------------------------------------------------------------
+def run_depth(cfg: dict, out: Path, results: dict) -> None:
+    """Stage 1 on the shipped history minus one target (as ``raydgp tune`` subsamples it), per model variant: the
+    hidden layer's scales and warping, the mixture's spread, and the zero-shot ranking of the target's records."""
+    import numpy as np
+    import torch
+    from scipy.stats import spearmanr
+
+    from raydgp.dgp.data import InputScaler
+    from raydgp.dgp.model import DGPSettings, depth_diagnostics
+    from raydgp.dgp.train import pretrain
+    from raydgp.records import RecordStore
+    from raydgp.search import History, history_from_records
+    from raydgp.space.design_space import DesignSpace
+
+    store = RecordStore(ROOT / "raydgp" / "datasets" / "shipped")
+    recs = [r for r in store.records() if r.config.sketch >= 0]
+    spaces = {k: DesignSpace.from_json(e["space"]) for k, e in store.workload_entries().items() if e.get("space")}
+    key_of = {r.tag.split("dataset:", 1)[-1]: r.workload.key for r in recs}
+    rows = []
+    for spec in cfg["targets"]:
+        tkey = key_of[spec]
+        hist = history_from_records(recs, spaces, exclude_workload=tkey)
+        if len(hist) > cfg["max_history"]:
+            idx = np.sort(np.random.default_rng(0).choice(len(hist), cfg["max_history"], replace=False))
+            hist = History(hist.X[idx], hist.y[idx])
+        sc = InputScaler.fit(hist.X)
+        X, y = sc.transform(hist.X), torch.as_tensor(hist.y, dtype=torch.float32)
+        tgt = [r for r in recs if r.workload.key == tkey and r.result.ok]
+        Xt = sc.transform(np.stack([spaces[tkey].encode(r.config) for r in tgt]))
+        yt = -np.log([r.result.median_ms for r in tgt])
+        for name, kw in cfg["variants"].items():
+            kw = dict(kw)
+            if "hidden_dims" in kw:
+                kw["hidden_dims"] = tuple(kw["hidden_dims"])
+            if cfg.get("steps"):
+                kw["pretrain_steps"] = cfg["steps"]
+            t0 = time.monotonic()
+            model = pretrain(X, y, DGPSettings(**kw), seed=0).model
+            fit_s = time.monotonic() - t0
+            diag = depth_diagnostics(model, X[:1000])
+            rho = float(spearmanr(model.predict(Xt, seed=0)[0].mean(0).numpy(), yt)[0])
+            rows.append({"target": spec, "variant": name, "settings": kw, "history_points": len(hist),
+                         "pretrain_s": round(fit_s, 1), "zero_shot_spearman": round(rho, 4)} | diag)
+            print(f"depth {spec} {name}: {json.dumps(rows[-1])}", flush=True)
+    results["depth"] = {"config": cfg, "rows": rows}
+    _save(out, results)
+
+
+# -- part 1: Ray Tune searchers ------------------------------------------------------------------------------------------
+def _searcher(method: str, seed: int):
+    """A Ray Tune searcher by name, or ``(None, reason)`` when it cannot be built here."""
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    if method in ("dgp", "dgp_sync"):
+        from raydgp.raytune.dgp_searcher import DGPSearcher
+        from raydgp.search import SearchSettings
+
+        return DGPSearcher(metric="loss", mode="min", settings=SearchSettings(
+            seed=seed, async_refit=method == "dgp")), None
+    if method == "random":
+        return BasicVariantGenerator(random_state=seed), None
+    if method == "tpe":
+        try:
+            from ray.tune.search.optuna import OptunaSearch
+            import optuna
+
+            return OptunaSearch(metric="loss", mode="min", sampler=optuna.samplers.TPESampler(seed=seed)), None
+        except ImportError as e:
+            return None, f"Optuna not installed ({e}); pip install optuna"
+    if method == "hebo":
+        try:
+            from ray.tune.search.hebo import HEBOSearch
+
+            return HEBOSearch(metric="loss", mode="min", random_state_seed=seed), None
+        except (ImportError, AssertionError) as e:
+            return None, (f"HEBO not importable here ({type(e).__name__}: {str(e)[:120]}); its only release (0.3.6) "
+                          "pins numpy<1.25, which TVM 0.27 and torch 2.13 here do not run with")
+    raise ValueError(f"unknown searcher {method!r}")
+
+
+def _one_search(problem: str, method: str, seed: int, trials: int, sleep_s: float, storage: str) -> dict:
+    from ray import tune
+
+    from raydgp.raytune.synthetic import problem_space, problem_trainable
+
+    searcher, why = _searcher(method, seed)
+    if searcher is None:
+        return {"skipped": why}
+    space = dict(problem_space(problem), problem=problem, sleep_s=sleep_s)
+    t0 = time.monotonic()
+    tuner = tune.Tuner(
+        tune.with_resources(problem_trainable, {"cpu": 1}), param_space=space,
+        tune_config=tune.TuneConfig(search_alg=searcher, num_samples=trials, max_concurrent_trials=2,
+                                    metric="loss", mode="min"),
+        run_config=tune.RunConfig(storage_path=storage, name=f"{problem}-{method}-{seed}-{int(sleep_s * 1000)}",
+                                  verbose=0))
+    grid = tuner.fit()
+    wall = time.monotonic() - t0
+    rows = sorted(((r.metrics.get("trial_id", ""), r.metrics.get("regret")) for r in grid if r.metrics),
+                  key=lambda t: int(t[0].rsplit("_", 1)[-1]) if "_" in t[0] else 0)
+    regrets = [float(v) for _, v in rows if v is not None]
+    best = []
+    for v in regrets:
+        best.append(min(v, best[-1]) if best else v)
+    out = {"best_regret": best, "trials": len(regrets), "wall_s": round(wall, 2)}
+    core = getattr(searcher, "_core", None)
+    if core is not None and core.timings["suggest"]:
+        sg = sorted(core.timings["suggest"])
+        out["suggest_ms_median"] = round(1000 * statistics.median(sg), 2)
+        out["suggest_ms_p99"] = round(1000 * sg[min(len(sg) - 1, int(0.99 * len(sg)))], 2)
+        out["stats"] = {k: v for k, v in searcher.stats.items()}
+    return out
+
+
+def run_searchers(cfg: dict, out: Path, results: dict) -> None:
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    storage = tempfile.mkdtemp(prefix="raydgp-bench-")
+    part = results.setdefault("searchers", {})
+    part["config"] = cfg
+    runs = part["runs"] = []
+    plans = [(p, "fast", sp, cfg["trials"]) for p in cfg["problems"] for _, sp in cfg["speeds"].items()]
+    if cfg.get("slow"):
+        plans += [(p, "slow", cfg["slow"]["sleep_s"], cfg["slow"]["trials"]) for p in cfg["slow"]["problems"]]
+    try:
+        for problem, speed, sleep_s, trials in plans:
+            for seed in range(cfg["seeds"]):
+                for method in cfg["methods"]:  # interleaved: every method within each seed
+                    r = _one_search(problem, method, seed, trials, sleep_s, storage)
+                    runs.append({"problem": problem, "speed": speed, "sleep_s": sleep_s, "seed": seed,
+                                 "method": method} | r)
+                    print(f"searchers {problem} {speed} seed {seed} {method}: "
+                          f"{r.get('skipped') or r['best_regret'][-1]:.4g}" if "best_regret" in r and r["best_regret"]
+                          else f"searchers {problem} {speed} seed {seed} {method}: {r.get('skipped')}", flush=True)
+                    _save(out, results)
+    finally:
+        ray.shutdown()
+    part["summary"] = summarise_searchers(runs, cfg)
+    _save(out, results)
+
+
+def summarise_searchers(runs: list, cfg: dict) -> list:
+    """Median best regret per (problem, speed, method) at each budget, and the ratio to TPE and to random."""
+    rows = []
+    keys = sorted({(r["problem"], r["speed"]) for r in runs})
+    for problem, speed in keys:
+        budgets = cfg["budgets"] if speed == "fast" else cfg["slow"]["budgets"]
+        per = {}
+        for m in cfg["methods"]:
+            rs = [r for r in runs if r["problem"] == problem and r["speed"] == speed and r["method"] == m]
+            if not rs or any("skipped" in r for r in rs):
+                per[m] = {"skipped": next((r["skipped"] for r in rs if "skipped" in r), "not run")}
+                continue
+            per[m] = {f"regret@{b}": _median([r["best_regret"][b - 1] if len(r["best_regret"]) >= b else None
+                                              for r in rs]) for b in budgets}
+            per[m]["seeds"] = len(rs)
+            per[m]["wall_s"] = _median([r["wall_s"] for r in rs])
+            if any("suggest_ms_median" in r for r in rs):
+                per[m]["suggest_ms_median"] = _median([r.get("suggest_ms_median") for r in rs])
+                per[m]["suggest_ms_p99"] = max(r.get("suggest_ms_p99", 0) for r in rs)
+        rows.append({"problem": problem, "speed": speed, "budgets": budgets, "methods": per})
+    return rows
+
+
+# -- part 2: replay ablations --------------------------------------------------------------------------------------------
+def run_replay(cfg: dict, out: Path, results: dict) -> None:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_search_replay", ROOT / "scripts" / "bench_search_replay.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    part = results.setdefault("replay", {})
+    for run in cfg["runs"]:
+        name = run["name"]
+        js, png = out.parent / f"bench_replay_{name}.json", out.parent / f"replay_{name}.png"
+        argv = ["--seeds", str(run["seeds"]), "--budget", str(run["budget"]), "--random-seeds",
+                str(run["random_seeds"]), "--max-history", str(run["max_history"]), "--methods", run["methods"],
+                "--out", str(js), "--plot", str(png)]
+        if run.get("lomo"):
+            argv.append("--lomo")
+        if run.get("targets"):
+            argv += ["--targets", ";".join(run["targets"])]
+        elif run.get("every"):
+            argv += ["--shard", f"0/{run['every']}"]
+        t0 = time.monotonic()
+        mod.main(argv)
+        res = json.loads(js.read_text())
+        part[name] = {"argv": argv, "wall_s": round(time.monotonic() - t0, 1), "json": js.name, "plot": png.name,
+                      "targets": len(res["targets"]), "budget": res["budget"], "seeds": res["seeds"],
+                      "median_over_targets": res["median_over_targets"], "mean_over_targets": res["mean_over_targets"],
+                      "wins": _replay_wins(res)}
+        _save(out, results)
+
+
+def _replay_wins(res: dict) -> dict:
+    """Per method: on how many targets it needed fewer / more trials to 5% than the cold DGP (ties not counted)."""
+    ts = res["targets"].values()
+    methods = [m for m in next(iter(ts)) if isinstance(next(iter(ts))[m], dict) and "trials_to_5pct" in
+               next(iter(ts))[m]]
+    out = {}
+    for m in methods:
+        if m == "cold" or not all("cold" in t for t in ts):
+            continue
+        better = sum(t[m]["trials_to_5pct"] < t["cold"]["trials_to_5pct"] for t in ts)
+        worse = sum(t[m]["trials_to_5pct"] > t["cold"]["trials_to_5pct"] for t in ts)
+        out[m] = {"fewer_trials_than_cold": better, "more_trials_than_cold": worse}
+    return out
+
+
+# -- part 3: live layers -------------------------------------------------------------------------------------------------
+def run_layers(cfg: dict, out: Path, results: dict) -> None:
+    part = results.setdefault("layers", {"config": cfg, "runs": []})
+    part["config"] = cfg
+    work = out.parent / "bench_layers"
+    work.mkdir(parents=True, exist_ok=True)
+    fast = ROOT / "scripts" / "bench_fast.py"
+    shipped = str(ROOT / "raydgp" / "datasets" / "shipped")
+    for spec in cfg["workloads"]:
+        tag = spec.replace(":", "_").replace(",", "_")
+        row = {"workload": spec, "trials": cfg["trials"], "date": time.strftime("%Y-%m-%d %H:%M"), "methods": {}}
+        for method in cfg["methods"]:
+            d = work / f"{method}-{tag}-{time.strftime('%H%M%S')}"
+            if method == "metaschedule":
+                cmd = [sys.executable, str(fast), "_ms", spec, str(cfg["trials"]), str(d)]
+            else:
+                cmd = [sys.executable, "-m", "raydgp", "layer", "--workload", spec, "--trials", str(cfg["trials"]),
+                       "--out", str(d), "--searcher", "random" if method == "random" else "dgp"]
+                if method == "dgp":
+                    cmd += ["--history", shipped]
+            t0 = time.monotonic()
+            p = subprocess.run(cmd, cwd=ROOT, text=True, capture_output=True,
+                               env=dict(os.environ, RAYDGP_HOME=str(work / "home")))
+            wall = time.monotonic() - t0
+            (work / f"{d.name}.log").write_text(p.stdout + "\n--- stderr ---\n" + p.stderr)
+            entry = {"wall_s": round(wall, 1), "exit": p.returncode, "dir": d.name}
+            if method == "metaschedule":
+                entry["curve_ms"] = _ms_curve(d)
+            else:
+                entry["curve_ms"], entry["best"] = _layer_curve(d / "records")
+            row["methods"][method] = entry
+            print(f"layers {spec} {method}: exit {p.returncode}, {wall:.0f} s", flush=True)
+        row["retimed"] = _retime(spec, row, work)
+        part["runs"].append(row)
+        _save(out, results)
+
+
+def _layer_curve(store_dir: Path):
+    """Best latency after each trial (ms, in measurement order) and the best record's trace."""
+    from raydgp.records import RecordStore
+    from raydgp.space.design_space import DesignSpace
+
+    if not store_dir.exists():
+        return [], None
+    store = RecordStore(store_dir)
+    recs = [r for r in store.records() if r.config.sketch >= 0 and r.tag != "retime"]
+    curve, best, best_r = [], float("inf"), None
+    for r in recs:
+        if r.result.ok and r.result.median_ms < best:
+            best, best_r = r.result.median_ms, r
+        curve.append(best if best < float("inf") else None)
+    if best_r is None:
+        return curve, None
+    space = DesignSpace.from_json(store.workload_entries()[best_r.workload.key]["space"])
+    return curve, {"trace": space.trace_json(best_r.config), "ms": best}
+
+
+def _ms_curve(work_dir: Path) -> list:
+    """MetaSchedule's best latency after each trial (ms), from its JSON database (run seconds x 1000)."""
+    f = next(work_dir.glob("**/database_tuning_record.json"), None)
+    if f is None:
+        return []
+    curve, best = [], float("inf")
+    for line in f.read_text().splitlines():
+        try:
+            secs = json.loads(line)[1][1]
+        except (ValueError, IndexError, TypeError):
+            continue
+        v = 1000 * statistics.median(secs) if secs and all(s < 1e9 for s in secs) else None
+        if v is not None and v < best:
+            best = v
+        curve.append(best if best < float("inf") else None)
+    return curve
+
+
+def _retime(spec: str, row: dict, work: Path, rounds: int = 5) -> dict:
+    """Every method's best schedule re-timed by raydgp's measurer, interleaved (one measurement method for all)."""
+    import tvm
+    from tvm.s_tir import meta_schedule as ms
+
+    from raydgp.measure.local import LocalMeasurer
+    from raydgp.measure.protocol import MeasureSettings, TaskPayload
+    from raydgp.space.metaschedule import host_target, make_target
+    from raydgp.space.workloads import make_task
+
+    target = host_target("llvm", os.cpu_count())
+    task = make_task(spec, target)
+    payload = TaskPayload(task.workload.key, task.mod_json, target)
+    cands = {}
+    for m, e in row["methods"].items():
+        if m == "metaschedule":
+            try:
+                db = ms.database.JSONDatabase(work_dir=str(work / e["dir"]))
+                sch = ms.tir_integration.compile_tir(db, task.mod, make_target(target))
+                if sch is not None:
+                    cands[m] = (None, tvm.ir.save_json(sch.mod))
+            except Exception as err:  # noqa: BLE001 - said in the results
+                row["methods"][m]["retime_error"] = f"{type(err).__name__}: {err}"[:200]
+        elif e.get("best"):
+            cands[m] = (e["best"]["trace"], None)
+    times = {m: [] for m in cands}
+    with LocalMeasurer(MeasureSettings(num_threads=os.cpu_count())) as meas:
+        for _ in range(rounds):
+            for m, (trace, mod) in cands.items():
+                r = meas.measure(payload, trace, mod).result if mod else meas.measure(payload, trace).result
+                times[m].append(r.median_ms if r.ok else None)
+    return {m: {"ms": v, "median_ms": _median(v)} for m, v in times.items()}
+
+
+# -- render --------------------------------------------------------------------------------------------------------------
+def _f(v, nd=3):
+    return "-" if v is None else f"{v:.{nd}g}"
+
+
+def render(results: dict, bench_md: Path, out_dir: Path) -> str:
+    """The BENCHMARKS.md section (returned, and written between the markers) and the plots (PNG, next to the JSON)."""
+    mach = results.get("machine", {})
+    v = mach.get("versions", {})
+    lines = [BEGIN, "## 7. Evidence: `scripts/bench.py` (issue 12)", "",
+             f"Command: `python scripts/bench.py{' --quick' if results.get('mode') == 'quick' else ''}` "
+             f"({results.get('mode')} mode; raw results `{out_dir.name}/{results.get('file', 'bench.json')}`), "
+             f"commit {results.get('commit')}, {results.get('date')}. Machine: {mach.get('cpu')} "
+             f"(LLVM mcpu `{mach.get('mcpu')}`), {mach.get('cores')} cores, {mach.get('platform')}; Python "
+             f"{mach.get('python')}, TVM {v.get('apache-tvm')}, torch {v.get('torch')}, Ray {v.get('ray')}, BoTorch "
+             f"{v.get('botorch')}, GPyTorch {v.get('gpytorch')}, Optuna {v.get('optuna')}, HEBO {v.get('hebo')}. "
+             "Every figure below is from that one run.", ""]
+    dp = results.get("depth")
+    if dp and dp.get("rows"):
+        lines += ["### 7.0 What the hidden layer does (stage 1 on the shipped history, one target held out)", "",
+                  "`warp`: RMS of the hidden GPs' mean minus their linear mean, relative to the linear mean's spread "
+                  "(0: the hidden layer is a fixed linear projection); `mixture`: variance of the output mean across "
+                  "the mixture components over the mean within-component variance (0: one Gaussian); zero-shot: "
+                  "Spearman of the pre-trained model's prediction with the held-out target's measured latencies.", "",
+                  "| held-out target | model | history | hidden output scale (min / median / max) | warp | mixture | "
+                  "zero-shot Spearman | pre-train |", "|---|---|---|---|---|---|---|---|"]
+        for r in dp["rows"]:
+            hs = "; ".join("/".join(f"{v:.3g}" for v in layer) for layer in r["hidden_outputscale"]) or "(none)"
+            wp = "; ".join(f"{v:.3g}" for v in r["warp"]) or "-"
+            lines.append(f"| {r['target']} | {r['variant']} | {r['history_points']} | {hs} | {wp} | "
+                         f"{r['mixture_between_within']:.3g} | {r['zero_shot_spearman']:.3f} | {r['pretrain_s']} s |")
+        lines.append("")
+    s = results.get("searchers")
+    if s and s.get("summary"):
+        cfg = s["config"]
+        lines += ["### 7.1 As a plain Ray Tune searcher (no history)", "",
+                  f"Median best regret (best loss found minus the known optimum; lower is better) over "
+                  f"{cfg['seeds']} seeds, 2 trials at a time, methods interleaved within each seed. `fast`: the "
+                  "trial returns at once (faster than a refit); "
+                  + (f"`slow`: each trial sleeps {cfg['slow']['sleep_s']} s. " if cfg.get("slow") else "")
+                  + "`dgp`: DGPSearcher's default (background refits, at most one result behind); `dgp_sync`: "
+                    "refit on every result before proposing.", ""]
+        for row in s["summary"]:
+            bs = row["budgets"]
+            lines += [f"**{row['problem']}, {row['speed']} trials**", "",
+                      "| method | " + " | ".join(f"regret @{b}" for b in bs) + " | wall per run | suggest() median / "
+                      "p99 |", "|---" * (len(bs) + 3) + "|"]
+            for m, r in row["methods"].items():
+                if "skipped" in r:
+                    lines.append(f"| {m} | " + " | ".join("-" for _ in bs) + f" | not run: {r['skipped']} | |")
+                    continue
+                sug = (f"{_f(r.get('suggest_ms_median'))} / {_f(r.get('suggest_ms_p99'))} ms"
+                       if r.get("suggest_ms_median") is not None else "")
+                lines.append(f"| {m} | " + " | ".join(_f(r.get(f"regret@{b}")) for b in bs)
+                             + f" | {_f(r.get('wall_s'))} s | {sug} |")
+            lines.append("")
+        _plot_searchers(s, out_dir / "searchers.png")
+        lines += [f"![searchers]({out_dir.name}/searchers.png)", ""]
+    rp = results.get("replay")
+    if rp:
+        lines += ["### 7.2 Replay ablations (recorded dataset, looked up: no measurement noise)", "",
+                  "Each target layer's recorded configurations are the candidates; the other layers are the history "
+                  "(loto: every other layer; lomo: ResNet-18's layers only, MobileNet-v1's as targets). "
+                  "`dgp`: transfer with the trust in history (the default); `dgp_notrust`: without it; `cold`: no "
+                  "history; `dgp_zs`: the pre-trained model zero-shot; `sgp`: the same pipeline with no hidden layer "
+                  "(a one-layer sparse GP: what depth buys); `exact_gp`: BoTorch SingleTaskGP on history + target. "
+                  "Medians over targets of the per-target medians over seeds; best found relative to the best "
+                  "candidate; trials to come within 5% (budget+1 if never).", ""]
+        for name, r in rp.items():
+            med = r["median_over_targets"]
+            keys = list(next(iter(med.values())))
+            lines += [f"**{name}: {r['targets']} targets, {r['seeds']} seeds, budget {r['budget']}** "
+                      f"(`{r['json']}`, {r['wall_s']:.0f} s)", "",
+                      "| method | " + " | ".join(f"median {k}" for k in keys) + " | mean trials_to_5pct | "
+                      "targets faster / slower to 5% than cold |", "|---" * (len(keys) + 3) + "|"]
+            for m, vals in med.items():
+                w = r["wins"].get(m)
+                wl = f"{w['fewer_trials_than_cold']} / {w['more_trials_than_cold']}" if w else ""
+                lines.append(f"| {m} | " + " | ".join(_f(vals[k]) for k in keys)
+                             + f" | {_f(r['mean_over_targets'][m]['trials_to_5pct'])} | {wl} |")
+            lines += ["", f"![replay {name}]({out_dir.name}/{r['plot']})", ""]
+    ly = results.get("layers")
+    if ly and ly.get("runs"):
+        lines += ["### 7.3 Live, per layer (real TVM builds and timings)", "",
+                  f"{ly['config']['trials']} trials per method, one after another; `dgp` transfers from the shipped "
+                  "history (none of these shapes is in it, and it was recorded mostly on another CPU), `cold` has no "
+                  "history. Best during the search, then every method's best re-timed by the same measurer "
+                  "(5 rounds, interleaved; median).", "",
+                  "| layer | method | best @16 | @32 | @64 | re-timed | wall |", "|---|---|---|---|---|---|---|"]
+        for row in ly["runs"]:
+            for m, e in row["methods"].items():
+                c = e.get("curve_ms") or []
+                at = [c[n - 1] if len(c) >= n else None for n in (16, 32, 64)]
+                rt = row.get("retimed", {}).get(m, {}).get("median_ms")
+                lines.append(f"| {row['workload']} | {m} | " + " | ".join(_f(x) + " ms" if x else "-" for x in at)
+                             + f" | {_f(rt)} ms | {e['wall_s']:.0f} s |")
+        lines.append("")
+        _plot_layers(ly, out_dir / "layers.png")
+        lines += [f"![layers]({out_dir.name}/layers.png)", ""]
+    lines.append(END)
+    section = "\n".join(lines)
+    text = bench_md.read_text() if bench_md.exists() else "# Benchmarks\n"
+    if BEGIN in text and END in text:
+        text = text[: text.index(BEGIN)] + section + text[text.index(END) + len(END):]
+    else:
+        text = text.rstrip() + "\n\n" + section + "\n"
+    bench_md.write_text(text)
+    return section
+
+
+def _plot_searchers(s: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    rows = s["summary"]
+    fig, axes = plt.subplots(1, len(rows), figsize=(4 * len(rows), 3.4), squeeze=False)
+    for ax, row in zip(axes[0], rows):
+        for m in row["methods"]:
+            rs = [r for r in s["runs"] if r["problem"] == row["problem"] and r["speed"] == row["speed"]
+                  and r["method"] == m and r.get("best_regret")]
+            if not rs:
+                continue
+            n = min(len(r["best_regret"]) for r in rs)
+            med = np.median(np.array([r["best_regret"][:n] for r in rs]), axis=0)
+            ax.plot(range(1, n + 1), np.maximum(med, 1e-6), label=m)
+        ax.set_yscale("log")
+        ax.set_title(f"{row['problem']} ({row['speed']})", fontsize=9)
+        ax.set_xlabel("trials")
+        ax.grid(True, alpha=0.3)
+    axes[0][0].set_ylabel("median best regret")
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def _plot_layers(ly: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = ly["runs"]
+    fig, axes = plt.subplots(1, len(runs), figsize=(4.5 * len(runs), 3.4), squeeze=False)
+    for ax, row in zip(axes[0], runs):
+        for m, e in row["methods"].items():
+            c = [(i + 1, v) for i, v in enumerate(e.get("curve_ms") or []) if v]
+            if c:
+                ax.plot([a for a, _ in c], [b for _, b in c], label=m)
+        ax.set_yscale("log")
+        ax.set_title(row["workload"], fontsize=8)
+        ax.set_xlabel("trials")
+        ax.grid(True, alpha=0.3)
+    axes[0][0].set_ylabel("best latency (ms, during search)")
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("command", nargs="?", default="run", choices=["run", "render"])
+    ap.add_argument("--quick", action="store_true", help="CI-sized run of every part (structure, not speed)")
+    ap.add_argument("--parts", default=None, help=f"comma-separated, from {PARTS} (default: all of the mode's)")
+    ap.add_argument("--out", default=str(ROOT / "bench"), help="folder of the JSON and the plots (default bench/)")
+    ap.add_argument("--benchmarks", default=str(ROOT / "BENCHMARKS.md"), help="the markdown file to (re)write")
+    args = ap.parse_args(argv)
+    mode = "quick" if args.quick else "full"
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / ("bench_quick.json" if args.quick else "bench.json")
+    results = _load(path)
+    if args.command == "run":
+        parts = [p for p in (args.parts.split(",") if args.parts else PARTS) if p]
+        bad = set(parts) - set(PARTS)
+        if bad:
+            ap.error(f"unknown parts {sorted(bad)}; choose from {PARTS}")
+        results.update(mode=mode, file=path.name, commit=commit(), date=time.strftime("%Y-%m-%d %H:%M"),
+                       machine=machine())
+        cfg = MODES[mode]
+        import torch
+
+        torch.set_num_threads(1)
+        for part in parts:
+            if cfg.get(part) is None:
+                print(f"{part}: not part of the {mode} mode", flush=True)
+                continue
+            t0 = time.monotonic()
+            {"depth": run_depth, "searchers": run_searchers, "replay": run_replay,
+             "layers": run_layers}[part](cfg[part], path, results)
+            results.setdefault("part_wall_s", {})[part] = round(time.monotonic() - t0, 1)
+            _save(path, results)
+    if not results:
+        print(f"no results in {path}: run the benchmark first", file=sys.stderr)
+        return 2
+    print(render(results, Path(args.benchmarks), out_dir))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

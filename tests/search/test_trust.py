@@ -1,0 +1,95 @@
+"""Trust in history: the prequential ranking test, its weights, and a search that notices a misleading history."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from raydgp.search import DGPSearch, History, SearchSettings
+from raydgp.search.trust import TrustTracker, pair_accuracy
+
+FAST = SearchSettings(n_init=4, pool_size=150, refit_steps=5, cold_steps=10, seed=3, evolve_generations=1,
+                      evolve_population=16)
+
+
+def test_pair_accuracy_counts_ordered_pairs_and_skips_ties():
+    assert pair_accuracy(1.0, np.array([0.0, 0.5]), 2.0, np.array([1.0, 1.5])) == 1.0
+    assert pair_accuracy(0.0, np.array([1.0, 0.5]), 2.0, np.array([1.0, 1.5])) == 0.0
+    assert pair_accuracy(0.0, np.array([1.0]), 1.0, np.array([1.0])) is None  # tied observations: no pair
+    assert pair_accuracy(1.0, np.array([1.0]), 2.0, np.array([1.0])) == 0.5  # tied prediction: half
+
+
+def test_weights_follow_the_better_ranker_and_are_seeded():
+    rng = np.random.default_rng(0)
+    y = rng.normal(size=30)
+    tr = TrustTracker(("good", "bad"))
+    configs = list(range(30))
+    tr.record("good", configs, range(30), y + 0.1 * rng.normal(size=30), y)
+    tr.record("bad", configs, range(30), rng.normal(size=30), y)
+    w = tr.weights(seed=1)
+    assert w["good"] > 0.95 and abs(sum(w.values()) - 1) < 1e-9
+    assert tr.weights(seed=1) == w
+    # a point is tested once per member: recording it again adds nothing
+    assert tr.record("good", configs, [0, 1], y, y) == 0
+    assert tr.summary()["good"]["tested"] == 30
+
+
+def _history(sp, inverted: bool, n: int = 200):
+    """History of the target's own space: faithful (the true latencies) or inverted (fast looks slow)."""
+    from raydgp.dgp.data import standardised_targets
+    from raydgp.testing import fake_latency_ms
+
+    configs = sp.sample_many(n, np.random.default_rng(11))
+    lat = np.array([fake_latency_ms("trust", sp.trace_json(c)) for c in configs])
+    lat = 1.0 / lat if inverted else lat
+    y, _ = standardised_targets(["h"] * n, ["ok"] * n, lat)
+    return History(sp.encode_many(configs), y)
+
+
+def _search(history: History, n: int, **kw):
+    from raydgp.testing import fake_latency_ms, fake_space
+
+    sp = fake_space("trust", (64, 32))
+    s = DGPSearch(sp, SearchSettings(**(FAST.__dict__ | kw)), history=history(sp) if history else None)
+    for _ in range(n):
+        c = s.suggest()
+        s.observe(c, fake_latency_ms("trust", sp.trace_json(c)))
+    return s
+
+
+@pytest.mark.parametrize("inverted", [False, True])
+def test_the_search_notices_whether_the_history_ranks_the_target(inverted):
+    s = _search(lambda sp: _history(sp, inverted), 20)
+    w = s.trust_weights()
+    summ = s.trust.summary()
+    assert summ["transfer"]["tested"] >= 4 and summ["cold"]["tested"] >= 5
+    if inverted:
+        assert w["cold"] > 0.8, summ  # a history that ranks the target backwards loses the weight
+        assert s.stats.get("cold_led", 0) > 0
+    else:
+        assert w["transfer"] > 0.5, summ
+
+
+def test_without_trust_or_history_there_is_no_cold_member():
+    s = _search(lambda sp: _history(sp, True), 8, trust=False)
+    assert s._cold is None and s.trust_weights() == {"transfer": 1.0}
+    s = _search(None, 8)
+    assert s._cold is None and s.trust_weights() == {"cold": 1.0}
+
+
+def test_background_refits_never_leave_the_model_more_than_max_staleness_behind():
+    from raydgp.testing import fake_latency_ms, fake_space
+
+    sp = fake_space("stale", (64, 32))
+    s = DGPSearch(sp, SearchSettings(**(FAST.__dict__ | {"async_refit": True, "max_staleness": 1})))
+    picks = []
+    for _ in range(6):
+        picks.append(s.suggest())
+        s.observe(picks[-1], fake_latency_ms("stale", sp.trace_json(picks[-1])))
+    # results arrive faster than refits: five at once, then a proposal
+    for c in sp.sample_many(5, np.random.default_rng(5), exclude=set(picks)):
+        s.observe(c, fake_latency_ms("stale", sp.trace_json(c)))
+    s.suggest()
+    assert len(s.observed) - s._fitted_on <= 1
+    s.wait_for_refit()
+    assert s.stats["refit_failures"] == 0
