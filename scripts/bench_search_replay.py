@@ -140,8 +140,9 @@ def _run(method, sp, lat, hist, seed, budget, cache) -> list:
         kw = {"trust": False}
     elif method == "sgp":
         kw = {"dgp": DGPSettings(hidden_dims=())}
+    # The candidates are the recorded configurations: no evolution (bred children would have no recorded latency).
     st = SearchSettings(seed=seed, init="random" if method == "dgp_rand" else "dgp", pool_size=len(lat),
-                        pool_refresh=1.0, pretrain_seed=0, **kw)
+                        pool_refresh=1.0, pretrain_seed=0, evolve_generations=0, **kw)
     s = DGPSearch(_Replay(sp, lat), st, history=None if method == "cold" else hist, cache_dir=cache)
     order = []
     for _ in range(budget):
