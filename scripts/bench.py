@@ -55,18 +55,20 @@ MODES = {
     },
     "full": {
         "depth": {"targets": ["conv2d:1,64,56,56,64,3,1,1", "depthwise:1,256,28,28,3,1,1", "dense:1,512,1000"],
-                  "max_history": 4000, "steps": None, "variants": {"dgp": {}, "sgp": {"hidden_dims": []}}},
-        "searchers": {"problems": ["mixed6", "branin_mixed", "hartmann6"], "speeds": {"fast": 0.0}, "seeds": 5,
+                  "max_history": 4000, "steps": None,
+                  "variants": {"dgp (hidden scale 0.01)": {"hidden_noise": 0.01}, "dgp (0.1)": {"hidden_noise": 0.1},
+                               "dgp (0.3)": {"hidden_noise": 0.3}, "sgp": {"hidden_dims": []}}},
+        "searchers": {"problems": ["mixed6", "hartmann6"], "speeds": {"fast": 0.0}, "seeds": 3,
                       "trials": 80, "methods": ["dgp", "dgp_sync", "random", "tpe", "hebo"],
                       "budgets": [20, 40, 80],
                       "slow": {"problems": ["mixed6"], "sleep_s": 1.0, "trials": 40, "budgets": [20, 40]}},
         "replay": {"runs": [
-            {"name": "loto", "targets": None, "every": 4, "seeds": 3, "budget": 40, "random_seeds": 50,
-             "max_history": 4000, "methods": "cold,dgp,dgp_notrust,sgp,exact_gp"},
-            {"name": "lomo", "lomo": True, "targets": None, "every": 2, "seeds": 3, "budget": 40, "random_seeds": 50,
-             "max_history": 4000, "methods": "cold,dgp,dgp_notrust,dgp_zs,sgp"}]},
+            {"name": "loto", "targets": None, "every": 4, "seeds": 2, "budget": 40, "random_seeds": 50,
+             "max_history": 4000, "methods": "cold,dgp,dgp_notrust,dgp_h03,sgp"},
+            {"name": "lomo", "lomo": True, "targets": None, "every": 2, "seeds": 2, "budget": 40, "random_seeds": 50,
+             "max_history": 4000, "methods": "cold,dgp,dgp_notrust,dgp_h03,sgp"}]},
         "layers": {"workloads": ["conv2d:1,160,14,14,320,3,1,1", "conv2d:1,96,28,28,192,5,1,2"], "trials": 64,
-                   "methods": ["dgp", "cold", "random", "metaschedule"]},
+                   "methods": ["dgp", "cold", "random", "tpe", "metaschedule"]},
     },
 }
 
@@ -283,12 +285,10 @@ def summarise_searchers(runs: list, cfg: dict) -> list:
 
 # -- part 2: replay ablations --------------------------------------------------------------------------------------------
 def run_replay(cfg: dict, out: Path, results: dict) -> None:
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("bench_search_replay", ROOT / "scripts" / "bench_search_replay.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    """The replay runs as subprocesses of ``scripts/bench_search_replay.py``, side by side (one core each: replays look
+    measurements up, nothing is timed), then their JSON is summarised here."""
     part = results.setdefault("replay", {})
+    procs = []
     for run in cfg["runs"]:
         name = run["name"]
         js, png = out.parent / f"bench_replay_{name}.json", out.parent / f"replay_{name}.png"
@@ -301,14 +301,30 @@ def run_replay(cfg: dict, out: Path, results: dict) -> None:
             argv += ["--targets", ";".join(run["targets"])]
         elif run.get("every"):
             argv += ["--shard", f"0/{run['every']}"]
-        t0 = time.monotonic()
-        mod.main(argv)
-        res = json.loads(js.read_text())
-        part[name] = {"argv": argv, "wall_s": round(time.monotonic() - t0, 1), "json": js.name, "plot": png.name,
-                      "targets": len(res["targets"]), "budget": res["budget"], "seeds": res["seeds"],
-                      "median_over_targets": res["median_over_targets"], "mean_over_targets": res["mean_over_targets"],
-                      "wins": _replay_wins(res)}
+        log = out.parent / f"bench_replay_{name}.log"
+        cmd = [sys.executable, str(ROOT / "scripts" / "bench_search_replay.py"), *argv]
+        procs.append((run, js, png, argv, time.monotonic(),
+                      subprocess.Popen(cmd, cwd=ROOT, stdout=open(log, "w"), stderr=subprocess.STDOUT,
+                                       env=dict(os.environ, OMP_NUM_THREADS="1"))))
+        if len(procs) >= int(cfg.get("parallel", 2)):
+            _finish_replay(procs.pop(0), part)
+            _save(out, results)
+    while procs:
+        _finish_replay(procs.pop(0), part)
         _save(out, results)
+
+
+def _finish_replay(item, part: dict) -> None:
+    run, js, png, argv, t0, proc = item
+    rc = proc.wait()
+    if rc != 0:
+        raise RuntimeError(f"replay {run['name']} failed (exit {rc}); see {js.with_suffix('.log')}")
+    res = json.loads(js.read_text())
+    part[run["name"]] = {"argv": argv, "wall_s": round(time.monotonic() - t0, 1), "json": js.name, "plot": png.name,
+                         "targets": len(res["targets"]), "budget": res["budget"], "seeds": res["seeds"],
+                         "median_over_targets": res["median_over_targets"],
+                         "mean_over_targets": res["mean_over_targets"], "wins": _replay_wins(res)}
+    print(f"replay {run['name']}: {len(res['targets'])} targets, {part[run['name']]['wall_s']} s", flush=True)
 
 
 def _replay_wins(res: dict) -> dict:
@@ -343,7 +359,7 @@ def run_layers(cfg: dict, out: Path, results: dict) -> None:
                 cmd = [sys.executable, str(fast), "_ms", spec, str(cfg["trials"]), str(d)]
             else:
                 cmd = [sys.executable, "-m", "raydgp", "layer", "--workload", spec, "--trials", str(cfg["trials"]),
-                       "--out", str(d), "--searcher", "random" if method == "random" else "dgp"]
+                       "--out", str(d), "--searcher", method if method in ("random", "tpe", "hebo") else "dgp"]
                 if method == "dgp":
                     cmd += ["--history", shipped]
             t0 = time.monotonic()

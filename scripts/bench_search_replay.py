@@ -12,6 +12,7 @@ default: every task in turn is the target), or only ResNet-18's layers with Mobi
 * ``dgp_notrust``: ``dgp`` without the trust in history (no cold member beside the transferred model);
 * ``sgp``: ``dgp`` with no hidden layer (``hidden_dims=()``: a one-layer sparse variational GP, the same
   pre-training, transfer, trust and search): what depth buys;
+* ``dgp_h03``: ``dgp`` with the hidden GPs' output scale starting at 0.3 instead of 0.01 (``hidden_noise``);
 * ``exact_gp``: the simple transfer baseline: BoTorch ``SingleTaskGP`` on a history subsample (600) + the target's
   measurements, with the workload features; hyper-parameters refitted (L-BFGS, at most 100 iterations) every 16
   results and conditioned on the new data in between;
@@ -36,7 +37,7 @@ import time
 
 import numpy as np
 
-METHODS = ("random", "cold", "dgp", "dgp_rand", "dgp_zs", "exact_gp", "dgp_notrust", "sgp")
+METHODS = ("random", "cold", "dgp", "dgp_rand", "dgp_zs", "exact_gp", "dgp_notrust", "sgp", "dgp_h03")
 
 
 def main(argv=None) -> int:
@@ -140,6 +141,8 @@ def _run(method, sp, lat, hist, seed, budget, cache) -> list:
         kw = {"trust": False}
     elif method == "sgp":
         kw = {"dgp": DGPSettings(hidden_dims=())}
+    elif method == "dgp_h03":
+        kw = {"dgp": DGPSettings(hidden_noise=0.3)}
     # The candidates are the recorded configurations: no evolution (bred children would have no recorded latency).
     st = SearchSettings(seed=seed, init="random" if method == "dgp_rand" else "dgp", pool_size=len(lat),
                         pool_refresh=1.0, pretrain_seed=0, evolve_generations=0, **kw)
