@@ -135,11 +135,13 @@ def run_depth(cfg: dict, out: Path, results: dict) -> None:
     store = RecordStore(ROOT / "raydgp" / "datasets" / "shipped")
     recs = [r for r in store.records() if r.config.sketch >= 0]
     spaces = {k: DesignSpace.from_json(e["space"]) for k, e in store.workload_entries().items() if e.get("space")}
-    key_of = {r.tag.split("dataset:", 1)[-1]: r.workload.key for r in recs}
+    from raydgp.datasets import layers_of
+
+    layers = layers_of(recs)
     rows = []
     for spec in cfg["targets"]:
-        tkey = key_of[spec]
-        hist = history_from_records(recs, spaces, exclude_workload=tkey)
+        tkey = layers[spec][0]  # the layer's key with the most records; the history leaves out every key of it
+        hist = history_from_records([r for r in recs if r.workload.key not in layers[spec]], spaces)
         if len(hist) > cfg["max_history"]:
             idx = np.sort(np.random.default_rng(0).choice(len(hist), cfg["max_history"], replace=False))
             hist = History(hist.X[idx], hist.y[idx])

@@ -72,8 +72,12 @@ def main(argv=None) -> int:
     store = RecordStore(args.history)
     recs = [r for r in store.records() if r.config.sketch >= 0]
     spaces = {k: DesignSpace.from_json(e["space"]) for k, e in store.workload_entries().items() if e.get("space")}
+    from raydgp.datasets import layers_of
+
     spec_of = {r.workload.key: r.tag.split("dataset:", 1)[-1] for r in recs}
-    key_of = {s: k for k, s in spec_of.items()}
+    # A layer recorded on two machine kinds has two keys: the target is the one with the most records (the Zen 3
+    # recordings), and the history leaves out the layer on every machine.
+    key_of = {s: ks[0] for s, ks in layers_of(recs).items()}
     allowed = set(MODELS["resnet18"]) if args.lomo else None
     if args.targets:
         targets = args.targets.split(";")
@@ -95,7 +99,8 @@ def main(argv=None) -> int:
     for spec in targets:
         t_start = time.time()
         tkey = key_of[spec]
-        src = [r for r in recs if r.workload.key != tkey and (allowed is None or spec_of[r.workload.key] in allowed)]
+        src = [r for r in recs if spec_of[r.workload.key] != spec
+               and (allowed is None or spec_of[r.workload.key] in allowed)]
         hist = history_from_records(src, spaces, exclude_workload=tkey)
         if len(hist) > args.max_history:
             idx = np.sort(np.random.default_rng(0).choice(len(hist), args.max_history, replace=False))

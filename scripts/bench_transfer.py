@@ -78,11 +78,14 @@ def main(argv=None) -> int:
 
     rows = []
     for spec in targets:
-        tkey = next((k for k, s in spec_of.items() if s == spec), None)
+        from raydgp.datasets import layers_of
+
+        tkey = layers_of(recs).get(spec, [None])[0]  # the layer's key with the most records
         if tkey is None:
             print(f"skip {spec}: not in the dataset", file=sys.stderr)
             continue
-        src = [r for r in recs if r.workload.key != tkey and (allowed is None or spec_of[r.workload.key] in allowed)]
+        src = [r for r in recs if spec_of[r.workload.key] != spec
+               and (allowed is None or spec_of[r.workload.key] in allowed)]
         tgt = [r for r in recs if r.workload.key == tkey and r.result.ok]
         # The same stage-1 data as the search (and scripts/bench_search_replay.py, whose cached models this reuses):
         # every other workload, subsampled to --max-history points (seed 0).

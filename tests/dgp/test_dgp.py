@@ -211,3 +211,33 @@ def test_no_hidden_layer_is_a_one_layer_sparse_gp_used_the_same_way():
     assert ((mean.mean(0) - yt) ** 2).mean() < 0.3 * ((y.mean() - yt) ** 2).mean()
     p = DGPModel(m, seed=0).posterior(Xt[:6].reshape(2, 3, 3))
     assert p.covariance_matrix.shape == (2, 4, 3, 3)
+
+
+def test_the_hidden_layer_learns_a_warping_where_the_data_has_one():
+    """Depth regression test (seeded): on data with a known warping (``sin(3 / (x0 + 0.08))``: the frequency grows
+    towards 0, which no stationary kernel on the raw input fits), the hidden layer's learned output scale leaves its
+    initial value, the mixture carries real spread, and the DGP predicts held-out points clearly better than the
+    one-layer sparse GP trained the same way. With the hidden scale started at 0.01 (the old default) the layer
+    collapsed to a linear projection and matched the one-layer GP (measured: held-out MSE 0.198 vs 0.196)."""
+    from raydgp.dgp.model import depth_diagnostics
+    from raydgp.dgp.train import fit_dgp
+
+    def data(n, seed):
+        g = torch.Generator().manual_seed(seed)
+        X = torch.rand(n, 2, generator=g)
+        y = torch.sin(3.0 / (X[:, 0] + 0.08)) * 0.8 + 0.3 * X[:, 1] + 0.02 * torch.randn(n, generator=g)
+        return X, (y - y.mean()) / y.std()
+
+    X, y = data(300, 0)
+    Xt, yt = data(500, 1)
+    mse = {}
+    for name, hidden in (("dgp", (2,)), ("sgp", ())):
+        s = DGPSettings(hidden_dims=hidden, hidden_noise=0.1, num_inducing=48, num_samples=8)
+        m = fit_dgp(X, y, s, steps=300, seed=0)
+        mse[name] = float(((m.predict(Xt, seed=0)[0].mean(0) - yt) ** 2).mean())
+        if hidden:
+            d = depth_diagnostics(m, X)
+            lo, _, hi = d["hidden_outputscale"][0]
+            assert not (0.09 < lo and hi < 0.11), d  # learned, not left where it started
+            assert d["mixture_between_within"] > 0.1, d
+    assert mse["dgp"] < 0.8 * mse["sgp"], mse

@@ -90,3 +90,18 @@ def test_a_cpu_history_is_not_used_for_a_gpu_target(tmp_path):
     assert load_history([tmp_path / "s"], gpu) is None
     cpu_target = DesignSpace(fake_space("t", (32, 56)).workload, dict(cpu), fake_space("t", (32, 56)).sketches)
     assert len(load_history([tmp_path / "s"], cpu_target)) == 50
+
+
+def test_dataset_layers_list_every_machine_kinds_key_most_records_first():
+    """The shipped dataset holds some layers on two machine kinds (one key each): a benchmark holding a layer out
+    must see both keys, and the one with the most records first."""
+    from raydgp.datasets import layers_of
+    from raydgp.pipeline.history import shipped_dataset
+    from raydgp.records import RecordStore
+
+    recs = RecordStore(shipped_dataset()).records()
+    layers = layers_of(recs)
+    keys = layers["conv2d:1,64,56,56,64,3,1,1"]
+    assert len(keys) == 2
+    n = [sum(r.workload.key == k and r.result.ok for r in recs) for k in keys]
+    assert n[0] > n[1] > 0
