@@ -72,6 +72,7 @@ class DGPSearch:
         self._pretrained: DeepGPSurrogate | None = None
         self._model: DeepGPSurrogate | None = None
         self._cold: DeepGPSurrogate | None = None  # the cold member beside a transferred model (settings.trust)
+        self._cold_fresh_n = 0  # target points at the cold member's last fresh fit
         self._trained: set = set()  # the configurations the current models were fitted on
         self.trust = TrustTracker(("transfer", "cold"))
         self._lead = "transfer"
@@ -208,7 +209,17 @@ class DGPSearch:
         model, cold = models
         model = self._refit(model, X, y, base)
         if self.trusting and len(y) >= TRUST_MIN_POINTS:
-            cold = self._refit(cold, X, y, None)
+            s = self.settings
+            if cold is None or (len(y) <= s.dgp.num_inducing and len(y) >= 1.25 * self._cold_fresh_n):
+                # A fresh fit (inducing points on the data, exact-GP start) only when the data grew by a quarter:
+                # the cold member is the fall-back, and fresh fits cost a second each.
+                cold = self._refit(None, X, y, None)
+                self._cold_fresh_n = len(y)
+            else:
+                t0 = time.perf_counter()
+                train_elbo(cold, self._scaler_for().transform(X), torch.as_tensor(y, dtype=torch.float32),
+                           s.refit_steps, s.dgp.lr, seed=s.seed + len(y))
+                self.timings["fit"].append(time.perf_counter() - t0)
         return model, cold
 
     def _update_trust(self, X: np.ndarray, y: np.ndarray, configs: list) -> None:
