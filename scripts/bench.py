@@ -373,7 +373,7 @@ def run_layers(cfg: dict, out: Path, results: dict) -> None:
             if method == "metaschedule":
                 entry["curve_ms"] = _ms_curve(d)
             else:
-                entry["curve_ms"], entry["best"] = _layer_curve(d / "records")
+                entry["curve_ms"], entry["best"], entry["times_s"] = _layer_curve(d / "records")
             row["methods"][method] = entry
             print(f"layers {spec} {method}: exit {p.returncode}, {wall:.0f} s", flush=True)
         row["retimed"] = _retime(spec, row, work)
@@ -387,7 +387,7 @@ def _layer_curve(store_dir: Path):
     from raydgp.space.design_space import DesignSpace
 
     if not store_dir.exists():
-        return [], None
+        return [], None, []
     store = RecordStore(store_dir)
     recs = [r for r in store.records() if r.config.sketch >= 0 and r.tag != "retime"]
     curve, best, best_r = [], float("inf"), None
@@ -395,10 +395,11 @@ def _layer_curve(store_dir: Path):
         if r.result.ok and r.result.median_ms < best:
             best, best_r = r.result.median_ms, r
         curve.append(best if best < float("inf") else None)
+    times = [round(r.time - recs[0].time, 2) for r in recs]  # seconds after the first record was written
     if best_r is None:
-        return curve, None
+        return curve, None, times
     space = DesignSpace.from_json(store.workload_entries()[best_r.workload.key]["space"])
-    return curve, {"trace": space.trace_json(best_r.config), "ms": best}
+    return curve, {"trace": space.trace_json(best_r.config), "ms": best}, times
 
 
 def _ms_curve(work_dir: Path) -> list:
@@ -469,7 +470,10 @@ def render(results: dict, bench_md: Path, out_dir: Path) -> str:
              f"(LLVM mcpu `{mach.get('mcpu')}`), {mach.get('cores')} cores, {mach.get('platform')}; Python "
              f"{mach.get('python')}, TVM {v.get('apache-tvm')}, torch {v.get('torch')}, Ray {v.get('ray')}, BoTorch "
              f"{v.get('botorch')}, GPyTorch {v.get('gpytorch')}, Optuna {v.get('optuna')}, HEBO {v.get('hebo')}. "
-             "Every figure below is from that one run.", ""]
+             "Every figure below is from that one run." if not results.get("part_commit") else
+             "Parts run one after another on this machine (none beside another): " + "; ".join(
+                 f"{p} at {c}, {results.get('part_date', {}).get(p, '?')}, {results.get('part_wall_s', {}).get(p, '?')} s"
+                 for p, c in results["part_commit"].items()) + ".", ""]
     dp = results.get("depth")
     if dp and dp.get("rows"):
         lines += ["### 7.0 What the hidden layer does (stage 1 on the shipped history, one target held out)", "",
@@ -550,6 +554,7 @@ def render(results: dict, bench_md: Path, out_dir: Path) -> str:
                 lines.append(f"| {row['workload']} | {m} | " + " | ".join(_f(x) + " ms" if x else "-" for x in at)
                              + f" | {_f(rt)} ms | {e['wall_s']:.0f} s |")
         lines.append("")
+        lines += _table1(ly)
         _plot_layers(ly, out_dir / "layers.png")
         lines += [f"![layers]({out_dir.name}/layers.png)", ""]
     lines.append(END)
@@ -561,6 +566,46 @@ def render(results: dict, bench_md: Path, out_dir: Path) -> str:
         text = text.rstrip() + "\n\n" + section + "\n"
     bench_md.write_text(text)
     return section
+
+
+def _table1(ly: dict) -> list[str]:
+    """The seed paper's Table 1 for these runs: search-time reduction (time for raydgp's DGP to come within 5% of
+    MetaSchedule's best, against MetaSchedule's whole search), latency improvement (re-timed bests) and their product."""
+    out = ["", "Table 1 (the seed's metrics) for these runs, `dgp` against MetaSchedule `tune_tir`: search-time "
+           "reduction = 1 - (wall time until dgp's best during its search came within 5% of MetaSchedule's best "
+           "(re-timed by raydgp's measurer), its start-up included) / (MetaSchedule's wall time); latency improvement = 1 - dgp re-timed / "
+           "MetaSchedule re-timed; HV = (1 + reduction) x (1 + improvement) - 1 (both as fractions; "
+           "never reached: no reduction).", "",
+           "| layer | dgp reached MS's best within 5% after | search-time reduction | latency improvement | HV |",
+           "|---|---|---|---|---|"]
+    for row in ly["runs"]:
+        ms, dgp = row["methods"].get("metaschedule"), row["methods"].get("dgp")
+        rt = row.get("retimed", {})
+        if not ms or not dgp or not ms.get("curve_ms") or not dgp.get("curve_ms"):
+            continue
+        # MetaSchedule's best as raydgp's measurer re-timed it (cold caches, like raydgp's own search timings; its
+        # own runner times warm)
+        ms_best = rt.get("metaschedule", {}).get("median_ms")
+        if not ms_best:
+            continue
+        hit = next((i for i, v in enumerate(dgp["curve_ms"]) if v and v <= 1.05 * ms_best), None)
+        t = dgp.get("times_s") or []
+        if hit is not None and len(t) > hit:
+            startup = dgp["wall_s"] - (t[-1] if t else 0.0)
+            t_hit = startup + t[hit]
+            red = 1 - t_hit / ms["wall_s"]
+            reached = f"{hit + 1} trials, {t_hit:.0f} s (MS: {ms['wall_s']:.0f} s)"
+        else:
+            red, reached = None, "never (in its trials)"
+        a, b = rt.get("dgp", {}).get("median_ms"), rt.get("metaschedule", {}).get("median_ms")
+        imp = 1 - a / b if a and b else None
+        hv = (1 + (red or 0)) * (1 + imp) - 1 if imp is not None else None
+        out.append(f"| {row['workload']} | {reached} | {_pct(red)} | {_pct(imp)} | {_pct(hv)} |")
+    return out + [""]
+
+
+def _pct(v):
+    return "-" if v is None else f"{100 * v:+.0f}%"
 
 
 def _plot_searchers(s: dict, path: Path) -> None:
@@ -648,6 +693,8 @@ def main(argv=None) -> int:
             {"depth": run_depth, "searchers": run_searchers, "replay": run_replay,
              "layers": run_layers}[part](cfg[part], path, results)
             results.setdefault("part_wall_s", {})[part] = round(time.monotonic() - t0, 1)
+            results.setdefault("part_commit", {})[part] = results["commit"]
+            results.setdefault("part_date", {})[part] = results["date"]
             _save(path, results)
     if not results:
         print(f"no results in {path}: run the benchmark first", file=sys.stderr)
