@@ -354,8 +354,12 @@ def run_layers(cfg: dict, out: Path, results: dict) -> None:
     shipped = str(ROOT / "raydgp" / "datasets" / "shipped")
     for spec in cfg["workloads"]:
         tag = spec.replace(":", "_").replace(",", "_")
-        row = {"workload": spec, "trials": cfg["trials"], "date": time.strftime("%Y-%m-%d %H:%M"), "methods": {}}
-        for method in cfg["methods"]:
+        row = next((r for r in part["runs"] if r["workload"] == spec), None)
+        if row is None or not cfg.get("only"):
+            row = {"workload": spec, "trials": cfg["trials"], "date": time.strftime("%Y-%m-%d %H:%M"), "methods": {}}
+            part["runs"] = [r for r in part["runs"] if r["workload"] != spec] + [row]
+        for method in cfg.get("only") or cfg["methods"]:  # --only: (re)run these methods, keep the others'
+            row.setdefault("commits", {})[method] = commit()
             d = work / f"{method}-{tag}-{time.strftime('%H%M%S')}"
             if method == "metaschedule":
                 cmd = [sys.executable, str(fast), "_ms", spec, str(cfg["trials"]), str(d)]
@@ -377,7 +381,6 @@ def run_layers(cfg: dict, out: Path, results: dict) -> None:
             row["methods"][method] = entry
             print(f"layers {spec} {method}: exit {p.returncode}, {wall:.0f} s", flush=True)
         row["retimed"] = _retime(spec, row, work)
-        part["runs"].append(row)
         _save(out, results)
 
 
@@ -668,6 +671,8 @@ def main(argv=None) -> int:
     ap.add_argument("--parts", default=None, help=f"comma-separated, from {PARTS} (default: all of the mode's)")
     ap.add_argument("--out", default=str(ROOT / "bench"), help="folder of the JSON and the plots (default bench/)")
     ap.add_argument("--benchmarks", default=str(ROOT / "BENCHMARKS.md"), help="the markdown file to (re)write")
+    ap.add_argument("--only", default=None, help="layers part: (re)run only these comma-separated methods and keep "
+                                                 "the others' results (all are re-timed together again)")
     args = ap.parse_args(argv)
     mode = "quick" if args.quick else "full"
     out_dir = Path(args.out)
@@ -682,6 +687,8 @@ def main(argv=None) -> int:
         results.update(mode=mode, file=path.name, commit=commit(), date=time.strftime("%Y-%m-%d %H:%M"),
                        machine=machine())
         cfg = MODES[mode]
+        if args.only and cfg.get("layers"):
+            cfg = dict(cfg, layers=dict(cfg["layers"], only=args.only.split(",")))
         import torch
 
         torch.set_num_threads(1)

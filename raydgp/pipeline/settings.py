@@ -12,7 +12,7 @@ from raydgp.errors import ConfigError
 from raydgp.measure.protocol import MeasureSettings
 from raydgp.raytune.trackers import TRACKERS
 
-SEARCHERS = ("dgp", "random")
+SEARCHERS = ("dgp", "random", "tpe", "hebo")  # tpe, hebo: Ray Tune's own, for comparisons (one layer)
 TARGETS = ("llvm", "cuda")
 
 
