@@ -59,8 +59,8 @@ MODES = {
                   "variants": {"dgp (hidden scale 0.01)": {"hidden_noise": 0.01}, "dgp (0.1)": {"hidden_noise": 0.1},
                                "dgp (0.3)": {"hidden_noise": 0.3}, "sgp": {"hidden_dims": []}}},
         "searchers": {"problems": ["mixed6", "hartmann6"], "speeds": {"fast": 0.0}, "seeds": 3,
-                      "trials": 80, "methods": ["dgp", "dgp_sync", "random", "tpe", "hebo"],
-                      "budgets": [20, 40, 80],
+                      "trials": 40, "methods": ["dgp", "dgp_sync", "random", "tpe", "hebo"],
+                      "budgets": [10, 20, 40],
                       "slow": {"problems": ["mixed6"], "sleep_s": 1.0, "trials": 40, "budgets": [20, 40]}},
         "replay": {"runs": [
             {"name": "loto", "targets": None, "every": 4, "seeds": 2, "budget": 40, "random_seeds": 50,
@@ -213,7 +213,7 @@ def _one_search(problem: str, method: str, seed: int, trials: int, sleep_s: floa
     tuner = tune.Tuner(
         tune.with_resources(problem_trainable, {"cpu": 1}), param_space=space,
         tune_config=tune.TuneConfig(search_alg=searcher, num_samples=trials, max_concurrent_trials=2,
-                                    metric="loss", mode="min"),
+                                    metric="loss", mode="min", reuse_actors=True),
         run_config=tune.RunConfig(storage_path=storage, name=f"{problem}-{method}-{seed}-{int(sleep_s * 1000)}",
                                   verbose=0))
     grid = tuner.fit()
