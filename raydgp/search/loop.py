@@ -106,16 +106,26 @@ class DGPSearch:
         return set(self.observed) | self.invalid
 
     def _target_xy(self) -> tuple[np.ndarray, np.ndarray, list]:
+        """Encoded configurations, standardised targets (larger is better) and the configurations kept.
+
+        A positive metric to minimise (a latency) is modelled as ``-log(metric)``; any other metric (a loss that can be
+        zero or negative, or a metric to maximise) as itself, sign-flipped for minimisation. Failures (non-``ok``,
+        NaN/inf) sit below the worst success (:func:`~raydgp.dgp.data.standardised_targets`).
+        """
         configs = list(self.observed)
         st = [self.observed[c][0] for c in configs]
-        m = [self.observed[c][1] for c in configs]
-        if self.maximize:
-            # larger is better: use exp(-metric) as a "latency" so that -log(latency) = metric
-            lat = [math.exp(-v) if math.isfinite(v) else math.nan for v in m]
+        m = np.array([self.observed[c][1] for c in configs], dtype=float)
+        good = np.array([s == "ok" for s in st]) & np.isfinite(m)
+        if not self.maximize and good.any() and bool((m[good] > 0).all()):
+            lat = m  # a latency-like metric: -log(metric)
         else:
-            lat = m
-        ok = [s == "ok" and math.isfinite(v) and (v > 0 or self.maximize) for s, v in zip(st, lat)]
-        st = [s if good or s != "ok" else "run_error" for s, good in zip(st, ok)]
+            # -log(lat) = (sign * metric), standardised first so exp() cannot overflow
+            v = m if self.maximize else -m
+            mu = float(v[good].mean()) if good.any() else 0.0
+            sd = float(v[good].std()) if good.sum() > 1 and float(v[good].std()) > 0 else 1.0
+            with np.errstate(over="ignore", invalid="ignore"):
+                lat = np.exp(-(v - mu) / sd)
+        st = [s if ok or s != "ok" else "run_error" for s, ok in zip(st, good)]
         y, keep = standardised_targets(["t"] * len(configs), st, lat)
         X = self._encode(configs)
         return X[keep], y[keep], [c for c, k in zip(configs, keep) if k]
@@ -362,7 +372,7 @@ class DGPSearch:
     def _scoring_members(self, model: DeepGPSurrogate) -> list[tuple[DGPModel, float]]:
         """``(BoTorch model, weight)`` of each member that scores candidates (weights under 1% are dropped)."""
         seed = self.settings.seed + self._calls
-        self._lead = "transfer" if self.history is not None else "cold"
+        self._lead = "transfer"
         if not self.trusting or self._cold is None:
             return [(DGPModel(model, seed=seed), 1.0)]
         w = self.trust_weights()

@@ -56,3 +56,19 @@ def test_bad_settings_are_refused():
         SearchSettings(pool_refresh=0)
     with pytest.raises(ConfigError):
         SearchSettings(init="oracle")
+
+
+@pytest.mark.parametrize("maximize", [False, True])
+def test_metrics_that_are_not_latencies_are_modelled_not_dropped(maximize):
+    """A loss that goes negative (or a large metric to maximise) is modelled as itself: every result is kept and the
+    model proposes (no silent random search)."""
+    sp = _space()
+    s = DGPSearch(sp, FAST, maximize=maximize)
+    rng = np.random.default_rng(0)
+    for c in sp.sample_many(8, rng):
+        x = float(np.abs(sp.encode(c)).sum()) / 10
+        s.observe(c, (1000.0 + 50 * x) if maximize else (-3.0 + x))  # exp(-1000) would underflow; -3 is not a latency
+    X, y, kept = s._target_xy()
+    assert len(kept) == 8 and np.isfinite(y).all() and y.std() > 0
+    s.suggest()
+    assert s.stats["model"] == 1 and s.stats["random"] == 0
