@@ -469,14 +469,16 @@ def render(results: dict, bench_md: Path, out_dir: Path) -> str:
     lines = [BEGIN, "## 7. Evidence: `scripts/bench.py` (issue 12)", "",
              f"Command: `python scripts/bench.py{' --quick' if results.get('mode') == 'quick' else ''}` "
              f"({results.get('mode')} mode; raw results `{out_dir.name}/{results.get('file', 'bench.json')}`), "
-             f"commit {results.get('commit')}, {results.get('date')}. Machine: {mach.get('cpu')} "
+             f"latest run at commit {results.get('commit')}, {results.get('date')}. Machine: {mach.get('cpu')} "
              f"(LLVM mcpu `{mach.get('mcpu')}`), {mach.get('cores')} cores, {mach.get('platform')}; Python "
              f"{mach.get('python')}, TVM {v.get('apache-tvm')}, torch {v.get('torch')}, Ray {v.get('ray')}, BoTorch "
-             f"{v.get('botorch')}, GPyTorch {v.get('gpytorch')}, Optuna {v.get('optuna')}, HEBO {v.get('hebo')}. "
-             "Every figure below is from that one run." if not results.get("part_commit") else
-             "Parts run one after another on this machine (none beside another): " + "; ".join(
-                 f"{p} at {c}, {results.get('part_date', {}).get(p, '?')}, {results.get('part_wall_s', {}).get(p, '?')} s"
-                 for p, c in results["part_commit"].items()) + ".", ""]
+             f"{v.get('botorch')}, GPyTorch {v.get('gpytorch')}, Optuna {v.get('optuna')}, HEBO {v.get('hebo')}.", ""]
+    if results.get("part_commit"):
+        done = [p for p in PARTS if p in results]
+        lines[-2] += " Parts ran one after another on this machine (none beside another): " + "; ".join(
+            f"{p} at {results['part_commit'][p]}, {results.get('part_date', {}).get(p, '?')}, "
+            f"{results.get('part_wall_s', {}).get(p, '?')} s" if p in results["part_commit"]
+            else f"{p} (commit not recorded: run before this script recorded it)" for p in done) + "."
     dp = results.get("depth")
     if dp and dp.get("rows"):
         lines += ["### 7.0 What the hidden layer does (stage 1 on the shipped history, one target held out)", "",
