@@ -475,7 +475,8 @@ def render(results: dict, bench_md: Path, out_dir: Path) -> str:
              f"{v.get('botorch')}, GPyTorch {v.get('gpytorch')}, Optuna {v.get('optuna')}, HEBO {v.get('hebo')}.", ""]
     if results.get("part_commit"):
         done = [p for p in PARTS if p in results]
-        lines[-2] += " Parts ran one after another on this machine (none beside another): " + "; ".join(
+        lines[-2] += (" Parts ran one after another on this machine (the replay's runs side by side, one core each: "
+                      "replays time nothing): ") + "; ".join(
             f"{p} at {results['part_commit'][p]}, {results.get('part_date', {}).get(p, '?')}, "
             f"{results.get('part_wall_s', {}).get(p, '?')} s" if p in results["part_commit"]
             else f"{p} (commit not recorded: run before this script recorded it)" for p in done) + "."
@@ -545,7 +546,11 @@ def render(results: dict, bench_md: Path, out_dir: Path) -> str:
             lines += ["", f"![replay {name}]({out_dir.name}/{r['plot']})", ""]
     ly = results.get("layers")
     if ly and ly.get("runs"):
+        redo = sorted({m for row in ly["runs"] for m in row.get("commits", {})})
         lines += ["### 7.3 Live, per layer (real TVM builds and timings)", "",
+                  (f"(Rerun with `--only`: {', '.join(redo)}, at the part's commit above; the other methods ran "
+                   "earlier in the same session, and all were re-timed together after the rerun.)" if redo else ""),
+                  "",
                   f"{ly['config']['trials']} trials per method, one after another; `dgp` transfers from the shipped "
                   "history (none of these shapes is in it, and it was recorded mostly on another CPU), `cold` has no "
                   "history. Best during the search, then every method's best re-timed by the same measurer "
