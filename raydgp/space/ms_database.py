@@ -25,6 +25,9 @@ def export_to_metaschedule(store: RecordStore, work_dir: str | os.PathLike, top_
     """Write the ``top_k`` fastest ``ok`` records of every workload (or of those in ``keys``) to a MetaSchedule
     JSONDatabase; with ``prefer_tag``, a workload that has records with that tag is exported from those only.
 
+    Each record's ``run_secs`` is its median latency (one value, seconds), so MetaSchedule, which ranks by the mean of
+    ``run_secs``, picks the same best as :meth:`RecordStore.best`.
+
     Returns:
         The number of tuning records written.
     """
@@ -65,8 +68,11 @@ def export_to_metaschedule(store: RecordStore, work_dir: str | os.PathLike, top_
             else:
                 continue
             seen.add((r.config, r.target.get("kind")))
+            # MetaSchedule ranks a workload's records by the *mean* of run_secs, raydgp by the median (one preempted
+            # repeat must not hide the fastest schedule). The raw repeats would let compile_tir / compile_relax apply
+            # a record other than the one raydgp reports as best, so the median is what is written.
             db.commit_tuning_record(ms.database.TuningRecord(
-                trace=sch.trace, workload=workload, run_secs=[x / 1e3 for x in r.result.latencies_ms],
+                trace=sch.trace, workload=workload, run_secs=[r.result.median_ms / 1e3],
                 target=make_target(r.target), args_info=ArgInfo.from_prim_func(mod["main"])))
             n += 1
     return n

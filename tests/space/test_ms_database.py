@@ -92,6 +92,33 @@ def test_export_then_compile_tir_applies_the_best(tmp_path, measured_store, smal
     np.testing.assert_allclose(outs[0], outs[1], rtol=1e-4, atol=1e-4)
 
 
+def test_export_ranks_by_the_median_like_the_store(tmp_path, measured_store, small_task, small_space):
+    """One slow repeat (a preempted run) must not make compile_tir apply another record than the store's best:
+    MetaSchedule ranks by the mean of run_secs, raydgp by the median."""
+    import dataclasses
+
+    from tvm.s_tir import meta_schedule as ms
+
+    from raydgp.records import MeasureResult
+    from raydgp.space.metaschedule import make_target, trace_as_json
+    from raydgp.space.ms_database import export_to_metaschedule
+
+    ok = [r for r in measured_store.records() if r.result.ok]
+    configs = list(dict.fromkeys(r.config for r in ok))
+    assert len(configs) >= 2
+    a, b = (next(r for r in ok if r.config == c) for c in configs[:2])
+    store = RecordStore(tmp_path / "store")
+    store.add_workload(small_task.workload.key, small_task.mod_json, small_space.to_json())
+    store.append([dataclasses.replace(a, result=MeasureResult("ok", (1.0, 1.0, 100.0))),   # median 1, mean 34
+                  dataclasses.replace(b, result=MeasureResult("ok", (2.0, 2.0, 2.0)))])    # median 2, mean 2
+    assert store.best(small_task.workload.key).config == a.config
+    export_to_metaschedule(store, tmp_path / "db")
+    db = ms.database.JSONDatabase(work_dir=str(tmp_path / "db"))
+    sch = ms.tir_integration.compile_tir(db, small_task.mod, make_target(small_task.target))
+    got = dict(trace_as_json(sch.trace)[1])
+    assert all(got[i] == d for i, d in small_space.trace_json(a.config)[1])
+
+
 def test_import_from_metaschedule_recovers_configurations(tmp_path, measured_store, small_task):
     from raydgp.space.ms_database import export_to_metaschedule, import_from_metaschedule
 
