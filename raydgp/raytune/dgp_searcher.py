@@ -124,6 +124,10 @@ class DGPSearcher(JsonStateMixin, Searcher):
         self._space: SearchSpace | None = None
         self._fallbacks = 0
         self._seeded = 0
+        self._width = 1  # trials at once, as Tune's ConcurrencyLimiter tells (set_max_concurrency)
+        self._queue = None  # the ProposalQueue once started (settings.queue)
+        #: seconds each ``suggest()`` took in the driver (including "not ready" answers) and whether it proposed
+        self.suggest_log: list[tuple[float, bool]] = []
         if space is not None:
             self._set_space(space)
 
@@ -151,6 +155,41 @@ class DGPSearcher(JsonStateMixin, Searcher):
             self._core.maximize = self._mode == "max"
         return True
 
+    def set_max_concurrency(self, max_concurrent: int) -> bool:
+        """Learn the width (Tune's ``max_concurrent_trials`` reaches here through its ``ConcurrencyLimiter``).
+
+        Returns False: the limiter keeps enforcing the limit, the searcher only sizes its proposal batches by it.
+        """
+        self._width = max(1, int(max_concurrent or 1))
+        return False
+
+    @property
+    def queued(self) -> bool:
+        """Whether proposals come from a background :class:`~raydgp.search.proposer.ProposalQueue`."""
+        q = self._settings.queue
+        return q == "on" or (q == "auto" and self._width > 1)
+
+    def _proposal_queue(self):
+        if self._queue is None:
+            from dataclasses import replace
+
+            from raydgp.search.proposer import ProposalQueue
+
+            s = self._settings
+            # the proposer's thread is the asynchrony: inside it every batch refits on all results received
+            self._core.settings = replace(self._core.settings, async_refit=False)
+            staleness = s.queue_staleness if s.queue_staleness is not None else max(s.max_staleness,
+                                                                                     self._width // 2)
+            self._queue = ProposalQueue(self._core, batch_size=self._width, max_staleness=staleness,
+                                        wait_s=0.05 if self._width > 1 else 30.0,
+                                        serial=self._width == 1, running=list(self._live.values()))
+        return self._queue
+
+    def close(self) -> None:
+        """Stop the background proposer, if any (results received are applied first)."""
+        if self._queue is not None:
+            self._queue.close()
+
     @property
     def stats(self) -> dict:
         """Where the proposals came from: ``model`` (DGP acquisition), ``tuning_set`` (the pre-trained model's
@@ -160,10 +199,23 @@ class DGPSearcher(JsonStateMixin, Searcher):
                                                          "evolved": 0}
         st.update(seeded=self._seeded, fallback=self._fallbacks)
         st["total"] = st["model"] + st["tuning_set"] + st["random"] + st["seeded"] + st["fallback"]
+        if self._queue is not None:
+            # proposals computed (model, tuning_set, random) differ from those handed out: total counts the latter
+            st["queue"] = dict(self._queue.stats)
+            st["fallback"] += st["queue"]["fallback"]  # random proposals after a failed batch (logged)
+            st["total"] = st["queue"]["handed"] + st["seeded"] + self._fallbacks
         return st
 
     # -- Searcher API --------------------------------------------------------------------------------------------------
     def suggest(self, trial_id: str) -> dict | str | None:
+        import time
+
+        t0 = time.perf_counter()
+        out = self._suggest(trial_id)
+        self.suggest_log.append((time.perf_counter() - t0, isinstance(out, dict)))
+        return out
+
+    def _suggest(self, trial_id: str) -> dict | str | None:
         if self._core is None:
             raise SearchSpaceError("DGPSearcher has no search space: pass space=... or a Tuner param_space")
         if not self._metric or not self._mode:
@@ -173,6 +225,13 @@ class DGPSearcher(JsonStateMixin, Searcher):
             self._live[trial_id] = self._space.from_params(params)
             self._seeded += 1
             return params
+        if self.queued:
+            q = self._proposal_queue()
+            cfg = q.suggest()
+            if cfg is None:
+                return Searcher.FINISHED if q.exhausted else None  # None: not ready, Tune asks again next step
+            self._live[trial_id] = cfg
+            return self._space.to_params(cfg)
         try:
             cfg = self._core.suggest(pending=list(self._live.values()))
         except Exception as e:  # noqa: BLE001 - a model failure must not end the search: fall back to random
@@ -196,28 +255,29 @@ class DGPSearcher(JsonStateMixin, Searcher):
         cfg = self._live.pop(trial_id, None)
         if cfg is None or self._core is None:
             return
+        observe = self._queue.observe if self._queue is not None else self._core.observe
         if error or not result:
-            self._core.observe(cfg, None, "run_error")
+            observe(cfg, None, "run_error")
             return
         status = str(result.get("status", "ok"))
         applied = decode_applied(self._space, result)
         if applied is not None and applied != cfg:
-            self._core.observe(cfg, None, "invalid")  # TVM moved it: never propose it again
+            observe(cfg, None, "invalid")  # TVM moved it: never propose it again
             cfg = applied
         value = result.get(self._metric)
         try:
             value = float(value)
         except (TypeError, ValueError):
             value = math.nan
-        self._core.observe(cfg, value, status)
+        observe(cfg, value, status)
 
     def add_evaluated_point(self, parameters: dict, value: float, error: bool = False, pruned: bool = False,
                             intermediate_values: list | None = None) -> None:
         """Warm start: a result obtained elsewhere (same space)."""
         if self._core is None:
             raise SearchSpaceError("DGPSearcher.add_evaluated_point needs the search space first (pass space=...)")
-        self._core.observe(self._space.from_params(parameters), None if error else value,
-                           "run_error" if error else "ok")
+        observe = self._queue.observe if self._queue is not None else self._core.observe
+        observe(self._space.from_params(parameters), None if error else value, "run_error" if error else "ok")
 
     def add_evaluated_record(self, parameters: dict, status: str, value: float | None) -> None:
         """Warm start from a record: like :meth:`add_evaluated_point`, keeping the record's status, so an earlier
@@ -228,10 +288,17 @@ class DGPSearcher(JsonStateMixin, Searcher):
             cfg = self._space.from_params(parameters)
         except RayDGPError:
             return  # a record of no configuration of this space (sketch -1): nothing to learn
-        self._core.observe(cfg, value if status == "ok" else None, status)
+        observe = self._queue.observe if self._queue is not None else self._core.observe
+        observe(cfg, value if status == "ok" else None, status)
 
     # -- state (JSON only) ---------------------------------------------------------------------------------------------
     def get_state(self) -> dict:
+        if self._queue is not None:
+            with self._queue.paused():  # every received result applied, the proposer idle while we read
+                return self._get_state()
+        return self._get_state()
+
+    def _get_state(self) -> dict:
         core = self._core
         enc = self._space.config_to_json if self._space is not None else None
         return {
@@ -241,7 +308,7 @@ class DGPSearcher(JsonStateMixin, Searcher):
             "invalid": [enc(c) for c in core.invalid] if core else [],
             "live": {t: enc(c) for t, c in self._live.items()},
             "rng": core.rng.bit_generator.state if core else None,
-            "seeded": self._seeded, "fallbacks": self._fallbacks,
+            "seeded": self._seeded, "fallbacks": self._fallbacks, "width": self._width,
         }
 
     def set_state(self, state: dict) -> None:
@@ -251,6 +318,10 @@ class DGPSearcher(JsonStateMixin, Searcher):
             raise SearchSpaceError("restore a DGPSearcher constructed with its space")
         dec = self._space.config_from_json
         self._seeded, self._fallbacks = state.get("seeded", 0), state.get("fallbacks", 0)
+        self._width = int(state.get("width", self._width))
+        if self._queue is not None:  # a restore replaces the data: the proposer starts again from it
+            self._queue.close()
+            self._queue = None
         self._core.maximize = self._mode == "max"
         for c, s, v in state["observed"]:
             self._core.observe(dec(c), v, s)
@@ -264,6 +335,7 @@ class DGPSearcher(JsonStateMixin, Searcher):
     def __getstate__(self):
         # Ray pickles the searcher into its experiment state: drop the fitted models, keep the data.
         d = self.__dict__.copy()
+        d["_queue"] = None  # a thread; the restored searcher starts its own
         if d.get("_core") is not None:
             d["_core_state"] = self.get_state()
             d["_core"] = None

@@ -19,7 +19,7 @@ import logging
 import math
 import threading
 import time
-from typing import Hashable, Sequence
+from typing import Hashable, NamedTuple, Sequence
 
 import gpytorch
 import numpy as np
@@ -42,6 +42,16 @@ log = logging.getLogger("raydgp.search")
 
 #: Target points before a cold member is fitted beside the transferred model.
 TRUST_MIN_POINTS = 4
+
+
+class _Scored(NamedTuple):
+    """A scored candidate pool: configurations, their normalised inputs, scores and the scoring members."""
+
+    pool: list
+    X: torch.Tensor
+    scores: torch.Tensor
+    members: list
+    best_f: float
 
 
 class DGPSearch:
@@ -79,6 +89,8 @@ class DGPSearch:
         self._fitted_on = -1
         self._scaler: InputScaler | None = None
         self._calls = 0
+        self._evolved: set = set()  # the last proposal's bred candidates
+        self._fail = FailureModel()  # the last proposal's failure model
         self._refit_thread: threading.Thread | None = None
         self._center: dict[str, torch.Tensor] | None = None  # the MAP prior's centre (pre-trained parameters)
         self.candidates = CandidatePool(space, settings.pool_size, settings.pool_refresh,
@@ -115,7 +127,7 @@ class DGPSearch:
         configs = list(self.observed)
         st = [self.observed[c][0] for c in configs]
         m = np.array([self.observed[c][1] for c in configs], dtype=float)
-        good = np.array([s == "ok" for s in st]) & np.isfinite(m)
+        good = np.array([s == "ok" for s in st], dtype=bool) & np.isfinite(m)
         if not self.maximize and good.any() and bool((m[good] > 0).all()):
             lat = m  # a latency-like metric: -log(metric)
         else:
@@ -324,34 +336,13 @@ class DGPSearch:
         s = self.settings
         if n_target + len(pending) < s.n_init:
             return self._tuning_set_pick(exclude, pending)
-        model = self._fit()
-        pool, X = self.candidates.with_neighbours(exclude, self._best_configs())
-        if not pool:
-            return None
-        if model is None:
-            self.stats["random"] += 1
-            return pool[0]
-        self.stats["model"] += 1
-        _, y, _ = self._target_xy()
-        best_f = float(y.max()) if len(y) else 0.0
-        members = self._scoring_members(model)
-        fail = self._failure_model()
-
-        def acquisition(Xc: torch.Tensor) -> torch.Tensor:
-            # EI under the mixture of the members' posteriors: log sum_m w_m EI_m, plus log P(not failing).
-            parts = [math.log(w) + log_ei_pool(m, Xc, best_f) for m, w in members]
-            ei = parts[0] if len(parts) == 1 else torch.logsumexp(torch.stack(parts), dim=0)
-            return ei + fail.log_ok(Xc)
-
-        scores = acquisition(X)
-        self._evolved: set = set()
-        if s.evolve_generations > 0:
-            pool, X, scores = self._evolve(pool, X, scores, exclude, acquisition)
+        scored = self._score_pool(exclude)
+        if not isinstance(scored, _Scored):
+            return scored
+        pool, X, scores, members, best_f = scored
         best = int(torch.argmax(scores))
         chosen = pool[best]
         bm = max(members, key=lambda t: t[1])[0]  # joint rescoring with pending points: the leading member
-        if self._lead == "cold":
-            self.stats["cold_led"] = self.stats.get("cold_led", 0) + 1  # proposals led by the cold member
         if pending:
             P = self._scaler_for().transform(self._encode(list(pending)))
             # candidates that encode exactly like a pending point add nothing and make the joint covariance singular
@@ -367,6 +358,108 @@ class DGPSearch:
                     chosen = pool[int(top[0])]
         if chosen in self._evolved:
             self.stats["evolved"] += 1  # a model proposal that only the evolutionary search found
+        return chosen
+
+    def _score_pool(self, exclude: set):
+        """Fit, then score the candidate pool (and evolved children) by the mixture's LogEI.
+
+        Returns:
+            a :class:`_Scored` ``(pool, X, scores, members, best_f)``; or a single configuration / None where no
+            model scores (a random pick before any model exists; None when no candidate is left). Counts the proposal
+            in :attr:`stats`.
+        """
+        s = self.settings
+        model = self._fit()
+        pool, X = self.candidates.with_neighbours(exclude, self._best_configs())
+        self._evolved = set()
+        if not pool:
+            return None
+        if model is None:
+            self.stats["random"] += 1
+            return pool[0]
+        self.stats["model"] += 1
+        _, y, _ = self._target_xy()
+        best_f = float(y.max()) if len(y) else 0.0
+        members = self._scoring_members(model)
+        fail = self._failure_model()
+        self._fail = fail
+
+        def acquisition(Xc: torch.Tensor) -> torch.Tensor:
+            # EI under the mixture of the members' posteriors: log sum_m w_m EI_m, plus log P(not failing).
+            parts = [math.log(w) + log_ei_pool(m, Xc, best_f) for m, w in members]
+            ei = parts[0] if len(parts) == 1 else torch.logsumexp(torch.stack(parts), dim=0)
+            return ei + fail.log_ok(Xc)
+
+        scores = acquisition(X)
+        if s.evolve_generations > 0:
+            pool, X, scores = self._evolve(pool, X, scores, exclude, acquisition)
+        if self._lead == "cold":
+            self.stats["cold_led"] = self.stats.get("cold_led", 0) + 1  # proposals led by the cold member
+        return _Scored(pool, X, scores, members, best_f)
+
+    def suggest_batch(self, q: int, pending: Sequence[Hashable] = ()) -> list:
+        """``q`` configurations to measure at once, accounting for the ``pending`` ones (running trials).
+
+        Tuning-set points first (while the tuning set is not complete, counting pending points), then a greedy
+        Kriging-believer batch under the model (:func:`raydgp.search.batch.believer_batch`): one fit, one scoring of
+        the pool, then ``q`` picks among its top ``max(256, 4q)`` that each believe the pending and earlier picks.
+
+        Returns:
+            Up to ``q`` distinct configurations, none measured or pending (fewer when the space runs out).
+        """
+        t0 = time.perf_counter()
+        self._calls += 1
+        out: list = []
+        pend = list(pending)
+        s = self.settings
+        with torch_threads(s.torch_threads), self._guard():
+            try:
+                while len(out) < q:
+                    exclude = self.seen | set(pend)
+                    if len(exclude) >= self.space.size:
+                        break
+                    if len(self.observed) + len(pend) < s.n_init:
+                        c = self._tuning_set_pick(exclude, pend)
+                        if c is None:
+                            break
+                        out.append(c)
+                        pend.append(c)
+                        continue
+                    out += self._model_batch(q - len(out), pend, exclude)
+                    break
+            finally:
+                self.timings.setdefault("batch", []).append(time.perf_counter() - t0)
+        return out
+
+    def _model_batch(self, q: int, pending: list, exclude: set) -> list:
+        from raydgp.search.batch import believer_batch
+
+        scored = self._score_pool(exclude)
+        if scored is None:
+            return []
+        if not isinstance(scored, _Scored):  # no model yet: random picks
+            got = [scored] + self.space.sample_many(q - 1, self.rng, exclude=exclude | {scored}) if q > 1 else [scored]
+            self.stats["random"] += len(got) - 1
+            return got
+        pool, X, scores, members, best_f = scored
+        K = min(len(pool), max(256, 4 * q))
+        top = torch.topk(scores, K).indices
+        P = self._scaler_for().transform(self._encode(pending)) if pending else None
+        if P is not None:
+            # candidates that encode exactly like a pending point add nothing and make the joint covariance singular
+            far = torch.cdist(X[top], P).min(dim=1).values > 1e-6
+            top = top[far]
+        if len(top) == 0:
+            return []
+        log_prior = self._fail.log_ok(X[top])
+        try:
+            picks = believer_batch(members, X[top], best_f, q, pending=P, log_prior=log_prior)
+        except torch.linalg.LinAlgError:  # a singular joint posterior: the analytic ranking, counted
+            self.stats["joint_fallback"] = self.stats.get("joint_fallback", 0) + 1
+            picks = list(range(min(q, len(top))))
+        chosen = [pool[int(top[i])] for i in picks]
+        self.stats["model"] += len(chosen) - 1  # _score_pool counted one
+        self.stats["evolved"] += sum(c in self._evolved for c in chosen)
         return chosen
 
     def _scoring_members(self, model: DeepGPSurrogate) -> list[tuple[DGPModel, float]]:

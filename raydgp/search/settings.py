@@ -8,6 +8,7 @@ from raydgp.dgp.model import DGPSettings
 from raydgp.errors import ConfigError
 
 INIT_MODES = ("dgp", "random")
+QUEUE_MODES = ("auto", "on", "off")
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,13 @@ class SearchSettings:
         trust: with history, also keep a cold model (the target's data only) and score candidates under the mixture
             of the two, weighted by how well each has ranked the target's results it had not seen
             (:mod:`raydgp.search.trust`), so a misleading history costs a few trials, not the search.
+        queue: proposals off the critical path (:mod:`raydgp.search.proposer`): a background thread refits on every
+            result and keeps a queue of batch proposals that believe every running trial, so the Ray Tune searcher's
+            ``suggest()`` answers in microseconds. ``auto``: on when the searcher runs more than one trial at a time
+            (Tune's ``max_concurrent_trials``); ``on`` / ``off``.
+        queue_staleness: with the queue, the most results a handed-out proposal's model may be behind (None: the
+            larger of ``max_staleness`` and half the width, so that results arriving during one refit do not starve
+            the workers).
     """
 
     n_init: int = 8
@@ -72,6 +80,8 @@ class SearchSettings:
     failure_model: bool = True
     max_staleness: int = 1
     trust: bool = True
+    queue: str = "auto"
+    queue_staleness: int | None = None
 
     def __post_init__(self):
         if self.init not in INIT_MODES:
@@ -82,5 +92,9 @@ class SearchSettings:
             raise ConfigError(f"pool_refresh={self.pool_refresh}: must be in (0, 1]")
         if self.prior_strength < 0:
             raise ConfigError("prior_strength must be >= 0")
+        if self.queue not in QUEUE_MODES:
+            raise ConfigError(f"queue={self.queue!r}: choose one of {QUEUE_MODES}")
+        if self.queue_staleness is not None and self.queue_staleness < 0:
+            raise ConfigError(f"queue_staleness={self.queue_staleness}: must be >= 0 or None")
         if self.max_staleness < 0:
             raise ConfigError(f"max_staleness={self.max_staleness}: must be >= 0 (0: refit on every result)")
