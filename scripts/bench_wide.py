@@ -163,8 +163,9 @@ def _one_run(method, args, width, seed, problem):
         max_concurrent_trials=width + args.headroom),
         run_config=tune.RunConfig(storage_path=storage, verbose=0, log_to_file=False)).fit()
     wall = time.time() - t0
-    rows = sorted(((r.metrics["t_start"], r.metrics["t_end"], r.metrics[metric]) for r in grid
-                   if r.metrics and "t_end" in r.metrics), key=lambda t: t[1])
+    done = [r.metrics for r in grid if r.metrics and "t_end" in r.metrics]
+    rows = sorted(((m["t_start"], m["t_end"], m[metric]) for m in done), key=lambda t: t[1])
+    processes = len({m.get("pid") for m in done})
     iv = [(a, b) for a, b, _ in rows]
     from raydgp.raytune.simulate import busy_fraction
 
@@ -185,7 +186,7 @@ def _one_run(method, args, width, seed, problem):
     lat = sorted(t for t, ok in log if ok)
     out = {"method": method, "width": width, "seed": seed, "trials": len(rows), "wall_s": round(wall, 2),
            "width_got": got, "busy": round(busy_fraction(iv, width), 4), "steady_busy": steady and round(steady, 4),
-           "proposals_per_s": round(len(rows) / wall, 3),
+           "proposals_per_s": round(len(rows) / wall, 3), "trial_processes": processes,
            "best": {str(n): b for n, b in zip(CHECKPOINTS, best)},
            "regret": {str(n): b - opt for n, b in zip(CHECKPOINTS, best)} if opt is not None else None}
     if lat:

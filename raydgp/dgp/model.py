@@ -184,8 +184,8 @@ def _pca_directions(X: torch.Tensor, k: int) -> torch.Tensor:
         W = V[:k].T
     except RuntimeError:
         W = torch.zeros(d, 0)
-    if W.shape[1] < k:
-        W = torch.cat([W, torch.eye(d)[:, : k - W.shape[1]]], dim=1)
+    if W.shape[1] < k:  # fewer directions than widths (few points, or k > d): unit vectors, cycled
+        W = torch.cat([W, torch.eye(d)[:, torch.arange(k - W.shape[1]) % d]], dim=1)
     return W.contiguous()
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import time
 from typing import Iterator, Mapping, Sequence
 
@@ -80,7 +81,8 @@ def replay_trainable(config: Mapping, table: Mapping, time_scale: float, metric:
     status, ms, build_s, run_s = table[int(config["recorded"])]
     time.sleep(max(1e-3, (float(build_s) + float(run_s)) * time_scale))
     t1 = time.time()
-    tune.report({metric: ms if ms is not None else math.inf, "status": status, "t_start": t0, "t_end": t1})
+    tune.report({metric: ms if ms is not None else math.inf, "status": status, "t_start": t0, "t_end": t1,
+                 "pid": os.getpid()})
 
 
 def sleep_trainable(config: Mapping, problem: str, seconds: float) -> None:
@@ -94,7 +96,7 @@ def sleep_trainable(config: Mapping, problem: str, seconds: float) -> None:
     t0 = time.time()
     time.sleep(seconds)
     loss = fn(config)
-    tune.report({"loss": loss, "regret": loss - opt, "t_start": t0, "t_end": time.time()})
+    tune.report({"loss": loss, "regret": loss - opt, "t_start": t0, "t_end": time.time(), "pid": os.getpid()})
 
 
 def busy_fraction(intervals: Sequence[tuple[float, float]], slots: int) -> float:

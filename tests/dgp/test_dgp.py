@@ -241,3 +241,19 @@ def test_the_hidden_layer_learns_a_warping_where_the_data_has_one():
             assert not (0.09 < lo and hi < 0.11), d  # learned, not left where it started
             assert d["mixture_between_within"] > 0.1, d
     assert mse["dgp"] < 0.8 * mse["sgp"], mse
+
+
+@pytest.mark.parametrize("n", [1, 2, 5])
+def test_hidden_wider_than_the_input_on_few_points(n):
+    """A cold start on one to a few points with hidden layers wider than the input (8 > 6, the default on Hartmann-6)
+    must build and fit (the projection was padded with too few unit vectors)."""
+    import torch
+
+    from raydgp.dgp.model import DGPSettings
+    from raydgp.dgp.train import fit_dgp
+
+    X = torch.rand(n, 6, generator=torch.Generator().manual_seed(0))
+    y = torch.randn(n, generator=torch.Generator().manual_seed(1))
+    m = fit_dgp(X, y, DGPSettings(hidden_dims=(8,), num_inducing=8, num_samples=2), steps=3, seed=0)
+    mean, _ = m.predict(torch.rand(4, 6), seed=0, num_samples=2)
+    assert torch.isfinite(mean).all()
