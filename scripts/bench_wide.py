@@ -268,7 +268,8 @@ def run_wide(args) -> dict:
     for width in [int(w) for w in args.widths.split(",")]:
         nodes = max(1, math.ceil(width / args.gpus_per_node))
         t0 = time.time()
-        with simulated_cluster(nodes, gpus_per_node=min(width, args.gpus_per_node), cpus_per_node=1):
+        with simulated_cluster(nodes, gpus_per_node=min(width, args.gpus_per_node),
+                               cpus_per_node=min(width, args.gpus_per_node)):
             up = time.time() - t0
             for seed in range(args.seeds):
                 order = methods if seed % 2 == 0 else methods[::-1]  # interleaved across seeds
