@@ -213,7 +213,7 @@ def _serial(args, seed, problem):
     from raydgp.raytune.synthetic import PROBLEMS
     from raydgp.search import DGPSearch, SearchSettings
 
-    space, _, metric, opt, _ = problem
+    space, _, metric, opt = problem[:4]
     if isinstance(space, dict):
         sp = convert_search_space(space)
         fn = PROBLEMS[args.problem][0]
