@@ -76,7 +76,7 @@ def main(argv=None) -> int:
     results["commit"] = _commit()
     parts = args.parts.split(",")
     if "wide" in parts:
-        results["wide"] = run_wide(args)
+        results["wide"] = run_wide(args, lambda partial: _save(out, results | {"wide": partial}))
         _save(out, results)
     if "suggest" in parts:
         results["suggest"] = run_suggest_cost()
@@ -127,10 +127,12 @@ def _problem(args):
         table = replay_table(space, recs)
         med = statistics.median(b + r for _, _, b, r in table.values())
         scale = args.time_scale or args.trial_s / max(med, 1e-6)
-        fn = tune.with_parameters(replay_trainable, table=table, time_scale=scale)
+        def fn():  # tune.with_parameters puts the table in the object store: once per cluster
+            return tune.with_parameters(replay_trainable, table=table, time_scale=scale)
         best = min(v[1] for v in table.values() if v[1] is not None)
         return space, fn, "latency_ms", best, scale, recs
-    fn = tune.with_parameters(sleep_trainable, problem=args.problem, seconds=args.trial_s)
+    def fn():
+        return tune.with_parameters(sleep_trainable, problem=args.problem, seconds=args.trial_s)
     return problem_space(args.problem), fn, "loss", PROBLEMS[args.problem][1], None, None
 
 
@@ -155,7 +157,7 @@ def _one_run(method, args, width, seed, problem):
 
     space, fn, metric, opt = problem[:4]
     searcher, _ = _searcher(method, space, metric, seed, width)
-    trainable = tune.with_resources(fn, {"cpu": 0, "gpu": 1})
+    trainable = tune.with_resources(fn(), {"cpu": 0, "gpu": 1})
     storage = tempfile.mkdtemp(prefix="raydgp-wide-")
     t0 = time.time()
     grid = tune.Tuner(trainable, tune_config=tune.TuneConfig(
@@ -250,7 +252,7 @@ def _serial(args, seed, problem):
     return out
 
 
-def run_wide(args) -> dict:
+def run_wide(args, save=lambda partial: None) -> dict:
     import torch
 
     from raydgp.raytune.simulate import simulated_cluster
@@ -265,6 +267,7 @@ def run_wide(args) -> dict:
     if args.serial:
         for seed in range(args.seeds):
             res["runs"].append(_serial(args, seed, problem))
+            save(res)
     for width in [int(w) for w in args.widths.split(",")]:
         nodes = max(1, math.ceil(width / args.gpus_per_node))
         t0 = time.time()
@@ -277,6 +280,7 @@ def run_wide(args) -> dict:
                     r = _one_run(m, args, width, seed, problem)
                     r["nodes"], r["cluster_up_s"] = nodes, round(up, 1)
                     res["runs"].append(r)
+                    save(res)  # partial results survive an interrupted run
     return res
 
 

@@ -57,6 +57,16 @@ def _unique_trainable(name: str):
     return trainable
 
 
+def default_width(cpus_per_trial: float, gpus_per_trial: float) -> int:
+    """Trials that fit on the connected Ray cluster at once (at least 1)."""
+    import ray
+
+    res = ray.cluster_resources() if ray.is_initialized() else {}
+    if gpus_per_trial:
+        return max(1, int(res.get("GPU", 0) // gpus_per_trial))
+    return max(1, int(res.get("CPU", 1) // max(cpus_per_trial, 1e-9)))
+
+
 def tune_layer(task: TaskPayload, space: DesignSpace, searcher, *, trials: int, store: RecordStore,
                settings: MeasureSettings, storage_path: str | os.PathLike, name: str,
                cpus_per_trial: int = 1, gpus_per_trial: int = 0, max_concurrent: int | None = None,
@@ -74,7 +84,11 @@ def tune_layer(task: TaskPayload, space: DesignSpace, searcher, *, trials: int, 
         storage_path: Ray Tune's ``storage_path`` (local dir, NFS or bucket URI) for experiment state.
         name: experiment (layer) name.
         cpus_per_trial, gpus_per_trial: Ray resources of one trial.
-        max_concurrent: trials in flight at once (None: as resources allow).
+        max_concurrent: trials in flight at once (None: on a GPU run the cluster's GPUs / ``gpus_per_trial``, since
+            Tune holds a custom searcher without a limit to one pending trial at a time and the GPUs would fill one
+            trial start at a time; the searcher learns the width, and DGPSearcher proposes from its background queue,
+            in batches of that width. On a CPU run None leaves Tune's default: the node's locks serialise timings
+            anyway, and the searcher proposes inline).
         baseline_ms: untuned latency, shown in the progress line.
         callbacks: extra Ray Tune callbacks (e.g. MLflow).
         measurer: what trials measure with (None: the node's warm workers; see :mod:`raydgp.raytune.trainable`).
@@ -92,6 +106,8 @@ def tune_layer(task: TaskPayload, space: DesignSpace, searcher, *, trials: int, 
     writer = RecordWriter(store, space, tag=tag or name)
     cbs = [writer] + ([ProgressLine(name, trials, baseline_ms=baseline_ms)] if show_progress else [])
     cbs += list(callbacks or [])
+    if max_concurrent is None and gpus_per_trial:
+        max_concurrent = default_width(cpus_per_trial, gpus_per_trial)
     resources = {"cpu": cpus_per_trial}
     if gpus_per_trial:
         resources["gpu"] = gpus_per_trial
