@@ -177,8 +177,10 @@ def _searcher(method: str, seed: int):
         from raydgp.raytune.dgp_searcher import DGPSearcher
         from raydgp.search import SearchSettings
 
+        # dgp: as a user gets it (2 trials at a time: proposals from the background queue); dgp_sync: every
+        # proposal computed inside suggest() on a model refitted on every result (the quality reference)
         return DGPSearcher(metric="loss", mode="min", settings=SearchSettings(
-            seed=seed, async_refit=method == "dgp")), None
+            seed=seed, async_refit=method == "dgp", queue="auto" if method == "dgp" else "off")), None
     if method == "random":
         return BasicVariantGenerator(random_state=seed), None
     if method == "tpe":
@@ -225,9 +227,9 @@ def _one_search(problem: str, method: str, seed: int, trials: int, sleep_s: floa
     for v in regrets:
         best.append(min(v, best[-1]) if best else v)
     out = {"best_regret": best, "trials": len(regrets), "wall_s": round(wall, 2)}
-    core = getattr(searcher, "_core", None)
-    if core is not None and core.timings["suggest"]:
-        sg = sorted(core.timings["suggest"])
+    log = getattr(searcher, "suggest_log", None)
+    sg = sorted(t for t, proposed in (log or []) if proposed)  # the driver's time per proposing suggest() call
+    if sg:
         out["suggest_ms_median"] = round(1000 * statistics.median(sg), 2)
         out["suggest_ms_p99"] = round(1000 * sg[min(len(sg) - 1, int(0.99 * len(sg)))], 2)
         out["stats"] = {k: v for k, v in searcher.stats.items()}

@@ -78,6 +78,9 @@ def main(argv=None) -> int:
     if "wide" in parts:
         results["wide"] = run_wide(args, lambda partial: _save(out, results | {"wide": partial}))
         _save(out, results)
+    if "emulated" in parts:
+        results["emulated"] = run_emulated(args, lambda partial: _save(out, results | {"emulated": partial}))
+        _save(out, results)
     if "suggest" in parts:
         results["suggest"] = run_suggest_cost()
         _save(out, results)
@@ -252,6 +255,56 @@ def _serial(args, seed, problem):
     return out
 
 
+def _emulated(args, width, seed, problem):
+    """The same DGP search and believer batches without Ray: ``width`` trials always running, the oldest quarter
+    completing at once and refilled from a batch that believes the rest (a fresh model every width/4 results): how
+    good the batch proposals are when the host keeps up."""
+    from raydgp.raytune.dgp_searcher import convert_search_space
+    from raydgp.raytune.synthetic import PROBLEMS
+    from raydgp.search import DGPSearch, SearchSettings
+
+    space, _, metric, opt = problem[:4]
+    sp = convert_search_space(space)
+    fn = PROBLEMS[args.problem][0]
+    s = DGPSearch(sp, SearchSettings(seed=seed))
+    t0 = time.time()
+    vals = []
+    k = max(1, width // 4)
+    pend = s.suggest_batch(min(width, args.trials))
+    while len(vals) < args.trials and pend:
+        done, pend = pend[:k], pend[k:]
+        for c in done:
+            v = fn(sp.to_params(c))
+            s.observe(c, v)
+            vals.append(v)
+        room = args.trials - len(vals) - len(pend)
+        if room > 0:
+            pend += s.suggest_batch(min(k, room), pending=pend)
+    best = [min(vals[:n]) for n in CHECKPOINTS if n <= len(vals)]
+    out = {"method": "dgp_emulated", "width": width, "seed": seed, "trials": len(vals),
+           "wall_s": round(time.time() - t0, 2), "best": {str(n): b for n, b in zip(CHECKPOINTS, best)},
+           "regret": {str(n): b - opt for n, b in zip(CHECKPOINTS, best)},
+           "batch_s": {"median": round(statistics.median(s.timings["batch"]), 4), "n": len(s.timings["batch"])}}
+    print(json.dumps(out), flush=True)
+    return out
+
+
+def run_emulated(args, save=lambda partial: None) -> dict:
+    import torch
+
+    torch.set_num_threads(1)
+    problem = _problem(args)
+    res = {"problem": args.problem, "trials": args.trials, "seeds": args.seeds, "runs": []}
+    for seed in range(args.seeds):
+        if args.serial:
+            res["runs"].append(_serial(args, seed, problem))
+            save(res)
+        for width in [int(w) for w in args.widths.split(",")]:
+            res["runs"].append(_emulated(args, width, seed, problem))
+            save(res)
+    return res
+
+
 def run_wide(args, save=lambda partial: None) -> dict:
     import torch
 
@@ -373,6 +426,26 @@ def render(results: dict, md: Path) -> str:
                 r.get("busy", "-"), r.get("steady_busy", "-"), r.get("proposals_per_s", "-"), sg.get("median", "-"),
                 sg.get("p99", "-"), sg.get("not_ready", "-"), (r.get("batch_s") or {}).get("median", "-"),
                 *[_f(rg.get(str(n))) for n in CHECKPOINTS])) + " |")
+        lines.append("")
+    e = results.get("emulated")
+    if e:
+        import numpy as np
+
+        lines.append(f"**Without Ray** (part `emulated`, {e['seeds']} seeds, `{e['problem']}`, {e['trials']} trials): "
+                     "the same search and believer batches with the host out of the way: `width` trials always "
+                     "running, the oldest quarter completing at once and refilled by a batch that believes the rest; "
+                     "`serial` refits on every result. Median regret over seeds (and each seed):")
+        lines.append("")
+        lines.append("| method | width | regret@32 | regret@64 | regret@128 | regret@256 | per seed @256 | batch median s |")
+        lines.append("|---|---|---|---|---|---|---|---|")
+        keys = sorted({(r["method"], r.get("width", 1)) for r in e["runs"]}, key=lambda t: (t[0] != "serial", t[1]))
+        for m, wd in keys:
+            rs = [r for r in e["runs"] if r["method"] == m and r.get("width", 1) == wd]
+            med = [_f(float(np.median([r["regret"][str(n)] for r in rs]))) if all(str(n) in r["regret"] for r in rs)
+                   else "-" for n in CHECKPOINTS]
+            per = ", ".join(_f(r["regret"].get("256")) for r in rs)
+            bt = statistics.median(r["batch_s"]["median"] for r in rs) if all("batch_s" in r for r in rs) else "-"
+            lines.append(f"| {m} | {wd if m != 'serial' else 1} | " + " | ".join(med) + f" | {per} | {bt} |")
         lines.append("")
     s = results.get("suggest")
     if s:

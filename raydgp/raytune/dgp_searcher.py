@@ -229,7 +229,8 @@ class DGPSearcher(JsonStateMixin, Searcher):
             q = self._proposal_queue()
             cfg = q.suggest()
             if cfg is None:
-                return Searcher.FINISHED if q.exhausted else None  # None: not ready, Tune asks again next step
+                # None: not ready, Tune asks again next step
+                return Searcher.FINISHED if q.exhausted else None
             self._live[trial_id] = cfg
             return self._space.to_params(cfg)
         try:
