@@ -64,6 +64,8 @@ def main(argv=None) -> int:
     ap.add_argument("--gpus-per-node", type=int, default=8)
     ap.add_argument("--out", default=str(ROOT / "bench" / "bench_wide.json"))
     ap.add_argument("--md", default=str(ROOT / "BENCHMARKS.md"))
+    ap.add_argument("--append", action="store_true", help="add this run's wide runs to those already in --out "
+                                                          "(more seeds or methods) instead of replacing them")
     args = ap.parse_args(argv)
     out = Path(args.out)
     results = json.loads(out.read_text()) if out.exists() else {}
@@ -76,13 +78,23 @@ def main(argv=None) -> int:
     results["commit"] = _commit()
     parts = args.parts.split(",")
     if "wide" in parts:
-        results["wide"] = run_wide(args, lambda partial: _save(out, results | {"wide": partial}))
+        old = results.get("wide") if args.append else None
+        for r in (old or {}).get("runs", []):
+            r.setdefault("commit", old.get("commit"))
+
+        def merged(partial):
+            return partial | {"runs": (old["runs"] if old else []) + partial["runs"]} if old else partial
+        new = run_wide(args, lambda partial: _save(out, results | {"wide": merged(partial)}))
+        results["wide"] = merged(new)
+        results["wide"]["commit"] = results["commit"]
         _save(out, results)
     if "emulated" in parts:
         results["emulated"] = run_emulated(args, lambda partial: _save(out, results | {"emulated": partial}))
+        results["emulated"]["commit"] = results["commit"]
         _save(out, results)
     if "suggest" in parts:
         results["suggest"] = run_suggest_cost()
+        results["suggest"]["commit"] = results["commit"]
         _save(out, results)
     print(render(results, Path(args.md)))
     return 0
@@ -189,7 +201,8 @@ def _one_run(method, args, width, seed, problem):
     best = [min(vals[:n]) for n in CHECKPOINTS if n <= len(vals)]
     log = getattr(searcher, "suggest_log", [])
     lat = sorted(t for t, ok in log if ok)
-    out = {"method": method, "width": width, "seed": seed, "trials": len(rows), "wall_s": round(wall, 2),
+    out = {"method": method, "width": width, "seed": seed, "commit": _commit(), "trials": len(rows),
+           "wall_s": round(wall, 2),
            "width_got": got, "busy": round(busy_fraction(iv, width), 4), "steady_busy": steady and round(steady, 4),
            "proposals_per_s": round(len(rows) / wall, 3), "trial_processes": processes,
            "best": {str(n): b for n, b in zip(CHECKPOINTS, best)},
@@ -404,25 +417,29 @@ def render(results: dict, md: Path) -> str:
     lines = [BEGIN, "## 8. Running wide: a simulated Ray cluster (issue 11)", ""]
     mach = results.get("machine", {})
     lines.append(f"Machine: {mach.get('cpu')} (LLVM mcpu `{mach.get('mcpu')}`), {mach.get('cores')} cores, "
-                 f"{mach.get('platform')}; commit `{results.get('commit')}`. Produced by "
-                 "`python scripts/bench_wide.py` (raw: `bench/bench_wide.json`).")
+                 f"{mach.get('platform')}. Produced by `python scripts/bench_wide.py` (raw: `bench/bench_wide.json`); "
+                 "commit per part: " + ", ".join(f"{k} `{results[k].get('commit', results.get('commit'))}`"
+                                                 for k in ("wide", "emulated", "suggest") if results.get(k)) + ".")
     lines.append("")
     w = results.get("wide")
     if w:
         lines.append(f"Problem `{w['problem']}`, {w['trials']} trials of {w['trial_s']} s (sleep) each, "
                      f"{w['gpus_per_node']} fake GPUs per node, Tune `max_concurrent_trials` = width + "
-                     f"{w['headroom']}; {w['seeds']} seed(s). Busy = trial work / (width x first start..last end); "
+                     f"{w['headroom']}; seeds as listed. Busy = trial work / (width x first start..last end); "
                      "steady = the same from the width-th start to the last start. suggest() is the driver's time "
                      "per proposing call; regret = best loss - optimum after n trials (completion order).")
         lines.append("")
-        lines.append("| width | method | nodes | width got | wall s | busy | steady busy | proposals/s | suggest median ms "
-                     "| suggest p99 ms | not ready | batch median s | regret@32 | regret@64 | regret@128 | regret@256 |")
-        lines.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
-        for r in w["runs"]:
+        lines.append("| width | method | seed | nodes | width got | wall s | busy | steady busy | proposals/s | suggest "
+                     "median ms | suggest p99 ms | not ready | batch median s | regret@32 | regret@64 | regret@128 | "
+                     "regret@256 |")
+        lines.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+        runs = sorted(w["runs"], key=lambda r: (r.get("width", 0), r["method"], r.get("seed", 0)))
+        for r in runs:
             sg = r.get("suggest_ms", {})
             rg = r.get("regret") or {}
             lines.append("| " + " | ".join(str(x) for x in (
-                r.get("width", "-"), r["method"], r.get("nodes", "-"), r.get("width_got", "-"), r["wall_s"],
+                r.get("width", "-"), r["method"], r.get("seed", "-"), r.get("nodes", "-"), r.get("width_got", "-"),
+                r["wall_s"],
                 r.get("busy", "-"), r.get("steady_busy", "-"), r.get("proposals_per_s", "-"), sg.get("median", "-"),
                 sg.get("p99", "-"), sg.get("not_ready", "-"), (r.get("batch_s") or {}).get("median", "-"),
                 *[_f(rg.get(str(n))) for n in CHECKPOINTS])) + " |")
