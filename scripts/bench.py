@@ -574,13 +574,19 @@ def render(results: dict, bench_md: Path, out_dir: Path) -> str:
         lines += [f"![layers]({out_dir.name}/layers.png)", ""]
     lines.append(END)
     section = "\n".join(lines)
-    text = bench_md.read_text() if bench_md.exists() else "# Benchmarks\n"
-    if BEGIN in text and END in text:
-        text = text[: text.index(BEGIN)] + section + text[text.index(END) + len(END):]
+    write_section(bench_md, BEGIN, END, section)
+    return section
+
+
+def write_section(md: Path, begin: str, end: str, section: str) -> None:
+    """Replace the text between ``begin`` and ``end`` in ``md`` with ``section`` (which carries both markers), or
+    append it; the rest of the file is kept."""
+    text = md.read_text() if md.exists() else "# Benchmarks\n"
+    if begin in text and end in text:
+        text = text[: text.index(begin)] + section + text[text.index(end) + len(end):]
     else:
         text = text.rstrip() + "\n\n" + section + "\n"
-    bench_md.write_text(text)
-    return section
+    md.write_text(text)
 
 
 def _table1(ly: dict) -> list[str]:

@@ -475,13 +475,9 @@ def render(results: dict, md: Path) -> str:
         lines.append("")
     lines.append(END)
     text = "\n".join(lines)
-    if md.exists():
-        cur = md.read_text()
-        if BEGIN in cur and END in cur:
-            cur = cur[:cur.index(BEGIN)] + text + cur[cur.index(END) + len(END):]
-        else:
-            cur = cur.rstrip() + "\n\n" + text + "\n"
-        md.write_text(cur)
+    from bench import write_section
+
+    write_section(md, BEGIN, END, text)
     return text
 
 
