@@ -80,7 +80,8 @@ def main(argv=None) -> int:
     if "wide" in parts:
         old = results.get("wide") if args.append else None
         for r in (old or {}).get("runs", []):
-            r.setdefault("commit", old.get("commit"))
+            if not r.get("commit"):
+                r["commit"] = old.get("commit") or "?"
 
         def merged(partial):
             return partial | {"runs": (old["runs"] if old else []) + partial["runs"]} if old else partial
@@ -419,7 +420,8 @@ def render(results: dict, md: Path) -> str:
     lines.append(f"Machine: {mach.get('cpu')} (LLVM mcpu `{mach.get('mcpu')}`), {mach.get('cores')} cores, "
                  f"{mach.get('platform')}. Produced by `python scripts/bench_wide.py` (raw: `bench/bench_wide.json`); "
                  "commit per part: " + ", ".join(f"{k} `{results[k].get('commit', results.get('commit'))}`"
-                                                 for k in ("wide", "emulated", "suggest") if results.get(k)) + ".")
+                                                 for k in ("emulated", "suggest") if results.get(k))
+                 + "; the wide runs' commits are in the table.")
     lines.append("")
     w = results.get("wide")
     if w:
@@ -429,16 +431,17 @@ def render(results: dict, md: Path) -> str:
                      "steady = the same from the width-th start to the last start. suggest() is the driver's time "
                      "per proposing call; regret = best loss - optimum after n trials (completion order).")
         lines.append("")
-        lines.append("| width | method | seed | nodes | width got | wall s | busy | steady busy | proposals/s | suggest "
+        lines.append("| width | method | seed | commit | nodes | width got | wall s | busy | steady busy | proposals/s | suggest "
                      "median ms | suggest p99 ms | not ready | batch median s | regret@32 | regret@64 | regret@128 | "
                      "regret@256 |")
-        lines.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+        lines.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
         runs = sorted(w["runs"], key=lambda r: (r.get("width", 0), r["method"], r.get("seed", 0)))
         for r in runs:
             sg = r.get("suggest_ms", {})
             rg = r.get("regret") or {}
             lines.append("| " + " | ".join(str(x) for x in (
-                r.get("width", "-"), r["method"], r.get("seed", "-"), r.get("nodes", "-"), r.get("width_got", "-"),
+                r.get("width", "-"), r["method"], r.get("seed", "-"), r.get("commit", "-"), r.get("nodes", "-"),
+                r.get("width_got", "-"),
                 r["wall_s"],
                 r.get("busy", "-"), r.get("steady_busy", "-"), r.get("proposals_per_s", "-"), sg.get("median", "-"),
                 sg.get("p99", "-"), sg.get("not_ready", "-"), (r.get("batch_s") or {}).get("median", "-"),
