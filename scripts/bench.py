@@ -50,7 +50,7 @@ MODES = {
                   "variants": {"dgp": {}}},
         "replay": {"runs": [{"name": "loto", "targets": ["conv2d:1,64,56,56,64,3,1,1", "dense:1,512,1000"],
                              "seeds": 1, "budget": 12, "random_seeds": 5, "max_history": 600,
-                             "methods": "cold,dgp,sgp"}]},
+                             "methods": "cold,dgp,sgp,rgpe"}]},
         "layers": None,
     },
     "full": {
@@ -64,9 +64,9 @@ MODES = {
                       "slow": {"problems": ["mixed6"], "sleep_s": 1.0, "trials": 40, "budgets": [20, 40]}},
         "replay": {"runs": [
             {"name": "loto", "targets": None, "every": 4, "seeds": 2, "budget": 40, "random_seeds": 50,
-             "max_history": 4000, "methods": "cold,dgp,dgp_notrust,dgp_h03,sgp"},
+             "max_history": 4000, "methods": "cold,dgp,dgp_zs,dgp_notrust,sgp,rgpe,fsbo,mtgp"},
             {"name": "lomo", "lomo": True, "targets": None, "every": 2, "seeds": 2, "budget": 40, "random_seeds": 50,
-             "max_history": 4000, "methods": "cold,dgp,dgp_notrust,dgp_h03,sgp"}]},
+             "max_history": 4000, "methods": "cold,dgp,dgp_zs,dgp_notrust,sgp,rgpe,fsbo,mtgp"}]},
         "layers": {"workloads": ["conv2d:1,160,14,14,320,3,1,1", "conv2d:1,96,28,28,192,5,1,2"], "trials": 64,
                    "methods": ["dgp", "cold", "random", "tpe", "metaschedule"]},
     },
@@ -92,6 +92,12 @@ def machine() -> dict:
         mcpu = host_target("llvm", os.cpu_count())["mcpu"]
     except Exception:  # noqa: BLE001 - a machine without a working TVM still reports the rest
         mcpu = "?"
+    try:  # puts the bootstrap's separate HEBO directory on sys.path, so its version is found
+        from raydgp.raytune.flat_searcher import hebo_search_class
+
+        hebo_search_class()
+    except Exception:  # noqa: BLE001 - reported as not installed
+        pass
     vers = {}
     for pkg in ("apache-tvm", "torch", "ray", "botorch", "gpytorch", "optuna", "hebo", "numpy"):
         try:
@@ -192,13 +198,13 @@ def _searcher(method: str, seed: int):
         except ImportError as e:
             return None, f"Optuna not installed ({e}); pip install optuna"
     if method == "hebo":
-        try:
-            from ray.tune.search.hebo import HEBOSearch
+        from raydgp.errors import ConfigError
+        from raydgp.raytune.flat_searcher import hebo_search_class
 
-            return HEBOSearch(metric="loss", mode="min", random_state_seed=seed), None
-        except (ImportError, AssertionError) as e:
-            return None, (f"HEBO not importable here ({type(e).__name__}: {str(e)[:120]}); its only release (0.3.6) "
-                          "pins numpy<1.25, which TVM 0.27 and torch 2.13 here do not run with")
+        try:
+            return hebo_search_class()(metric="loss", mode="min", random_state_seed=seed), None
+        except ConfigError as e:
+            return None, str(e)
     raise ValueError(f"unknown searcher {method!r}")
 
 
@@ -531,6 +537,14 @@ def render(results: dict, bench_md: Path, out_dir: Path) -> str:
                   "`dgp`: transfer with the trust in history (the default); `dgp_notrust`: without it; `cold`: no "
                   "history; `dgp_zs`: the pre-trained model zero-shot; `sgp`: the same pipeline with no hidden layer "
                   "(a one-layer sparse GP: what depth buys); `exact_gp`: BoTorch SingleTaskGP on history + target. "
+                  "The transfer peers (`scripts/transfer_peers.py`, same history, candidates and budget; the first 3 "
+                  "picks zero-shot, the best predicted on average over the history tasks): `mtgp`: BoTorch "
+                  "`MultiTaskGP` on 12 points per history task + the target's results, refitted every 10; `rgpe`: "
+                  "the ranking-weighted ensemble of per-task GPs (200 points each) and a target GP, weights from "
+                  "ranking-loss samples with weight dilution prevention (BoTorch's RGPE tutorial, Feurer et al. "
+                  "2018); `fsbo`: a deep-kernel GP (MLP 64-64-16 under Matern-5/2) meta-trained on single-task "
+                  "batches of the history (1500 steps), fine-tuned on the target's results before every pick "
+                  "(Wistuba & Grabocka 2021). "
                   "Medians over targets of the per-target medians over seeds; best found relative to the best "
                   "candidate; trials to come within 5% (budget+1 if never).", ""]
         for name, r in rp.items():

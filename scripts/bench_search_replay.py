@@ -13,6 +13,8 @@ default: every task in turn is the target), or only ResNet-18's layers with Mobi
 * ``sgp``: ``dgp`` with no hidden layer (``hidden_dims=()``: a one-layer sparse variational GP, the same
   pre-training, transfer, trust and search): what depth buys;
 * ``dgp_h03``: ``dgp`` with the hidden GPs' output scale starting at 0.3 instead of 0.01 (``hidden_noise``);
+* ``mtgp``, ``rgpe``, ``fsbo``: the transfer peers of ``scripts/transfer_peers.py`` (BoTorch ``MultiTaskGP``, the
+  RGPE ranking-weighted ensemble, an FSBO deep-kernel GP) on the same history, candidates and budget;
 * ``exact_gp``: the simple transfer baseline: BoTorch ``SingleTaskGP`` on a history subsample (600) + the target's
   measurements, with the workload features; hyper-parameters refitted (L-BFGS, at most 100 iterations) every 16
   results and conditioned on the new data in between;
@@ -37,7 +39,10 @@ import time
 
 import numpy as np
 
-METHODS = ("random", "cold", "dgp", "dgp_rand", "dgp_zs", "exact_gp", "dgp_notrust", "sgp", "dgp_h03")
+from transfer_peers import PEERS, peer_search
+
+METHODS = ("random", "cold", "dgp", "dgp_rand", "dgp_zs", "exact_gp", "dgp_notrust", "sgp", "dgp_h03", "mtgp", "rgpe",
+           "fsbo")
 
 
 def main(argv=None) -> int:
@@ -93,6 +98,7 @@ def main(argv=None) -> int:
     if unknown:
         ap.error(f"unknown methods {sorted(unknown)}; choose from {METHODS}")
     cache = args.cache or tempfile.mkdtemp(prefix="raydgp-replay-")
+    per_task = _task_histories(recs, spaces) if set(methods) & set(PEERS) else {}
     results = {"budget": args.budget, "seeds": args.seeds, "lomo": args.lomo, "max_history": args.max_history,
                "targets": {}, "curves": {}}
     all_curves: dict[str, list] = {m: [] for m in ["random"] + methods}
@@ -116,9 +122,16 @@ def main(argv=None) -> int:
             rs.append(_curve(lat, order[: args.budget]))
         out["random"] = _summary(rs, best, args.budget)
         all_curves["random"].extend(c / best for c in rs)
+        tasks = [h for (key, _), h in per_task.items() if spec_of[key] != spec
+                 and (allowed is None or spec_of[key] in allowed)]
         for method in methods:
             t0 = time.time()
-            curves = [_curve(lat, _run(method, sp, lat, hist, seed, args.budget, cache)) for seed in range(args.seeds)]
+            if method in PEERS:
+                curves = [_curve(lat, peer_search(method, tasks, sp, lat, seed, args.budget))
+                          for seed in range(args.seeds)]
+            else:
+                curves = [_curve(lat, _run(method, sp, lat, hist, seed, args.budget, cache))
+                          for seed in range(args.seeds)]
             out[method] = _summary(curves, best, args.budget) | {"wall_s": round(time.time() - t0, 1)}
             out[method]["curve"] = np.median(np.array([np.pad(c, (0, args.budget - len(c)), mode="edge")
                                                        for c in curves]) / best, axis=0).round(4).tolist()
@@ -131,6 +144,22 @@ def main(argv=None) -> int:
     _finish(results, all_curves, ["random"] + methods, args)
     print(_table(results, ["random"] + methods))
     return 0
+
+
+def _task_histories(recs, spaces) -> dict:
+    """Every ``(workload key, hardware)`` task of the records as its own :class:`History` (the peers model tasks
+    separately), tasks with fewer than 5 usable points left out."""
+    from collections import defaultdict
+
+    from raydgp.search import history_from_records
+    from raydgp.space.hardware import hardware_tag
+
+    groups = defaultdict(list)
+    for r in recs:
+        if r.workload.key in spaces:
+            groups[(r.workload.key, hardware_tag(r.target or spaces[r.workload.key].target))].append(r)
+    out = {k: history_from_records(g, spaces) for k, g in groups.items()}
+    return {k: h for k, h in out.items() if len(h) >= 5}
 
 
 def _run(method, sp, lat, hist, seed, budget, cache) -> list:

@@ -126,6 +126,36 @@ def tpe(space: DesignSpace, seed: int, metric: str = "latency_ms", mode: str = "
         ps, metric=m, mode=md, sampler=optuna.samplers.TPESampler(seed=seed)), metric, mode, points_to_evaluate)
 
 
+def hebo_search_class():
+    """Ray Tune's ``HEBOSearch``, with HEBO from the environment or, failing that, from ``<venv>/hebo``, where
+    ``scripts/bootstrap.sh`` installs it apart (its only release pins numpy<1.25; the directory is appended to
+    ``sys.path``, so nothing in it shadows the environment's own packages).
+
+    Raises:
+        ConfigError: HEBO is not importable.
+    """
+    import importlib
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    apart = Path(sys.prefix) / "hebo"
+    if importlib.util.find_spec("hebo") is None and apart.is_dir() and str(apart) not in sys.path:
+        sys.path.append(str(apart))
+    try:
+        import hebo  # noqa: F401 - Ray's module records a failed import once, at its own import
+        import ray.tune.search.hebo as ray_hebo
+
+        if getattr(ray_hebo, "hebo", None) is None:
+            ray_hebo = importlib.reload(ray_hebo)
+        ray_hebo.HEBOSearch({"x": tune.uniform(0, 1)}, metric="x", mode="min")  # fails fast if HEBO is broken
+    except (ImportError, AssertionError) as e:
+        raise ConfigError(f"the hebo searcher needs the HEBO package, which is not importable here "
+                          f"({type(e).__name__}: {str(e)[:100]}); ./scripts/bootstrap.sh installs it in "
+                          f"{apart}") from None
+    return ray_hebo.HEBOSearch
+
+
 def hebo(space: DesignSpace, seed: int, metric: str = "latency_ms", mode: str = "min",
          points_to_evaluate: list[dict] | None = None) -> FlatSearcher:
     """HEBO through Ray Tune's ``HEBOSearch`` over the flat view of ``space``.
@@ -133,12 +163,6 @@ def hebo(space: DesignSpace, seed: int, metric: str = "latency_ms", mode: str = 
     Raises:
         ConfigError: HEBO is not importable here.
     """
-    try:
-        from ray.tune.search.hebo import HEBOSearch
-
-        HEBOSearch({"x": tune.uniform(0, 1)}, metric="x", mode="min")  # fails fast without the hebo package
-    except (ImportError, AssertionError) as e:
-        raise ConfigError(f"the hebo searcher needs the HEBO package, which is not importable here "
-                          f"({type(e).__name__}: {str(e)[:100]}); HEBO 0.3.6 pins numpy<1.25") from None
+    HEBOSearch = hebo_search_class()
     return FlatSearcher(space, lambda ps, m, md: HEBOSearch(ps, metric=m, mode=md, random_state_seed=seed),
                         metric, mode, points_to_evaluate)
