@@ -29,7 +29,7 @@ def test_quick_bench_writes_json_tables_and_plots(tmp_path):
     assert row["methods"]["dgp"]["suggest_ms_median"] > 0
     assert "regret@12" in row["methods"]["tpe"] or "skipped" in row["methods"]["tpe"]
     loto = res["replay"]["loto"]
-    assert loto["targets"] == 2 and set(loto["median_over_targets"]) == {"random", "cold", "dgp", "sgp"}
+    assert loto["targets"] == 2 and set(loto["median_over_targets"]) == {"random", "cold", "dgp", "sgp", "rgpe"}
     text = md.read_text()
     assert "kept text" in text and "<!-- bench:begin -->" in text and "### 7.1" in text and "### 7.2" in text
     assert (tmp_path / "searchers.png").stat().st_size > 1000 and (tmp_path / "replay_loto.png").exists()
