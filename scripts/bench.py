@@ -68,7 +68,7 @@ MODES = {
             {"name": "lomo", "lomo": True, "targets": None, "every": 2, "seeds": 2, "budget": 40, "random_seeds": 50,
              "max_history": 4000, "methods": "cold,dgp,dgp_zs,dgp_notrust,sgp,rgpe,fsbo,mtgp"}]},
         "layers": {"workloads": ["conv2d:1,160,14,14,320,3,1,1", "conv2d:1,96,28,28,192,5,1,2"], "trials": 64,
-                   "methods": ["dgp", "cold", "random", "tpe", "metaschedule"]},
+                   "seeds": [0, 1], "methods": ["dgp", "cold", "random", "tpe", "hebo", "metaschedule"]},
     },
 }
 
@@ -358,38 +358,48 @@ def run_layers(cfg: dict, out: Path, results: dict) -> None:
     part["config"] = cfg
     work = out.parent / "bench_layers"
     work.mkdir(parents=True, exist_ok=True)
+    for seed in cfg.get("seeds", [0]):
+        for spec in cfg["workloads"]:
+            _run_layer(spec, seed, cfg, part, work, out, results)
+
+
+def _run_layer(spec: str, seed: int, cfg: dict, part: dict, work: Path, out: Path, results: dict) -> None:
+    """Every method on one layer with one seed, then their bests re-timed together."""
     fast = ROOT / "scripts" / "bench_fast.py"
     shipped = str(ROOT / "raydgp" / "datasets" / "shipped")
-    for spec in cfg["workloads"]:
-        tag = spec.replace(":", "_").replace(",", "_")
-        row = next((r for r in part["runs"] if r["workload"] == spec), None)
-        if row is None or not cfg.get("only"):
-            row = {"workload": spec, "trials": cfg["trials"], "date": time.strftime("%Y-%m-%d %H:%M"), "methods": {}}
-            part["runs"] = [r for r in part["runs"] if r["workload"] != spec] + [row]
-        for method in cfg.get("only") or cfg["methods"]:  # --only: (re)run these methods, keep the others'
-            row.setdefault("commits", {})[method] = commit()
-            d = work / f"{method}-{tag}-{time.strftime('%H%M%S')}"
-            if method == "metaschedule":
-                cmd = [sys.executable, str(fast), "_ms", spec, str(cfg["trials"]), str(d)]
-            else:
-                cmd = [sys.executable, "-m", "raydgp", "layer", "--workload", spec, "--trials", str(cfg["trials"]),
-                       "--out", str(d), "--searcher", method if method in ("random", "tpe", "hebo") else "dgp"]
-                if method == "dgp":
-                    cmd += ["--history", shipped]
-            t0 = time.monotonic()
-            p = subprocess.run(cmd, cwd=ROOT, text=True, capture_output=True,
-                               env=dict(os.environ, RAYDGP_HOME=str(work / "home")))
-            wall = time.monotonic() - t0
-            (work / f"{d.name}.log").write_text(p.stdout + "\n--- stderr ---\n" + p.stderr)
-            entry = {"wall_s": round(wall, 1), "exit": p.returncode, "dir": d.name}
-            if method == "metaschedule":
-                entry["curve_ms"] = _ms_curve(d)
-            else:
-                entry["curve_ms"], entry["best"], entry["times_s"] = _layer_curve(d / "records")
-            row["methods"][method] = entry
-            print(f"layers {spec} {method}: exit {p.returncode}, {wall:.0f} s", flush=True)
-        row["retimed"] = _retime(spec, row, work)
+    tag = spec.replace(":", "_").replace(",", "_")
+    same = lambda r: r["workload"] == spec and r.get("seed", 0) == seed  # noqa: E731
+    row = next((r for r in part["runs"] if same(r)), None)
+    if row is None or not cfg.get("only"):
+        row = {"workload": spec, "seed": seed, "trials": cfg["trials"], "date": time.strftime("%Y-%m-%d %H:%M"),
+               "methods": {}}
+        part["runs"] = [r for r in part["runs"] if not same(r)] + [row]
+    for method in cfg.get("only") or cfg["methods"]:  # --only: (re)run these methods, keep the others'
+        row.setdefault("commits", {})[method] = commit()
+        d = work / f"{method}-{tag}-s{seed}-{time.strftime('%H%M%S')}"
+        if method == "metaschedule":
+            cmd = [sys.executable, str(fast), "_ms", spec, str(cfg["trials"]), str(d), str(seed)]
+        else:
+            cmd = [sys.executable, "-m", "raydgp", "layer", "--workload", spec, "--trials", str(cfg["trials"]),
+                   "--out", str(d), "--seed", str(seed),
+                   "--searcher", method if method in ("random", "tpe", "hebo") else "dgp"]
+            if method == "dgp":
+                cmd += ["--history", shipped]
+        t0 = time.monotonic()
+        p = subprocess.run(cmd, cwd=ROOT, text=True, capture_output=True,
+                           env=dict(os.environ, RAYDGP_HOME=str(work / "home")))
+        wall = time.monotonic() - t0
+        (work / f"{d.name}.log").write_text(p.stdout + "\n--- stderr ---\n" + p.stderr)
+        entry = {"wall_s": round(wall, 1), "exit": p.returncode, "dir": d.name}
+        if method == "metaschedule":
+            entry["curve_ms"] = _ms_curve(d)
+        else:
+            entry["curve_ms"], entry["best"], entry["times_s"] = _layer_curve(d / "records")
+        row["methods"][method] = entry
+        print(f"layers {spec} seed {seed} {method}: exit {p.returncode}, {wall:.0f} s", flush=True)
         _save(out, results)
+    row["retimed"] = _retime(spec, row, work)
+    _save(out, results)
 
 
 def _layer_curve(store_dir: Path):
@@ -567,21 +577,36 @@ def render(results: dict, bench_md: Path, out_dir: Path) -> str:
                   (f"(Rerun with `--only`: {', '.join(redo)}, at the part's commit above; the other methods ran "
                    "earlier in the same session, and all were re-timed together after the rerun.)" if redo else ""),
                   "",
-                  f"{ly['config']['trials']} trials per method, one after another; `dgp` transfers from the shipped "
+                  f"{ly['config']['trials']} trials per method, one after another, seeds {ly['config'].get('seeds', [0])} "
+                  "(each method's own seed; MetaSchedule's `tune_tir(seed=...)`); `dgp` transfers from the shipped "
                   "history (none of these shapes is in it, and it was recorded mostly on another CPU), `cold` has no "
                   "history. Best during the search, then every method's best re-timed by the same measurer "
                   "(5 rounds, interleaved; median). MetaSchedule's during-search columns are its own runner's "
                   "figures, 1.5-1.8x above its own best re-timed here (its runner times the function it tunes, which "
                   "for a layout-free weight likely still holds the weight-packing block; not verified): only the "
                   "re-timed column compares methods.", "",
-                  "| layer | method | best @16 | @32 | @64 | re-timed | wall |", "|---|---|---|---|---|---|---|"]
+                  "| layer | seed | method | best @16 | @32 | @64 | re-timed | trials to 5% of the seed's best | wall |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         for row in ly["runs"]:
+            rt_all = {m: v.get("median_ms") for m, v in row.get("retimed", {}).items() if v.get("median_ms")}
+            ref = min(rt_all.values()) if rt_all else None
             for m, e in row["methods"].items():
                 c = e.get("curve_ms") or []
                 at = [c[n - 1] if len(c) >= n else None for n in (16, 32, 64)]
-                rt = row.get("retimed", {}).get(m, {}).get("median_ms")
-                lines.append(f"| {row['workload']} | {m} | " + " | ".join(_f(x) + " ms" if x else "-" for x in at)
-                             + f" | {_f(rt)} ms | {e['wall_s']:.0f} s |")
+                rt = rt_all.get(m)
+                hit = next((i + 1 for i, v in enumerate(c) if v and ref and v <= 1.05 * ref), None)
+                to5 = "(its own runner)" if m == "metaschedule" else (str(hit) if hit else f"> {len(c)}")
+                lines.append(f"| {row['workload']} | {row.get('seed', 0)} | {m} | "
+                             + " | ".join(_f(x) + " ms" if x else "-" for x in at)
+                             + f" | {_f(rt)} ms | {to5} | {e['wall_s']:.0f} s |")
+        lines += ["", "Over seeds (re-timed bests): median, the seeds' values, and in how many seeds the method had "
+                  "the best re-timed latency of all methods.", "",
+                  "| layer | method | median re-timed | per seed | best in seeds | median wall |", "|---|---|---|---|---|---|"]
+        for spec, per in _layers_over_seeds(ly).items():
+            for m, v in per.items():
+                lines.append(f"| {spec} | {m} | {_f(_median(v['ms']))} ms | "
+                             + ", ".join(_f(x) for x in v["ms"]) + f" | {v['wins']} of {len(v['ms'])} | "
+                             f"{_f(_median(v['wall']))} s |")
         lines.append("")
         lines += _table1(ly)
         _plot_layers(ly, out_dir / "layers.png")
@@ -601,6 +626,21 @@ def write_section(md: Path, begin: str, end: str, section: str) -> None:
     else:
         text = text.rstrip() + "\n\n" + section + "\n"
     md.write_text(text)
+
+
+def _layers_over_seeds(ly: dict) -> dict:
+    """Per layer and method: the re-timed best of every seed, the walls, and the seeds in which it was the best."""
+    out: dict = {}
+    for row in ly["runs"]:
+        rt = {m: v.get("median_ms") for m, v in row.get("retimed", {}).items() if v.get("median_ms")}
+        winner = min(rt, key=rt.get) if rt else None
+        for m, e in row["methods"].items():
+            d = out.setdefault(row["workload"], {}).setdefault(m, {"ms": [], "wall": [], "wins": 0})
+            if rt.get(m):
+                d["ms"].append(rt[m])
+            d["wall"].append(e["wall_s"])
+            d["wins"] += m == winner
+    return out
 
 
 def _table1(ly: dict) -> list[str]:
@@ -635,7 +675,7 @@ def _table1(ly: dict) -> list[str]:
         a, b = rt.get("dgp", {}).get("median_ms"), rt.get("metaschedule", {}).get("median_ms")
         imp = 1 - a / b if a and b else None
         hv = (1 + (red or 0)) * (1 + imp) - 1 if imp is not None else None
-        out.append(f"| {row['workload']} | {reached} | {_pct(red)} | {_pct(imp)} | {_pct(hv)} |")
+        out.append(f"| {row['workload']} (seed {row.get('seed', 0)}) | {reached} | {_pct(red)} | {_pct(imp)} | {_pct(hv)} |")
     return out + [""]
 
 
@@ -693,7 +733,7 @@ def _plot_layers(ly: dict, path: Path) -> None:
             c = [(i + 1, v) for i, v in enumerate(e.get("curve_ms") or []) if v]
             if c:
                 ax.plot([a for a, _ in c], [b for _, b in c], label=m)
-        _style(ax, row["workload"], 8)
+        _style(ax, f"{row['workload']} (seed {row.get('seed', 0)})", 8)
     _save_fig(plt, fig, axes, "best latency (ms, during search)", path)
 
 

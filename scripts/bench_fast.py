@@ -187,7 +187,7 @@ def _best_record(store_dir: Path) -> dict | None:
     return {"trace": space.trace_json(r.config), "ms": r.result.median_ms}
 
 
-def _ms_main(spec: str, trials: int, work_dir: str) -> int:
+def _ms_main(spec: str, trials: int, work_dir: str, seed: int | None = None) -> int:
     """MetaSchedule's own tuning of one task (a subprocess: its builder/runner pools stay out of this process)."""
     from raydgp.space.metaschedule import host_target, make_target
     from raydgp.space.workloads import make_task
@@ -200,7 +200,7 @@ def _ms_main(spec: str, trials: int, work_dir: str) -> int:
     target = host_target("llvm", os.cpu_count())
     task = make_task(spec, target)  # the weight (and bias) layout-free, as raydgp's own task
     ms.tune_tir(task.mod, make_target(target), work_dir=work_dir, max_trials_global=trials,
-                num_trials_per_iter=min(64, trials))
+                num_trials_per_iter=min(64, trials), seed=seed)
     return 0
 
 
@@ -349,7 +349,7 @@ def render(args) -> None:
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "_ms":
-        return _ms_main(argv[1], int(argv[2]), argv[3])
+        return _ms_main(argv[1], int(argv[2]), argv[3], int(argv[4]) if len(argv) > 4 else None)
     if argv and argv[0] == "_ms_model":
         return _ms_model_main(argv[1], int(argv[2]), argv[3])
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
