@@ -302,9 +302,12 @@ def run_replay(cfg: dict, out: Path, results: dict) -> None:
     for run in cfg["runs"]:
         name = run["name"]
         js, png = out.parent / f"bench_replay_{name}.json", out.parent / f"replay_{name}.png"
+        methods = ",".join(cfg["only"]) if cfg.get("only") else run["methods"]
         argv = ["--seeds", str(run["seeds"]), "--budget", str(run["budget"]), "--random-seeds",
-                str(run["random_seeds"]), "--max-history", str(run["max_history"]), "--methods", run["methods"],
+                str(run["random_seeds"]), "--max-history", str(run["max_history"]), "--methods", methods,
                 "--out", str(js), "--plot", str(png)]
+        if cfg.get("only"):  # add these methods to the earlier run's results (same targets and settings)
+            argv += ["--add-to", str(js)]
         if run.get("lomo"):
             argv.append("--lomo")
         if run.get("targets"):
@@ -330,7 +333,9 @@ def _finish_replay(item, part: dict) -> None:
     if rc != 0:
         raise RuntimeError(f"replay {run['name']} failed (exit {rc}); see {js.with_suffix('.log')}")
     res = json.loads(js.read_text())
-    part[run["name"]] = {"argv": argv, "wall_s": round(time.monotonic() - t0, 1), "json": js.name, "plot": png.name,
+    earlier = part.get(run["name"], {})
+    wall = round(time.monotonic() - t0, 1) + (earlier.get("wall_s", 0) if "--add-to" in argv else 0)
+    part[run["name"]] = {"argv": argv, "wall_s": wall, "json": js.name, "plot": png.name, "added": res.get("added"),
                          "targets": len(res["targets"]), "budget": res["budget"], "seeds": res["seeds"],
                          "median_over_targets": res["median_over_targets"],
                          "mean_over_targets": res["mean_over_targets"], "wins": _replay_wins(res)}
@@ -560,8 +565,9 @@ def render(results: dict, bench_md: Path, out_dir: Path) -> str:
         for name, r in rp.items():
             med = r["median_over_targets"]
             keys = list(next(iter(med.values())))
+            added = "; ".join(f"{', '.join(a['methods'])} added {a['date']}" for a in r.get("added") or [])
             lines += [f"**{name}: {r['targets']} targets, {r['seeds']} seeds, budget {r['budget']}** "
-                      f"(`{r['json']}`, {r['wall_s']:.0f} s)", "",
+                      f"(`{r['json']}`, {r['wall_s']:.0f} s{'; ' + added if added else ''})", "",
                       "| method | " + " | ".join(f"median {k}" for k in keys) + " | mean trials_to_5pct | "
                       "targets faster / slower to 5% than cold |", "|---" * (len(keys) + 3) + "|"]
             for m, vals in med.items():
@@ -744,8 +750,9 @@ def main(argv=None) -> int:
     ap.add_argument("--parts", default=None, help=f"comma-separated, from {PARTS} (default: all of the mode's)")
     ap.add_argument("--out", default=str(ROOT / "bench"), help="folder of the JSON and the plots (default bench/)")
     ap.add_argument("--benchmarks", default=str(ROOT / "BENCHMARKS.md"), help="the markdown file to (re)write")
-    ap.add_argument("--only", default=None, help="layers part: (re)run only these comma-separated methods and keep "
-                                                 "the others' results (all are re-timed together again)")
+    ap.add_argument("--only", default=None, help="layers and replay parts: (re)run only these comma-separated methods and "
+                         "keep the others' results (layers: all are re-timed together again; replay: same targets "
+                         "and settings, added to the earlier run's JSON)")
     args = ap.parse_args(argv)
     mode = "quick" if args.quick else "full"
     out_dir = Path(args.out)
@@ -760,8 +767,8 @@ def main(argv=None) -> int:
         results.update(mode=mode, file=path.name, commit=commit(), date=time.strftime("%Y-%m-%d %H:%M"),
                        machine=machine())
         cfg = MODES[mode]
-        if args.only and cfg.get("layers"):
-            cfg = dict(cfg, layers=dict(cfg["layers"], only=args.only.split(",")))
+        if args.only:  # --only: the layers and replay parts (re)run these methods and keep the others' results
+            cfg = dict(cfg, **{p: dict(cfg[p], only=args.only.split(",")) for p in ("layers", "replay") if cfg.get(p)})
         import torch
 
         torch.set_num_threads(1)

@@ -12,6 +12,7 @@ default: every task in turn is the target), or only ResNet-18's layers with Mobi
 * ``dgp_notrust``: ``dgp`` without the trust in history (no cold member beside the transferred model);
 * ``sgp``: ``dgp`` with no hidden layer (``hidden_dims=()``: a one-layer sparse variational GP, the same
   pre-training, transfer, trust and search): what depth buys;
+* ``dgp_ri``: ``dgp`` with one proposal in five (after the tuning set) a random candidate (``random_interleave=0.2``);
 * ``dgp_h03``: ``dgp`` with the hidden GPs' output scale starting at 0.3 instead of 0.01 (``hidden_noise``);
 * ``mtgp``, ``rgpe``, ``fsbo``: the transfer peers of ``scripts/transfer_peers.py`` (BoTorch ``MultiTaskGP``, the
   RGPE ranking-weighted ensemble, an FSBO deep-kernel GP) on the same history, candidates and budget;
@@ -42,7 +43,7 @@ import numpy as np
 from transfer_peers import PEERS, peer_search
 
 METHODS = ("random", "cold", "dgp", "dgp_rand", "dgp_zs", "exact_gp", "dgp_notrust", "sgp", "dgp_h03", "mtgp", "rgpe",
-           "fsbo")
+           "fsbo", "dgp_ri")
 
 
 def main(argv=None) -> int:
@@ -60,6 +61,9 @@ def main(argv=None) -> int:
     ap.add_argument("--cache", default=None, help="pre-trained weights cache (default: a temporary directory)")
     ap.add_argument("--out", default=None)
     ap.add_argument("--plot", default=None, help="PNG of the median curves")
+    ap.add_argument("--add-to", default=None, metavar="JSON",
+                    help="run --methods on the targets of this earlier output and add them to it (written to --out): "
+                         "the other methods' results are kept as they were")
     ap.add_argument("--merge", nargs="+", default=None, metavar="JSON",
                     help="combine the outputs of sharded runs (--shard) into --out / --plot, then stop")
     args = ap.parse_args(argv)
@@ -94,6 +98,9 @@ def main(argv=None) -> int:
         i, n = map(int, args.shard.split("/"))
         targets = targets[i::n]
     methods = [m for m in args.methods.split(",") if m]
+    earlier = json.load(open(args.add_to)) if args.add_to else None
+    if earlier is not None:
+        targets = list(earlier["targets"])
     unknown = set(methods) - set(METHODS)
     if unknown:
         ap.error(f"unknown methods {sorted(unknown)}; choose from {METHODS}")
@@ -102,6 +109,11 @@ def main(argv=None) -> int:
     results = {"budget": args.budget, "seeds": args.seeds, "lomo": args.lomo, "max_history": args.max_history,
                "targets": {}, "curves": {}}
     all_curves: dict[str, list] = {m: [] for m in ["random"] + methods}
+    if earlier is not None:
+        same = {k: earlier[k] for k in ("budget", "seeds", "lomo", "max_history")}
+        if same != {k: results[k] for k in same}:
+            ap.error(f"--add-to {args.add_to} ran with {same}; run the added methods with the same settings")
+        results["added"] = earlier.get("added", []) + [{"methods": methods, "date": time.strftime("%Y-%m-%d %H:%M")}]
     for spec in targets:
         t_start = time.time()
         tkey = key_of[spec]
@@ -137,12 +149,15 @@ def main(argv=None) -> int:
                                                        for c in curves]) / best, axis=0).round(4).tolist()
             all_curves[method].extend(c / best for c in curves)
         out["wall_s"] = round(time.time() - t_start, 1)
+        if earlier is not None:  # the earlier methods as they were, the added ones (and random) from this run
+            out = {**earlier["targets"][spec], **{k: v for k, v in out.items() if k != "wall_s"},
+                   "wall_s": earlier["targets"][spec].get("wall_s", 0) + out["wall_s"]}
         results["targets"][spec] = out
         print(spec, json.dumps(out), flush=True)
         if args.out:  # partial results survive an interrupted run
-            _finish(results, all_curves, ["random"] + methods, args)
-    _finish(results, all_curves, ["random"] + methods, args)
-    print(_table(results, ["random"] + methods))
+            _finish(results, all_curves, ["random"] + methods, args, earlier)
+    _finish(results, all_curves, ["random"] + methods, args, earlier)
+    print(_table(results, list(results["median_over_targets"])))
     return 0
 
 
@@ -177,6 +192,8 @@ def _run(method, sp, lat, hist, seed, budget, cache) -> list:
         kw = {"dgp": DGPSettings(hidden_dims=())}
     elif method == "dgp_h03":
         kw = {"dgp": DGPSettings(hidden_noise=0.3)}
+    elif method == "dgp_ri":
+        kw = {"random_interleave": 0.2}
     # The candidates are the recorded configurations: no evolution (bred children would have no recorded latency).
     st = SearchSettings(seed=seed, init="random" if method == "dgp_rand" else "dgp", pool_size=len(lat),
                         pool_refresh=1.0, pretrain_seed=0, evolve_generations=0, **kw)
@@ -233,12 +250,16 @@ def _aggregate(results, methods) -> list[str]:
     return keys
 
 
-def _finish(results, all_curves, methods, args):
+def _finish(results, all_curves, methods, args, earlier=None):
     ts = results["targets"]
+    if earlier is not None:  # every method present on every target run so far
+        methods = [m for m in next(iter(ts.values())) if isinstance(next(iter(ts.values()))[m], dict)
+                   and all(m in t for t in ts.values())]
     _aggregate(results, methods)
-    results["curves"] = {m: np.median(np.array([np.pad(c, (0, args.budget - len(c)), mode="edge")
-                                                for c in all_curves[m]]), axis=0).tolist()
-                         for m in methods if all_curves[m]}
+    results["curves"] = dict(earlier["curves"]) if earlier is not None else {}
+    results["curves"].update({m: np.median(np.array([np.pad(c, (0, args.budget - len(c)), mode="edge")
+                                                     for c in all_curves[m]]), axis=0).tolist()
+                              for m in all_curves if all_curves[m]})
     with open(args.out, "w") as f:
         json.dump(results, f, indent=1)
     if args.plot:

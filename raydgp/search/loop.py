@@ -77,6 +77,7 @@ class DGPSearch:
         self.maximize = maximize
         self.compute_guard = compute_guard
         self.rng = np.random.default_rng(settings.seed)
+        self._interleave_rng = np.random.default_rng([settings.seed, 7919])  # its own stream: p=0 changes nothing
         self.observed: dict[Hashable, tuple[str, float]] = {}  # config -> (status, metric)
         self.invalid: set[Hashable] = set()
         self._pretrained: DeepGPSurrogate | None = None
@@ -336,6 +337,10 @@ class DGPSearch:
         s = self.settings
         if n_target + len(pending) < s.n_init:
             return self._tuning_set_pick(exclude, pending)
+        if self._interleave(1):
+            got = self._interleaved(1, exclude)
+            if got:
+                return got[0]
         scored = self._score_pool(exclude)
         if not isinstance(scored, _Scored):
             return scored
@@ -425,11 +430,28 @@ class DGPSearch:
                         out.append(c)
                         pend.append(c)
                         continue
-                    out += self._model_batch(q - len(out), pend, exclude)
+                    k = self._interleave(q - len(out))
+                    if k:
+                        got = self._interleaved(k, exclude)
+                        out += got
+                        pend += got
+                        exclude = exclude | set(got)
+                    if len(out) < q:
+                        out += self._model_batch(q - len(out), pend, exclude)
                     break
             finally:
                 self.timings.setdefault("batch", []).append(time.perf_counter() - t0)
         return out
+
+    def _interleave(self, q: int) -> int:
+        """How many of the next ``q`` proposals are random (``random_interleave``; its own seeded stream)."""
+        p = self.settings.random_interleave
+        return int((self._interleave_rng.random(q) < p).sum()) if p > 0 else 0
+
+    def _interleaved(self, k: int, exclude: set) -> list:
+        got = self.space.sample_many(k, self.rng, exclude=exclude)
+        self.stats["interleaved"] = self.stats.get("interleaved", 0) + len(got)
+        return got
 
     def _model_batch(self, q: int, pending: list, exclude: set) -> list:
         from raydgp.search.batch import believer_batch

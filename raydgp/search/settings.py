@@ -56,6 +56,10 @@ class SearchSettings:
             result and keeps a queue of batch proposals that believe every running trial, so the Ray Tune searcher's
             ``suggest()`` answers in microseconds. ``auto``: on when the searcher runs more than one trial at a time
             (Tune's ``max_concurrent_trials``); ``on`` / ``off``.
+        random_interleave: probability that a proposal after the tuning set is a random configuration instead of the
+            model's (SMAC3's ``ProbabilityRandomDesign``): a search whose model has written off a region it has seen
+            only bad samples of (a misleading history, or an unlucky tuning set) still samples it now and then.
+            Seeded by ``seed`` on its own stream; counted as ``interleaved`` in the stats.
         queue_staleness: with the queue, the most results a handed-out proposal's model may be behind (None: the
             larger of ``max_staleness`` and half the width, so that results arriving during one refit do not starve
             the workers).
@@ -82,6 +86,7 @@ class SearchSettings:
     trust: bool = True
     queue: str = "auto"
     queue_staleness: int | None = None
+    random_interleave: float = 0.0
 
     def __post_init__(self):
         if self.init not in INIT_MODES:
@@ -96,5 +101,7 @@ class SearchSettings:
             raise ConfigError(f"queue={self.queue!r}: choose one of {QUEUE_MODES}")
         if self.queue_staleness is not None and self.queue_staleness < 0:
             raise ConfigError(f"queue_staleness={self.queue_staleness}: must be >= 0 or None")
+        if not 0.0 <= self.random_interleave < 1.0:
+            raise ConfigError(f"random_interleave={self.random_interleave}: must be in [0, 1)")
         if self.max_staleness < 0:
             raise ConfigError(f"max_staleness={self.max_staleness}: must be >= 0 (0: refit on every result)")

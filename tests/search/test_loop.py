@@ -16,12 +16,12 @@ def _space():
     return fake_space("loop", (64, 32))
 
 
-def _run(n: int):
+def _run(n: int, settings: SearchSettings = FAST):
     from raydgp.measure.protocol import TaskPayload
     from raydgp.testing import FakeMeasurer
 
     sp, m = _space(), FakeMeasurer()
-    s = DGPSearch(sp, FAST)
+    s = DGPSearch(sp, settings)
     picks = []
     for _ in range(n):
         c = s.suggest()
@@ -47,6 +47,20 @@ def test_the_search_improves_on_its_tuning_set():
     s, picks = _run(14)
     lat = [fake_latency_ms("loop", _space().trace_json(c)) for c in picks]
     assert min(lat[3:]) <= min(lat[:3])
+
+
+def test_random_interleaving_is_seeded_counted_and_off_by_default():
+    from dataclasses import replace
+
+    s0, a = _run(12)
+    assert "interleaved" not in s0.stats
+    s1, b = _run(12, replace(FAST, random_interleave=0.5))
+    s2, c = _run(12, replace(FAST, random_interleave=0.5))
+    assert b == c and len(set(b)) == 12  # seeded, never repeats
+    assert 1 <= s1.stats["interleaved"] <= 9 and b[:3] == a[:3]  # the tuning set is never interleaved
+    assert s1.stats["model"] + s1.stats["interleaved"] == 12 - 3
+    with pytest.raises(Exception, match="random_interleave"):
+        SearchSettings(random_interleave=1.0)
 
 
 def test_bad_settings_are_refused():
