@@ -3,7 +3,8 @@
 this run, on this machine; raw results in JSON, tables and plots (PNG) in a ``BENCHMARKS.md`` section.
 
     python scripts/bench.py --quick                 # CI-sized: every part at toy size (a few minutes)
-    python scripts/bench.py                         # the full run (about an hour on a 2-core machine)
+    python scripts/bench.py                         # the full run (about 2 h 15 min on a 2-core machine)
+    python scripts/bench.py --parts layers --only hebo   # (re)run some methods of a part, keep the others' results
     python scripts/bench.py --parts searchers       # one part (searchers, replay, layers), merged into the results
     python scripts/bench.py render                  # (re)write the BENCHMARKS.md section from the JSON
 
@@ -17,11 +18,13 @@ Parts:
   refit must not cost quality.
 * ``replay``: the recorded dataset as a lookup table (``scripts/bench_search_replay.py``: no measurement noise, many
   seeds): DGP transfer with and without the trust in history (:mod:`raydgp.search.trust`), the cold DGP, zero-shot,
-  a random tuning set, the one-layer sparse GP (``hidden_dims=()``: what depth buys) and an exact GP; leave-one-task-out
-  and leave-one-model-out.
+  the one-layer sparse GP (``hidden_dims=()``: what depth buys), and the transfer peers of
+  ``scripts/transfer_peers.py`` on the same history (BoTorch ``MultiTaskGP``, RGPE, FSBO); leave-one-task-out and
+  leave-one-model-out.
 * ``layers`` (full mode only): real TVM builds and timings per layer through ``raydgp layer`` (DGP with transfer from
-  the shipped history, which holds none of these shapes; the cold DGP; random search) and MetaSchedule's own
-  ``tune_tir`` at the same trial count; every method's best schedule re-timed by one measurer, interleaved.
+  the shipped history, which holds none of these shapes; the cold DGP; random search; Optuna TPE and HEBO through Ray
+  Tune) and MetaSchedule's own ``tune_tir`` at the same trial count, each with every seed; every method's best
+  schedule re-timed by one measurer, interleaved, per seed.
 """
 
 from __future__ import annotations
@@ -41,7 +44,8 @@ ROOT = Path(__file__).resolve().parent.parent
 BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
 PARTS = ("depth", "searchers", "replay", "layers")
 
-#: What each mode runs. Full: about an hour on 2 cores (layers about 25 min, replay about 20, searchers about 15).
+#: What each mode runs. Full: about 2 h 15 min on 2 cores (replay about 75 min, its two runs side by side; layers
+#: about 45 min; searchers about 15).
 MODES = {
     "quick": {
         "searchers": {"problems": ["mixed6"], "speeds": {"fast": 0.0}, "seeds": 2, "trials": 12,
