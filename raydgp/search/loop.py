@@ -85,7 +85,8 @@ class DGPSearch:
         self._cold: DeepGPSurrogate | None = None  # the cold member beside a transferred model (settings.trust)
         self._cold_fresh_n = 0  # target points at the cold member's last fresh fit
         self._trained: set = set()  # the configurations the current models were fitted on
-        self.trust = TrustTracker(("transfer", "cold"))
+        self.trust = TrustTracker(("transfer", "zeroshot", "cold") if settings.zero_shot_member
+                                  else ("transfer", "cold"))
         self._lead = "transfer"
         self._fitted_on = -1
         self._scaler: InputScaler | None = None
@@ -254,10 +255,14 @@ class DGPSearch:
         yo = y[ok]
         Xt = None
         members = {"transfer": self._model if self._model is not None else self.pretrained(), "cold": self._cold}
+        if "zeroshot" in self.trust.members:
+            members["zeroshot"] = self.pretrained()
         for name, model in members.items():
             if model is None:
                 continue
-            test = [i for i in self.trust.untested(name, cfg) if cfg[i] not in self._trained]
+            # a point a member was trained on is no test of it (the zero-shot model is trained on none)
+            trained = () if name == "zeroshot" else self._trained
+            test = [i for i in self.trust.untested(name, cfg) if cfg[i] not in trained]
             if not test:
                 continue
             if Xt is None:
@@ -269,7 +274,7 @@ class DGPSearch:
         """The members' current weights (``{"transfer": 1.0}`` until a cold member exists)."""
         if not self.trusting or self._cold is None:
             return {"transfer": 1.0} if self.history is not None else {"cold": 1.0}
-        return self.trust.weights(seed=self.settings.seed + len(self.observed))
+        return self.trust.weights(seed=self.settings.seed + len(self.observed), group=("transfer", "zeroshot"))
 
     def _refit(self, model: DeepGPSurrogate | None, X: np.ndarray, y: np.ndarray,
                base: DeepGPSurrogate | None) -> DeepGPSurrogate:
@@ -398,8 +403,9 @@ class DGPSearch:
         scores = acquisition(X)
         if s.evolve_generations > 0:
             pool, X, scores = self._evolve(pool, X, scores, exclude, acquisition)
-        if self._lead == "cold":
-            self.stats["cold_led"] = self.stats.get("cold_led", 0) + 1  # proposals led by the cold member
+        if self._lead != "transfer":  # proposals led by the cold (or the zero-shot) member
+            key = f"{self._lead}_led"
+            self.stats[key] = self.stats.get(key, 0) + 1
         return _Scored(pool, X, scores, members, best_f)
 
     def suggest_batch(self, q: int, pending: Sequence[Hashable] = ()) -> list:
@@ -491,9 +497,12 @@ class DGPSearch:
         if not self.trusting or self._cold is None:
             return [(DGPModel(model, seed=seed), 1.0)]
         w = self.trust_weights()
-        self._lead = "cold" if w["cold"] > w["transfer"] else "transfer"
+        self._lead = max(w, key=w.get)
         self.stats["transfer_weight"] = round(w["transfer"], 4)
         members = [(DGPModel(model, seed=seed), w["transfer"]), (DGPModel(self._cold, seed=seed), w["cold"])]
+        if "zeroshot" in w:
+            self.stats["zeroshot_weight"] = round(w["zeroshot"], 4)
+            members.append((DGPModel(self.pretrained(), seed=seed), w["zeroshot"]))
         members = [(m, wt) for m, wt in members if wt >= 0.01]
         total = sum(wt for _, wt in members)
         return [(m, wt / total) for m, wt in members]

@@ -52,6 +52,10 @@ class SearchSettings:
         trust: with history, also keep a cold model (the target's data only) and score candidates under the mixture
             of the two, weighted by how well each has ranked the target's results it had not seen
             (:mod:`raydgp.search.trust`), so a misleading history costs a few trials, not the search.
+        zero_shot_member: with ``trust``, the pre-trained model itself (never fitted to the target) is a third member,
+            tested on every result: where fine-tuning on a few target points spoils a history that ranks the target
+            well (measured in the leave-one-model-out replay, BENCHMARKS.md section 7.2), its weight moves to the
+            zero-shot model, and back to the fine-tuned or the cold one when they rank better.
         queue: proposals off the critical path (:mod:`raydgp.search.proposer`): a background thread refits on every
             result and keeps a queue of batch proposals that believe every running trial, so the Ray Tune searcher's
             ``suggest()`` answers in microseconds. ``auto``: on when the searcher runs more than one trial at a time
@@ -84,6 +88,7 @@ class SearchSettings:
     failure_model: bool = True
     max_staleness: int = 1
     trust: bool = True
+    zero_shot_member: bool = True
     queue: str = "auto"
     queue_staleness: int | None = None
     random_interleave: float = 0.0

@@ -102,16 +102,32 @@ class TrustTracker:
         s = np.asarray(self.scores[member], dtype=float)
         return self.prior[0] + float(s.sum()), self.prior[1] + float((1.0 - s).sum())
 
-    def weights(self, seed: int = 0) -> dict[str, float]:
-        """``P(member is the best ranker)`` for every member (seeded; sums to 1)."""
-        rng = np.random.default_rng(seed)
-        draws = np.stack([rng.beta(*self.posterior(m), size=self.draws) for m in self.members])
-        best = np.argmax(draws, axis=0)
-        return {m: float(np.mean(best == i)) for i, m in enumerate(self.members)}
+    def weights(self, seed: int = 0, group: tuple[str, ...] = ()) -> dict[str, float]:
+        """``P(member is the best ranker)`` for every member (seeded; sums to 1).
 
-    def summary(self, seed: int = 0) -> dict:
+        ``group``: members that are versions of one model (the transferred model fine-tuned and zero-shot). The group
+        competes with the other members as one, through its member with the best mean accuracy, so that two versions
+        of a misleading history do not dilute the others' weight; the group's weight is then shared among its
+        members by ``P(best within the group)``.
+        """
+        rng = np.random.default_rng(seed)
+        draws = {m: rng.beta(*self.posterior(m), size=self.draws) for m in self.members}
+        group = tuple(m for m in group if m in draws)
+        if len(group) < 2:
+            return self._p_best(draws, self.members)
+        lead = max(group, key=lambda m: self.posterior(m)[0] / sum(self.posterior(m)))
+        outer = self._p_best(draws, [lead] + [m for m in self.members if m not in group])
+        inner = self._p_best(draws, group)
+        return {m: outer[lead] * inner[m] if m in group else outer[m] for m in self.members}
+
+    @staticmethod
+    def _p_best(draws: dict, members) -> dict[str, float]:
+        best = np.argmax(np.stack([draws[m] for m in members]), axis=0)
+        return {m: float(np.mean(best == i)) for i, m in enumerate(members)}
+
+    def summary(self, seed: int = 0, group: tuple[str, ...] = ()) -> dict:
         """Weights, mean accuracies and test counts, for logs and stats (JSON-ready)."""
-        w = self.weights(seed)
+        w = self.weights(seed, group)
         out = {}
         for m in self.members:
             s = self.scores[m]
