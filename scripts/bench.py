@@ -553,8 +553,10 @@ def render(results: dict, bench_md: Path, out_dir: Path) -> str:
         lines += ["### 7.2 Replay ablations (recorded dataset, looked up: no measurement noise)", "",
                   "Each target layer's recorded configurations are the candidates; the other layers are the history "
                   "(loto: every other layer; lomo: ResNet-18's layers only, MobileNet-v1's as targets). "
-                  "`dgp`: transfer with the trust in history (the default); `dgp_notrust`: without it; `cold`: no "
-                  "history; `dgp_zs`: the pre-trained model zero-shot; `sgp`: the same pipeline with no hidden layer "
+                  "`dgp`: transfer with the trust in history (the default: the fine-tuned, the zero-shot and the cold "
+                  "model as members); `dgp_nozs`: the trust without the zero-shot member; `dgp_notrust`: no trust "
+                  "(the fine-tuned model alone); `dgp_ri`: `dgp` with one proposal in five random; `cold`: no "
+                  "history; `dgp_zs`: the pre-trained model zero-shot throughout; `sgp`: the same pipeline with no hidden layer "
                   "(a one-layer sparse GP: what depth buys); `exact_gp`: BoTorch SingleTaskGP on history + target. "
                   "The transfer peers (`scripts/transfer_peers.py`, same history, candidates and budget; the first 3 "
                   "picks zero-shot, the best predicted on average over the history tasks): `mtgp`: BoTorch "

@@ -12,6 +12,8 @@ default: every task in turn is the target), or only ResNet-18's layers with Mobi
 * ``dgp_notrust``: ``dgp`` without the trust in history (no cold member beside the transferred model);
 * ``sgp``: ``dgp`` with no hidden layer (``hidden_dims=()``: a one-layer sparse variational GP, the same
   pre-training, transfer, trust and search): what depth buys;
+* ``dgp_nozs``: ``dgp`` without the zero-shot member of the trust (the transferred model fine-tuned and the cold one
+  only: the default before it);
 * ``dgp_ri``: ``dgp`` with one proposal in five (after the tuning set) a random candidate (``random_interleave=0.2``);
 * ``dgp_h03``: ``dgp`` with the hidden GPs' output scale starting at 0.3 instead of 0.01 (``hidden_noise``);
 * ``mtgp``, ``rgpe``, ``fsbo``: the transfer peers of ``scripts/transfer_peers.py`` (BoTorch ``MultiTaskGP``, the
@@ -43,7 +45,7 @@ import numpy as np
 from transfer_peers import PEERS, peer_search
 
 METHODS = ("random", "cold", "dgp", "dgp_rand", "dgp_zs", "exact_gp", "dgp_notrust", "sgp", "dgp_h03", "mtgp", "rgpe",
-           "fsbo", "dgp_ri")
+           "fsbo", "dgp_ri", "dgp_nozs")
 
 
 def main(argv=None) -> int:
@@ -192,6 +194,8 @@ def _run(method, sp, lat, hist, seed, budget, cache) -> list:
         kw = {"dgp": DGPSettings(hidden_dims=())}
     elif method == "dgp_h03":
         kw = {"dgp": DGPSettings(hidden_noise=0.3)}
+    elif method == "dgp_nozs":
+        kw = {"zero_shot_member": False}
     elif method == "dgp_ri":
         kw = {"random_interleave": 0.2}
     # The candidates are the recorded configurations: no evolution (bred children would have no recorded latency).
