@@ -116,6 +116,9 @@ def main(argv=None) -> int:
         if same != {k: results[k] for k in same}:
             ap.error(f"--add-to {args.add_to} ran with {same}; run the added methods with the same settings")
         results["added"] = earlier.get("added", []) + [{"methods": methods, "date": time.strftime("%Y-%m-%d %H:%M")}]
+        # every earlier target stays in the file while the added methods run (a partial write loses nothing)
+        # (the methods being added leave the earlier entries, so no aggregate mixes their old and new results)
+        results["targets"] = {t: {k: e for k, e in v.items() if k not in methods} for t, v in earlier["targets"].items()}
     for spec in targets:
         t_start = time.time()
         tkey = key_of[spec]
