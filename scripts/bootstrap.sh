@@ -17,9 +17,10 @@ fi
 .venv/bin/python -m pip install -q -e '.[test]'
 # HEBO (a peer in scripts/bench.py's searcher benchmark) in its own directory, without its declared dependencies: its
 # only release (0.3.6) pins numpy<1.25 and pymoo==0.6.0 (no wheel: built from the sdist as pure Python), but runs on
-# this environment's numpy/torch/pandas (checked: HEBO's API and Ray Tune's HEBOSearch). bench.py puts .venv/hebo on
-# sys.path for the `hebo` method only, so the pins never meet the project's own packages.
+# this environment's numpy/torch/pandas (checked: HEBO's API and Ray Tune's HEBOSearch). flat_searcher.hebo_search_class()
+# appends .venv/hebo to sys.path only when HEBO is not importable otherwise, so nothing there shadows the venv.
 .venv/bin/python -m pip install -q --no-deps --target .venv/hebo --upgrade HEBO==0.3.6 pymoo==0.6.0 \
   disjoint-set==0.9.0 autograd==1.9.1 cma==3.2.2 alive-progress==3.3.0 about-time==4.2.2 grapheme==0.5.0 \
-  dill==0.4.1 Deprecated==1.3.1 wrapt==2.5.2
+  dill==0.4.1 Deprecated==1.3.1 wrapt==2.5.2 \
+  || echo "bootstrap: warning: HEBO was not installed (optional: only \`--searcher hebo\` and the benchmarks use it)" >&2
 echo "$want" > "$stamp"
