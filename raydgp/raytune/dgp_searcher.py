@@ -193,8 +193,9 @@ class DGPSearcher(JsonStateMixin, Searcher):
     @property
     def stats(self) -> dict:
         """Where the proposals came from: ``model`` (DGP acquisition), ``tuning_set`` (the pre-trained model's
-        picks), ``random`` (random tuning-set points by design), ``interleaved`` (random by ``random_interleave``), ``seeded`` (``points_to_evaluate``), ``fallback``
-        (random because the model raised: never silent, logged as a warning), ``refit_failures``, and ``total``."""
+        picks), ``random`` (random tuning-set points by design), ``interleaved`` (random by ``random_interleave``),
+        ``seeded`` (``points_to_evaluate``), ``fallback`` (random because the model raised: never silent, logged as a
+        warning), ``refit_failures``, and ``total``."""
         st = dict(self._core.stats) if self._core else {"model": 0, "tuning_set": 0, "random": 0, "refit_failures": 0,
                                                          "evolved": 0}
         st.update(seeded=self._seeded, fallback=self._fallbacks)
