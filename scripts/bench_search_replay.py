@@ -14,6 +14,7 @@ default: every task in turn is the target), or only ResNet-18's layers with Mobi
   pre-training, transfer, trust and search): what depth buys;
 * ``dgp_nozs``: ``dgp`` without the zero-shot member of the trust (the transferred model fine-tuned and the cold one
   only: the default before it);
+* ``dgp_nocs``: ``dgp`` without the cold start (``cold_start=False``: no random points owed to a leading cold member);
 * ``dgp_ri``: ``dgp`` with one proposal in five (after the tuning set) a random candidate (``random_interleave=0.2``);
 * ``dgp_h03``: ``dgp`` with the hidden GPs' output scale starting at 0.3 instead of 0.01 (``hidden_noise``);
 * ``mtgp``, ``rgpe``, ``fsbo``: the transfer peers of ``scripts/transfer_peers.py`` (BoTorch ``MultiTaskGP``, the
@@ -45,7 +46,7 @@ import numpy as np
 from transfer_peers import PEERS, peer_search
 
 METHODS = ("random", "cold", "dgp", "dgp_rand", "dgp_zs", "exact_gp", "dgp_notrust", "sgp", "dgp_h03", "mtgp", "rgpe",
-           "fsbo", "dgp_ri", "dgp_nozs")
+           "fsbo", "dgp_ri", "dgp_nozs", "dgp_nocs")
 
 
 def main(argv=None) -> int:
@@ -201,6 +202,8 @@ def _run(method, sp, lat, hist, seed, budget, cache) -> list:
         kw = {"zero_shot_member": False}
     elif method == "dgp_ri":
         kw = {"random_interleave": 0.2}
+    elif method == "dgp_nocs":
+        kw = {"cold_start": False}
     # The candidates are the recorded configurations: no evolution (bred children would have no recorded latency).
     st = SearchSettings(seed=seed, init="random" if method == "dgp_rand" else "dgp", pool_size=len(lat),
                         pool_refresh=1.0, pretrain_seed=0, evolve_generations=0, **kw)

@@ -342,8 +342,9 @@ class DGPSearch:
         s = self.settings
         if n_target + len(pending) < s.n_init:
             return self._tuning_set_pick(exclude, pending)
-        if self._interleave(1):
-            got = self._interleaved(1, exclude)
+        reason = "interleaved" if self._interleave(1) else "cold_start" if self._cold_start_due() else None
+        if reason:
+            got = self._random_picks(1, exclude, reason)
             if got:
                 return got[0]
         scored = self._score_pool(exclude)
@@ -437,11 +438,13 @@ class DGPSearch:
                         pend.append(c)
                         continue
                     k = self._interleave(q - len(out))
-                    if k:
-                        got = self._interleaved(k, exclude)
-                        out += got
-                        pend += got
-                        exclude = exclude | set(got)
+                    kc = min(q - len(out) - k, self._cold_start_due())
+                    for n, reason in ((k, "interleaved"), (kc, "cold_start")):
+                        if n > 0:
+                            got = self._random_picks(n, exclude, reason)
+                            out += got
+                            pend += got
+                            exclude = exclude | set(got)
                     if len(out) < q:
                         out += self._model_batch(q - len(out), pend, exclude)
                     break
@@ -454,9 +457,22 @@ class DGPSearch:
         p = self.settings.random_interleave
         return int((self._interleave_rng.random(q) < p).sum()) if p > 0 else 0
 
-    def _interleaved(self, k: int, exclude: set) -> list:
+    def _cold_start_due(self) -> int:
+        """How many random proposals the cold member is still owed (``cold_start``): none unless it outweighs the
+        history's group; then ``n_init`` minus the configurations proposed without the history (running or not)."""
+        s = self.settings
+        if not (s.cold_start and self.trusting and self._cold is not None):
+            return 0
+        w = self.trust_weights()
+        if w.get("cold", 0.0) <= w.get("transfer", 0.0) + w.get("zeroshot", 0.0):
+            return 0
+        unbiased = self.stats["random"] + self.stats.get("interleaved", 0) + self.stats.get("cold_start", 0)
+        return max(0, s.n_init - unbiased)
+
+    def _random_picks(self, k: int, exclude: set, reason: str) -> list:
+        """``k`` random unmeasured configurations, counted in the stats under ``reason``."""
         got = self.space.sample_many(k, self.rng, exclude=exclude)
-        self.stats["interleaved"] = self.stats.get("interleaved", 0) + len(got)
+        self.stats[reason] = self.stats.get(reason, 0) + len(got)
         return got
 
     def _model_batch(self, q: int, pending: list, exclude: set) -> list:

@@ -64,6 +64,12 @@ class SearchSettings:
             model's (SMAC3's ``ProbabilityRandomDesign``): a search whose model has written off a region it has seen
             only bad samples of (a misleading history, or an unlucky tuning set) still samples it now and then.
             Seeded by ``seed`` on its own stream; counted as ``interleaved`` in the stats.
+        cold_start: with ``trust``, when the cold member outweighs the history (the history's versions rank the
+            target's results worse), the next proposals are random until the target holds ``n_init`` configurations
+            chosen without the history (random tuning-set points, interleaved and these): the history picked the tuning
+            set, and a cold model fitted only on points a misleading history chose exploits where it was led (measured
+            live on a 5x5 conv no history holds: 12.3 ms against the cold DGP's 3.2 ms, BENCHMARKS.md section 7.3).
+            Counted as ``cold_start`` in the stats.
         queue_staleness: with the queue, the most results a handed-out proposal's model may be behind (None: the
             larger of ``max_staleness`` and half the width, so that results arriving during one refit do not starve
             the workers).
@@ -92,6 +98,7 @@ class SearchSettings:
     queue: str = "auto"
     queue_staleness: int | None = None
     random_interleave: float = 0.0
+    cold_start: bool = True
 
     def __post_init__(self):
         if self.init not in INIT_MODES:

@@ -118,3 +118,26 @@ def test_background_refits_never_leave_the_model_more_than_max_staleness_behind(
     assert len(s.observed) - s._fitted_on <= 1
     s.wait_for_refit()
     assert s.stats["refit_failures"] == 0
+
+
+def test_a_cold_member_that_leads_gets_the_random_start_the_history_took_from_it():
+    s = _search(lambda sp: _history(sp, True), 20)
+    # the inverted history chose the whole tuning set; once the cold member leads, n_init random points follow
+    assert s.stats["tuning_set"] == FAST.n_init and s.stats.get("cold_start", 0) == FAST.n_init, s.stats
+    off = _search(lambda sp: _history(sp, True), 20, cold_start=False)
+    assert "cold_start" not in off.stats and off.stats["model"] > s.stats["model"]
+
+
+def test_the_cold_start_counts_pending_picks_in_batches():
+    from raydgp.testing import fake_latency_ms, fake_space
+
+    sp = fake_space("trust", (64, 32))
+    s = DGPSearch(sp, FAST, history=_history(sp, True))
+    seen = []
+    while len(s.observed) < 20:
+        batch = s.suggest_batch(3)
+        assert len(set(batch)) == len(batch) and not set(batch) & set(seen)
+        seen += batch
+        for c in batch:
+            s.observe(c, fake_latency_ms("trust", sp.trace_json(c)))
+    assert s.stats.get("cold_start", 0) == FAST.n_init, s.stats
