@@ -25,6 +25,11 @@ Parts:
   the shipped history, which holds none of these shapes; the cold DGP; random search; Optuna TPE and HEBO through Ray
   Tune) and MetaSchedule's own ``tune_tir`` at the same trial count, each with every seed; every method's best
   schedule re-timed by one measurer, interleaved, per seed.
+* ``e2e`` (full mode only): whole models (ResNet-18, MobileNet-v1, VGG-16, AlexNet; batch 1, fp32, all cores) through
+  ``raydgp tune --trials N`` (``scripts/bench_fast.py models``: the tuned library verified against the framework,
+  PyTorch eager, ONNX Runtime and untuned TVM timed in fresh processes after tuning, same threads), and MetaSchedule's
+  ``tune_relax`` at the same trial count on the same prepared module (``bench_fast.py ms-model``), verified and timed
+  the same way; tuning wall time of each. ``--only raydgp`` / ``--only metaschedule`` (re)runs one side.
 """
 
 from __future__ import annotations
@@ -42,7 +47,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
-PARTS = ("depth", "searchers", "replay", "layers")
+PARTS = ("depth", "searchers", "replay", "layers", "e2e")
 
 #: What each mode runs. Full: about 2 h 15 min on 2 cores (replay about 75 min, its two runs side by side; layers
 #: about 45 min; searchers about 15).
@@ -56,6 +61,7 @@ MODES = {
                              "seeds": 1, "budget": 12, "random_seeds": 5, "max_history": 600,
                              "methods": "cold,dgp,sgp,rgpe"}]},
         "layers": None,
+        "e2e": None,
     },
     "full": {
         "depth": {"targets": ["conv2d:1,64,56,56,64,3,1,1", "depthwise:1,256,28,28,3,1,1", "dense:1,512,1000"],
@@ -73,6 +79,8 @@ MODES = {
              "max_history": 4000, "methods": "cold,dgp,dgp_zs,dgp_notrust,sgp,rgpe,fsbo,mtgp"}]},
         "layers": {"workloads": ["conv2d:1,160,14,14,320,3,1,1", "conv2d:1,96,28,28,192,5,1,2"], "trials": 64,
                    "seeds": [0, 1], "methods": ["dgp", "cold", "random", "tpe", "hebo", "metaschedule"]},
+        "e2e": {"models": ["resnet18", "mobilenet_v1", "vgg16", "alexnet"], "trials": 300,
+                "metaschedule": ["resnet18"]},
     },
 }
 
@@ -485,6 +493,81 @@ def _retime(spec: str, row: dict, work: Path, rounds: int = 5) -> dict:
 
 
 # -- render --------------------------------------------------------------------------------------------------------------
+# -- part 5: whole models ----------------------------------------------------------------------------------------------
+E2E_KEYS = ("trials_total", "tuning_wall_s", "wall_s", "tuned_ms", "verified", "max_abs_err", "pytorch_ms",
+            "onnxruntime_ms", "untuned_ms", "layer_best_sum_ms", "exit", "commit", "date", "history")
+
+
+def run_e2e(cfg: dict, out: Path, results: dict) -> None:
+    """Each model through ``raydgp tune`` and (for ``cfg["metaschedule"]``) MetaSchedule ``tune_relax`` at the same
+    trial count, one after another, by ``scripts/bench_fast.py`` (its raw rows in ``bench/bench_e2e/``); a run is
+    replaced only when it is rerun, so an interrupted part keeps what it finished."""
+    part = results.setdefault("e2e", {})
+    part["config"] = {k: v for k, v in cfg.items() if k != "only"}
+    runs = part.setdefault("runs", [])
+    work = out.parent / "bench_e2e"
+    only = set(cfg.get("only") or ("raydgp", "metaschedule"))
+    script = str(ROOT / "scripts" / "bench_fast.py")
+
+    def keep(row: dict) -> None:
+        runs[:] = [r for r in runs if (r["model"], r["method"]) != (row["model"], row["method"])] + [row]
+        _save(out, results)
+
+    for model in cfg["models"]:
+        for method in ("raydgp", "metaschedule"):
+            if method not in only or (method == "metaschedule" and model not in cfg.get("metaschedule", ())):
+                continue
+            before = len(_load(work / "bench_fast.json").get("models", [])) if (work / "bench_fast.json").exists() else 0
+            sub = (["models", "--model", model, "--trials", str(cfg["trials"])] if method == "raydgp"
+                   else ["ms-model", "--model", model, "--trials", str(cfg["trials"])])
+            p = subprocess.run([sys.executable, script, *sub, "--out", str(work)], cwd=ROOT, text=True,
+                               capture_output=True)
+            rows = _load(work / "bench_fast.json").get("models", []) if (work / "bench_fast.json").exists() else []
+            raw = rows[before] if len(rows) > before else {"exit": p.returncode}
+            row = {"model": model, "method": method, "trials": cfg["trials"],
+                   **{k: raw.get(k) for k in E2E_KEYS}, "stderr_tail": p.stderr[-400:] if p.returncode else ""}
+            keep(row)
+            print(f"e2e {model} {method}: tuned {row['tuned_ms']} ms (verified {row['verified']}), PyTorch "
+                  f"{row['pytorch_ms']} ms, ORT {row['onnxruntime_ms']} ms, tuning {row['tuning_wall_s']} s", flush=True)
+
+
+def _render_e2e(e2e: dict) -> list[str]:
+    cfg = e2e.get("config", {})
+    lines = ["### 7.4 End to end: whole models (batch 1, fp32, all cores)", "",
+             f"`raydgp tune --trials {cfg.get('trials')}` per model (history: the shipped dataset; each model's "
+             "library verified against the framework), MetaSchedule `tune_relax` at the same trial count on the same "
+             "prepared module (weights layout-free, the same build pipeline), one after another. PyTorch eager, ONNX "
+             "Runtime and untuned TVM timed in fresh processes after each tuning run (same threads), so each row's "
+             "ratios come from one run. Tuning wall: the search itself (raydgp: its Ray experiments; MetaSchedule: "
+             "`tune_relax`); all in: the whole command (set-up, tuning, build, verification, references).", "",
+             "| model | tuner | trials | tuning wall | all in | tuned (verified) | PyTorch eager | ONNX Runtime | "
+             "untuned TVM | tuned / PyTorch | tuned / ORT |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in e2e.get("runs", []):
+        t, pt, ort = r.get("tuned_ms"), r.get("pytorch_ms"), r.get("onnxruntime_ms")
+        ver = "yes" if r.get("verified") else ("NO" if r.get("verified") is False else f"failed (exit {r.get('exit')})")
+        lines.append(f"| {r['model']} | {r['method']} | {r.get('trials_total') or r.get('trials')} | "
+                     f"{_f(r.get('tuning_wall_s'), 4)} s | {_f(r.get('wall_s'), 4)} s | {_f(t)} ms ({ver}) | "
+                     f"{_f(pt)} ms | {_f(ort)} ms | {_f(r.get('untuned_ms'), 4)} ms | "
+                     f"{_f(t / pt) if t and pt else '-'} | {_f(t / ort) if t and ort else '-'} |")
+    by = {(r["model"], r["method"]): r for r in e2e.get("runs", [])}
+    t1 = []
+    for (model, method), ms in by.items():
+        ours = by.get((model, "raydgp"))
+        if method != "metaschedule" or not ours or not ours.get("tuned_ms") or not ms.get("tuned_ms"):
+            continue
+        red = 1 - ours["tuning_wall_s"] / ms["tuning_wall_s"] if ours.get("tuning_wall_s") and ms.get(
+            "tuning_wall_s") else None
+        imp = 1 - ours["tuned_ms"] / ms["tuned_ms"]
+        hv = (1 + (red or 0)) * (1 + imp) - 1
+        t1.append(f"| {model} | {_pct(red)} | {_pct(imp)} | {_pct(hv)} |")
+    if t1:
+        lines += ["", "Table 1 (the seed's metrics) end to end at equal trials: search-time reduction = 1 - raydgp's "
+                  "tuning wall / MetaSchedule's; latency improvement = 1 - raydgp's tuned latency / MetaSchedule's; "
+                  "HV = (1 + reduction) x (1 + improvement) - 1.", "",
+                  "| model | search-time reduction | latency improvement | HV |", "|---|---|---|---|", *t1]
+    return lines + [""]
+
+
 def _f(v, nd=3):
     return "-" if v is None else f"{v:.{nd}g}"
 
@@ -623,6 +706,8 @@ def render(results: dict, bench_md: Path, out_dir: Path) -> str:
         lines += _table1(ly)
         _plot_layers(ly, out_dir / "layers.png")
         lines += [f"![layers]({out_dir.name}/layers.png)", ""]
+    if results.get("e2e", {}).get("runs"):
+        lines += _render_e2e(results["e2e"])
     lines.append(END)
     section = "\n".join(lines)
     write_section(bench_md, BEGIN, END, section)
@@ -756,7 +841,7 @@ def main(argv=None) -> int:
     ap.add_argument("--parts", default=None, help=f"comma-separated, from {PARTS} (default: all of the mode's)")
     ap.add_argument("--out", default=str(ROOT / "bench"), help="folder of the JSON and the plots (default bench/)")
     ap.add_argument("--benchmarks", default=str(ROOT / "BENCHMARKS.md"), help="the markdown file to (re)write")
-    ap.add_argument("--only", default=None, help="layers and replay parts: (re)run only these comma-separated methods and "
+    ap.add_argument("--only", default=None, help="layers, replay and e2e parts: (re)run only these comma-separated methods and "
                          "keep the others' results (layers: all are re-timed together again; replay: same targets "
                          "and settings, added to the earlier run's JSON)")
     args = ap.parse_args(argv)
@@ -774,7 +859,8 @@ def main(argv=None) -> int:
                        machine=machine())
         cfg = MODES[mode]
         if args.only:  # --only: the layers and replay parts (re)run these methods and keep the others' results
-            cfg = dict(cfg, **{p: dict(cfg[p], only=args.only.split(",")) for p in ("layers", "replay") if cfg.get(p)})
+            cfg = dict(cfg, **{p: dict(cfg[p], only=args.only.split(",")) for p in ("layers", "replay", "e2e")
+                               if cfg.get(p)})
         import torch
 
         torch.set_num_threads(1)
@@ -784,7 +870,7 @@ def main(argv=None) -> int:
                 continue
             t0 = time.monotonic()
             {"depth": run_depth, "searchers": run_searchers, "replay": run_replay,
-             "layers": run_layers}[part](cfg[part], path, results)
+             "layers": run_layers, "e2e": run_e2e}[part](cfg[part], path, results)
             results.setdefault("part_wall_s", {})[part] = round(time.monotonic() - t0, 1)
             results.setdefault("part_commit", {})[part] = results["commit"]
             results.setdefault("part_date", {})[part] = results["date"]

@@ -38,3 +38,22 @@ def test_quick_bench_writes_json_tables_and_plots(tmp_path):
                         str(tmp_path), "--benchmarks", str(md)], cwd=ROOT, capture_output=True, text=True)
     assert q.returncode == 0, q.stderr[-2000:]
     assert md.read_text().count("<!-- bench:begin -->") == 1
+
+
+def test_the_e2e_section_states_ratios_and_table_1_from_the_runs(tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_script", ROOT / "scripts" / "bench.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    runs = [{"model": "resnet18", "method": "raydgp", "trials": 300, "trials_total": 300, "tuning_wall_s": 200.0,
+             "wall_s": 300.0, "tuned_ms": 20.0, "verified": True, "pytorch_ms": 25.0, "onnxruntime_ms": 10.0,
+             "untuned_ms": 1600.0},
+            {"model": "resnet18", "method": "metaschedule", "trials": 300, "tuning_wall_s": 2000.0, "wall_s": 2100.0,
+             "tuned_ms": 22.0, "verified": True, "pytorch_ms": 24.0, "onnxruntime_ms": 10.5},
+            {"model": "vgg16", "method": "raydgp", "trials": 300, "exit": 1, "verified": None}]
+    text = bench.render({"e2e": {"config": {"trials": 300}, "runs": runs}}, tmp_path / "B.md", tmp_path)
+    assert "### 7.4" in text and "| resnet18 | raydgp | 300 |" in text
+    assert "| 0.8 | 2 |" in text  # tuned / PyTorch and tuned / ORT of the raydgp row, from that row's own references
+    assert "failed (exit 1)" in text  # a failed run is shown as failed, not dropped
+    assert "| resnet18 | +90% | +9% | +107% |" in text  # 1 - 200/2000; 1 - 20/22; 1.9 x 1.0909 - 1 = 1.07
