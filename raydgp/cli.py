@@ -40,6 +40,9 @@ def _layer_parser(sub) -> None:
     p.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or a local Ray)")
     p.add_argument("--build-timeout", type=float, default=60.0, help="seconds (default 60)")
     p.add_argument("--run-timeout", type=float, default=30.0, help="seconds (default 30)")
+    p.add_argument("--search-option", action="append", default=None, metavar="KEY=VALUE",
+                   help="a SearchSettings field of the dgp searcher, e.g. random_interleave=0.2 or cold_start=off "
+                        "(repeatable; raydgp.search.settings lists them)")
 
 
 def _tune_parser(sub) -> None:
@@ -81,6 +84,9 @@ def _tune_parser(sub) -> None:
     p.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or a local Ray)")
     p.add_argument("--build-timeout", type=float, default=60.0, help="seconds (default 60)")
     p.add_argument("--run-timeout", type=float, default=30.0, help="seconds (default 30)")
+    p.add_argument("--search-option", action="append", default=None, metavar="KEY=VALUE",
+                   help="a SearchSettings field of the dgp searcher, e.g. random_interleave=0.2 or cold_start=off "
+                        "(repeatable; raydgp.search.settings lists them)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -117,6 +123,7 @@ def main(argv: list[str] | None = None) -> int:
                 input_shape=parse_shape(args.input_shape), history=tuple(args.history or ()),
                 default_history=not args.no_default_history, cpus_per_trial=args.cpus_per_trial, threads=threads,
                 address=args.address, max_concurrent_layers=args.max_concurrent_layers,
+                search_options=tuple(args.search_option or ()),
                 measure=MeasureSettings(build_timeout_s=args.build_timeout, run_timeout_s=args.run_timeout,
                                         num_threads=threads, device="cuda" if args.target == "cuda" else "cpu"),
                 chunk=args.chunk, warmup=args.warmup, storage=args.storage,
@@ -131,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
             run_layer(LayerRun(
                 workload=args.workload, out=args.out, trials=args.trials, searcher=args.searcher, seed=args.seed,
                 target_kind=args.target, cpus_per_trial=cores, address=args.address,
-                history=tuple(args.history or ()),
+                history=tuple(args.history or ()), search_options=tuple(args.search_option or ()),
                 measure=MeasureSettings(build_timeout_s=args.build_timeout, run_timeout_s=args.run_timeout,
                                         num_threads=cores, device="cuda" if args.target == "cuda" else "cpu")))
         return 0

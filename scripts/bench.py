@@ -380,6 +380,14 @@ def run_layers(cfg: dict, out: Path, results: dict) -> None:
             _run_layer(spec, seed, cfg, part, work, out, results)
 
 
+#: The layers part's methods besides MetaSchedule: (``raydgp layer --searcher``, with the shipped history?,
+#: ``--search-option`` values).
+LAYER_METHODS = {"dgp": ("dgp", True, ()), "cold": ("dgp", False, ()), "random": ("random", False, ()),
+                 "tpe": ("tpe", False, ()), "hebo": ("hebo", False, ()),
+                 "dgp_ri": ("dgp", True, ("random_interleave=0.2",)),
+                 "dgp_nocs": ("dgp", True, ("cold_start=off",))}
+
+
 def _run_layer(spec: str, seed: int, cfg: dict, part: dict, work: Path, out: Path, results: dict) -> None:
     """Every method on one layer with one seed, then their bests re-timed together."""
     fast = ROOT / "scripts" / "bench_fast.py"
@@ -397,11 +405,12 @@ def _run_layer(spec: str, seed: int, cfg: dict, part: dict, work: Path, out: Pat
         if method == "metaschedule":
             cmd = [sys.executable, str(fast), "_ms", spec, str(cfg["trials"]), str(d), str(seed)]
         else:
+            searcher, history, options = LAYER_METHODS[method]
             cmd = [sys.executable, "-m", "raydgp", "layer", "--workload", spec, "--trials", str(cfg["trials"]),
-                   "--out", str(d), "--seed", str(seed),
-                   "--searcher", method if method in ("random", "tpe", "hebo") else "dgp"]
-            if method == "dgp":
-                cmd += ["--history", shipped]
+                   "--out", str(d), "--seed", str(seed), "--searcher", searcher]
+            cmd += ["--history", shipped] if history else []
+            for o in options:
+                cmd += ["--search-option", o]
         t0 = time.monotonic()
         p = subprocess.run(cmd, cwd=ROOT, text=True, capture_output=True,
                            env=dict(os.environ, RAYDGP_HOME=str(work / "home")))

@@ -48,3 +48,34 @@ def test_layer_command_end_to_end(tmp_path):
         assert (out / "ms_database" / "database_tuning_record.json").stat().st_size > 0
         assert "faster than the untuned" in p.stdout
     assert "Traceback" not in p.stderr
+
+
+@pytest.mark.parametrize("cmd,opt,msg", [
+    ("layer", "bogus=1", "unknown search option 'bogus'; choose from"),
+    ("layer", "random_interleave=1.5", "random_interleave=1.5: must be in [0, 1)"),
+    ("tune", "n_init", "write KEY=VALUE"),
+    ("tune", "seed=4", "set by the command's own flags"),
+])
+def test_a_bad_search_option_is_one_line(tmp_path, cmd, opt, msg):
+    extra = ["--searcher", "dgp"] if cmd == "layer" else []
+    p = run(cmd, *extra, "--search-option", opt, "--out", str(tmp_path / "o"), timeout=120)
+    lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
+    assert p.returncode == 2 and len(lines) == 1 and msg in lines[0], p.stderr[-1500:]
+
+
+def test_search_options_reach_the_dgp_searchers_settings():
+    from raydgp.pipeline.settings import LayerRun, ModelRun
+    from raydgp.raytune.searchers import make_searcher
+    from raydgp.search.settings import parse_search_options
+    from raydgp.testing import fake_space
+
+    assert parse_search_options(["cold-start=off", "queue_staleness=none", "n_init=4", "pool_refresh=0.5"]) == {
+        "cold_start": False, "queue_staleness": None, "n_init": 4, "pool_refresh": 0.5}
+    run = LayerRun(workload="dense:1,8,8", out="o", searcher="dgp",
+                   search_options=("random_interleave=0.2", "cold_start=off"))
+    assert run.search_options == (("cold_start", False), ("random_interleave", 0.2))
+    assert ModelRun(model="resnet18", out="o", search_options={"n_init": 4}).search_options == (("n_init", 4),)
+    s = make_searcher("dgp", fake_space("opts", (8, 8)), seed=5, search_options=run.search_options)
+    assert s._settings.random_interleave == 0.2 and not s._settings.cold_start and s._settings.seed == 5
+    with pytest.raises(Exception, match="takes none"):
+        LayerRun(workload="dense:1,8,8", out="o", searcher="random", search_options=("n_init=4",))

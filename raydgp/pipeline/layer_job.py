@@ -56,7 +56,7 @@ def run_layer(run: LayerRun) -> dict:
     task = make_task(workload, target)
     space = build_space(task)
     hist = load_history(run.history, space) if searcher == "dgp" else None
-    searcher_obj = make_searcher(searcher, space, seed, hist, settings=settings)
+    searcher_obj = make_searcher(searcher, space, seed, hist, settings=settings, search_options=run.search_options)
     store = RecordStore(out / "records")
     store.add_workload(task.workload.key, task.mod_json, space.to_json())
     payload = TaskPayload(task.workload.key, task.mod_json, target)

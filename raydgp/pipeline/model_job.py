@@ -162,7 +162,8 @@ def _stage1(run: ModelRun, m: LoadedModel, history_paths: list[Path], store: Rec
         log.info("stage 1: no history; the DGP starts cold")
         return None
     t0 = time.monotonic()
-    DGPSearch(first, SearchSettings(seed=run.seed, pretrain_seed=run.seed), history=hist,
+    DGPSearch(first, SearchSettings(**{**dict(run.search_options), "seed": run.seed, "pretrain_seed": run.seed}),
+              history=hist,
               cache_dir=str(default_cache_dir())).pretrained()
     log.info("stage 1: deep GP pre-trained on %d measurements in %.1f s", len(hist), time.monotonic() - t0)
     return hist
@@ -230,7 +231,7 @@ def _tune_layers(run: ModelRun, m: LoadedModel, store: RecordStore, budget: Budg
                 prior=tuple((l.space.to_params(r.config), r.result.status,
                              r.result.median_ms if r.result.ok else None) for r in recs if r.config.sketch >= 0),
                 cache_dir=cache_dir, pretrain_seed=run.seed, trackers=run.trackers, model=m.name,
-                seeds=tuple(seeds), measurer=trial_measurer))
+                seeds=tuple(seeds), measurer=trial_measurer, search_options=run.search_options))
             n_chunks += 1
         if not runner.running:
             break

@@ -16,6 +16,30 @@ SEARCHERS = ("dgp", "random", "tpe", "hebo")  # tpe, hebo: Ray Tune's own, for c
 TARGETS = ("llvm", "cuda")
 
 
+def _search_options(options, searcher: str) -> tuple:
+    """``search_options`` as sorted ``(name, value)`` pairs, checked: ``KEY=VALUE`` strings (the CLI's
+    ``--search-option``) are parsed; a mapping or ``(name, value)`` pairs are checked by
+    :class:`~raydgp.search.SearchSettings` itself."""
+    from raydgp.search.settings import SearchSettings, parse_search_options
+
+    if not options:
+        return ()
+    items = list(options.items()) if isinstance(options, dict) else list(options)
+    opts = parse_search_options([o for o in items if isinstance(o, str)])
+    opts.update(tuple(o) for o in items if not isinstance(o, str))
+    for key in ("seed", "pretrain_seed", "dgp"):
+        if key in opts:
+            raise ConfigError(f"search option {key!r} is set by the run's own settings (seed, history)")
+    try:
+        SearchSettings(**opts)
+    except TypeError as e:
+        raise ConfigError(f"search options {sorted(opts)}: {e}") from None
+    if searcher != "dgp":
+        raise ConfigError(f"search options ({', '.join(opts)}) set the dgp searcher's settings; the {searcher} "
+                          "searcher takes none: drop --search-option or use --searcher dgp")
+    return tuple(sorted(opts.items()))
+
+
 def _check_common(searcher: str, trials: int, target_kind: str) -> None:
     if searcher not in SEARCHERS:
         raise ConfigError(f"unknown searcher {searcher!r}; choose one of {', '.join(SEARCHERS)}")
@@ -51,6 +75,8 @@ class ModelRun:
         storage: Ray Tune ``storage_path`` (None: ``out/ray``).
         trackers: ``mlflow``, ``wandb``, ``tensorboard`` logger callbacks in every layer experiment.
         compare_reference: also time the framework reference (PyTorch eager / ONNX Runtime).
+        search_options: :class:`~raydgp.search.SearchSettings` fields for the dgp searcher of every layer
+            (``--search-option KEY=VALUE``; ``KEY=VALUE`` strings, ``(name, value)`` pairs or a mapping).
     """
 
     model: str
@@ -74,6 +100,7 @@ class ModelRun:
     trackers: tuple[str, ...] = ()
     compare_reference: bool = True
     retime: bool = True
+    search_options: tuple = ()
 
     def __post_init__(self):
         if not self.model:
@@ -96,6 +123,7 @@ class ModelRun:
             if t not in TRACKERS:
                 raise ConfigError(f"tracker {t!r}: choose from {', '.join(TRACKERS)}")
         object.__setattr__(self, "trackers", names)
+        object.__setattr__(self, "search_options", _search_options(self.search_options, self.searcher))
 
     @property
     def n_threads(self) -> int:
@@ -125,6 +153,7 @@ class LayerRun:
         address: Ray cluster address (None: ``RAY_ADDRESS`` or an embedded local Ray).
         measure: measurement settings (None: defaults on ``cpus_per_trial`` threads).
         history: record stores whose other workloads pre-train the DGP.
+        search_options: :class:`~raydgp.search.SearchSettings` fields for the dgp searcher (as in :class:`ModelRun`).
     """
 
     workload: str
@@ -137,6 +166,7 @@ class LayerRun:
     address: str | None = None
     measure: MeasureSettings | None = None
     history: tuple[Path, ...] = field(default_factory=tuple)
+    search_options: tuple = ()
 
     def __post_init__(self):
         _check_common(self.searcher, self.trials, self.target_kind)
@@ -144,6 +174,7 @@ class LayerRun:
             raise ConfigError(f"cpus_per_trial must be >= 1, got {self.cpus_per_trial}")
         object.__setattr__(self, "out", Path(self.out))
         object.__setattr__(self, "history", tuple(Path(p) for p in self.history))
+        object.__setattr__(self, "search_options", _search_options(self.search_options, self.searcher))
 
     @property
     def cores(self) -> int:

@@ -48,6 +48,7 @@ class ChunkSpec:
     model: str = ""
     seeds: tuple = ()
     measurer: Measurer | None = None
+    search_options: tuple = ()
 
 
 @dataclass(frozen=True)
@@ -67,7 +68,8 @@ def run_chunk(spec: ChunkSpec, history=None, callbacks=None) -> ChunkResult:
     from raydgp.raytune.trackers import tracker_callbacks
 
     searcher = make_searcher(spec.searcher, spec.space, spec.seed, history, pretrain_seed=spec.pretrain_seed,
-                             cache_dir=spec.cache_dir, points_to_evaluate=list(spec.seeds), settings=spec.settings)
+                             cache_dir=spec.cache_dir, points_to_evaluate=list(spec.seeds), settings=spec.settings,
+                             search_options=spec.search_options)
     for params, status, value in spec.prior:
         searcher.add_evaluated_record(params, status, value)
     res = tune_layer(spec.task, spec.space, searcher, trials=spec.trials, store=RecordStore(spec.store_path),

@@ -117,3 +117,46 @@ class SearchSettings:
             raise ConfigError(f"random_interleave={self.random_interleave}: must be in [0, 1)")
         if self.max_staleness < 0:
             raise ConfigError(f"max_staleness={self.max_staleness}: must be >= 0 (0: refit on every result)")
+
+
+#: Settings a job sets itself (from its own flags) and that ``--search-option`` therefore does not take.
+_JOB_OWNED = ("seed", "pretrain_seed", "dgp")
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
+def parse_search_options(options) -> dict:
+    """``KEY=VALUE`` strings (``raydgp layer/tune --search-option``) as keyword arguments of :class:`SearchSettings`,
+    each value parsed as its field's type (bools: true/false/on/off/1/0; ``none`` for the optional integers).
+
+    Raises:
+        ConfigError: not ``KEY=VALUE``, an unknown or job-owned key, or a value of the wrong type.
+    """
+    from dataclasses import fields
+
+    known = {f.name: f for f in fields(SearchSettings) if f.name not in _JOB_OWNED}
+    out = {}
+    for opt in options or ():
+        key, sep, text = str(opt).partition("=")
+        key, text = key.strip().replace("-", "_"), text.strip()
+        if not sep or not key:
+            raise ConfigError(f"search option {opt!r}: write KEY=VALUE, e.g. random_interleave=0.2")
+        if key in _JOB_OWNED:
+            raise ConfigError(f"search option {key!r} is set by the command's own flags (--seed, --history)")
+        if key not in known:
+            raise ConfigError(f"unknown search option {key!r}; choose from {', '.join(sorted(known))}")
+        default = known[key].default
+        try:
+            if isinstance(default, bool):
+                if text.lower() not in _TRUE + _FALSE:
+                    raise ValueError(text)
+                value = text.lower() in _TRUE
+            elif default is None:  # the optional integers (queue_staleness)
+                value = None if text.lower() == "none" else int(text)
+            else:
+                value = type(default)(text)
+        except ValueError:
+            kind = "true or false" if isinstance(default, bool) else type(default or 0).__name__
+            raise ConfigError(f"search option {key}={text!r}: expected {kind}") from None
+        out[key] = value
+    SearchSettings(**out)  # the settings' own checks (ranges, choices) now, with the flag still in view
+    return out
