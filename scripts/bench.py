@@ -3,7 +3,7 @@
 this run, on this machine; raw results in JSON, tables and plots (PNG) in a ``BENCHMARKS.md`` section.
 
     python scripts/bench.py --quick                 # CI-sized: every part at toy size (a few minutes)
-    python scripts/bench.py                         # the full run (about 2 h 15 min on a 2-core machine)
+    python scripts/bench.py                         # the full run (about 4 h on a 2-core machine)
     python scripts/bench.py --parts layers --only hebo   # (re)run some methods of a part, keep the others' results
     python scripts/bench.py --parts searchers       # one part (searchers, replay, layers), merged into the results
     python scripts/bench.py render                  # (re)write the BENCHMARKS.md section from the JSON
@@ -49,8 +49,8 @@ ROOT = Path(__file__).resolve().parent.parent
 BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
 PARTS = ("depth", "searchers", "replay", "layers", "e2e")
 
-#: What each mode runs. Full: about 2 h 15 min on 2 cores (replay about 75 min, its two runs side by side; layers
-#: about 45 min; searchers about 15).
+#: What each mode runs. Full: about 4 h on 2 cores (replay about 75 min, its two runs side by side; layers about
+#: 75 min; e2e about 60 min; searchers about 15).
 MODES = {
     "quick": {
         "searchers": {"problems": ["mixed6"], "speeds": {"fast": 0.0}, "seeds": 2, "trials": 12,
@@ -78,7 +78,8 @@ MODES = {
             {"name": "lomo", "lomo": True, "targets": None, "every": 2, "seeds": 2, "budget": 40, "random_seeds": 50,
              "max_history": 4000, "methods": "cold,dgp,dgp_zs,dgp_notrust,sgp,rgpe,fsbo,mtgp"}]},
         "layers": {"workloads": ["conv2d:1,160,14,14,320,3,1,1", "conv2d:1,96,28,28,192,5,1,2"], "trials": 64,
-                   "seeds": [0, 1], "methods": ["dgp", "cold", "random", "tpe", "hebo", "metaschedule"]},
+                   "seeds": [0, 1], "methods": ["dgp", "cold", "dgp_nocs", "random", "dgp_ri", "tpe", "hebo",
+                                                  "metaschedule"]},
         "e2e": {"models": ["resnet18", "mobilenet_v1", "vgg16", "alexnet"], "trials": 300,
                 "metaschedule": ["resnet18"]},
     },
@@ -501,7 +502,6 @@ def _retime(spec: str, row: dict, work: Path, rounds: int = 5) -> dict:
     return {m: {"ms": v, "median_ms": _median(v)} for m, v in times.items()}
 
 
-# -- render --------------------------------------------------------------------------------------------------------------
 # -- part 5: whole models ----------------------------------------------------------------------------------------------
 E2E_KEYS = ("trials_total", "tuning_wall_s", "wall_s", "tuned_ms", "verified", "max_abs_err", "pytorch_ms",
             "onnxruntime_ms", "untuned_ms", "layer_best_sum_ms", "exit", "commit", "date", "history")
@@ -577,6 +577,7 @@ def _render_e2e(e2e: dict) -> list[str]:
     return lines + [""]
 
 
+# -- render --------------------------------------------------------------------------------------------------------------
 def _f(v, nd=3):
     return "-" if v is None else f"{v:.{nd}g}"
 
@@ -684,7 +685,9 @@ def render(results: dict, bench_md: Path, out_dir: Path) -> str:
                   f"{ly['config']['trials']} trials per method, one after another, seeds {ly['config'].get('seeds', [0])} "
                   "(each method's own seed; MetaSchedule's `tune_tir(seed=...)`); `dgp` transfers from the shipped "
                   "history (none of these shapes is in it, and it was recorded mostly on another CPU), `cold` has no "
-                  "history. Best during the search, then every method's best re-timed by the same measurer "
+                  "history; `dgp_nocs` is `dgp` without the cold start (`--search-option cold_start=off`: no random "
+                  "points owed to a leading cold member), `dgp_ri` is `dgp` with one proposal in five random "
+                  "(`random_interleave=0.2`). Best during the search, then every method's best re-timed by the same measurer "
                   "(5 rounds, interleaved; median). MetaSchedule's during-search columns are its own runner's "
                   "figures, 1.5-1.8x above its own best re-timed here (its runner times the function it tunes, which "
                   "for a layout-free weight likely still holds the weight-packing block; not verified): only the "
