@@ -386,7 +386,8 @@ def run_layers(cfg: dict, out: Path, results: dict) -> None:
 LAYER_METHODS = {"dgp": ("dgp", True, ()), "cold": ("dgp", False, ()), "random": ("random", False, ()),
                  "tpe": ("tpe", False, ()), "hebo": ("hebo", False, ()),
                  "dgp_ri": ("dgp", True, ("random_interleave=0.2",)),
-                 "dgp_nocs": ("dgp", True, ("cold_start=off",))}
+                 "dgp_nocs": ("dgp", True, ("cold_start=off",)),
+                 "dgp_sm": ("dgp", True, ("sketch_min=4",))}
 
 
 def _run_layer(spec: str, seed: int, cfg: dict, part: dict, work: Path, out: Path, results: dict) -> None:
@@ -648,7 +649,10 @@ def render(results: dict, bench_md: Path, out_dir: Path) -> str:
                   "(loto: every other layer; lomo: ResNet-18's layers only, MobileNet-v1's as targets). "
                   "`dgp`: transfer with the trust in history (the default: the fine-tuned, the zero-shot and the cold "
                   "model as members); `dgp_nozs`: the trust without the zero-shot member; `dgp_notrust`: no trust "
-                  "(the fine-tuned model alone); `dgp_ri`: `dgp` with one proposal in five random; `cold`: no "
+                  "(the fine-tuned model alone); `dgp_ri`: `dgp` with one proposal in five random; `dgp_nocs`: `dgp` "
+                  "without the cold start (`cold_start=False`; the entries copied from the earlier `dgp` run, which "
+                  "predates the setting); `dgp_sm`: `dgp` with every sketch given at least 4 configurations "
+                  "(`sketch_min=4`); `cold`: no "
                   "history; `dgp_zs`: the pre-trained model zero-shot throughout; `sgp`: the same pipeline with no hidden layer "
                   "(a one-layer sparse GP: what depth buys); `exact_gp`: BoTorch SingleTaskGP on history + target. "
                   "The transfer peers (`scripts/transfer_peers.py`, same history, candidates and budget; the first 3 "
@@ -687,7 +691,8 @@ def render(results: dict, bench_md: Path, out_dir: Path) -> str:
                   "history (none of these shapes is in it, and it was recorded mostly on another CPU), `cold` has no "
                   "history; `dgp_nocs` is `dgp` without the cold start (`--search-option cold_start=off`: no random "
                   "points owed to a leading cold member), `dgp_ri` is `dgp` with one proposal in five random "
-                  "(`random_interleave=0.2`). Best during the search, then every method's best re-timed by the same measurer "
+                  "(`random_interleave=0.2`), `dgp_sm` gives every sketch at least 4 configurations, each the best-"
+                  "scored of its sketch (`sketch_min=4`). Best during the search, then every method's best re-timed by the same measurer "
                   "(5 rounds, interleaved; median). MetaSchedule's during-search columns are its own runner's "
                   "figures, 1.5-1.8x above its own best re-timed here (its runner times the function it tunes, which "
                   "for a layout-free weight likely still holds the weight-packing block; not verified): only the "

@@ -15,6 +15,7 @@ default: every task in turn is the target), or only ResNet-18's layers with Mobi
 * ``dgp_nozs``: ``dgp`` without the zero-shot member of the trust (the transferred model fine-tuned and the cold one
   only: the default before it);
 * ``dgp_nocs``: ``dgp`` without the cold start (``cold_start=False``: no random points owed to a leading cold member);
+* ``dgp_sm``: ``dgp`` with every sketch given at least 4 configurations (``sketch_min=4``);
 * ``dgp_ri``: ``dgp`` with one proposal in five (after the tuning set) a random candidate (``random_interleave=0.2``);
 * ``dgp_h03``: ``dgp`` with the hidden GPs' output scale starting at 0.3 instead of 0.01 (``hidden_noise``);
 * ``mtgp``, ``rgpe``, ``fsbo``: the transfer peers of ``scripts/transfer_peers.py`` (BoTorch ``MultiTaskGP``, the
@@ -46,7 +47,7 @@ import numpy as np
 from transfer_peers import PEERS, peer_search
 
 METHODS = ("random", "cold", "dgp", "dgp_rand", "dgp_zs", "exact_gp", "dgp_notrust", "sgp", "dgp_h03", "mtgp", "rgpe",
-           "fsbo", "dgp_ri", "dgp_nozs", "dgp_nocs")
+           "fsbo", "dgp_ri", "dgp_nozs", "dgp_nocs", "dgp_sm")
 
 
 def main(argv=None) -> int:
@@ -204,6 +205,8 @@ def _run(method, sp, lat, hist, seed, budget, cache) -> list:
         kw = {"random_interleave": 0.2}
     elif method == "dgp_nocs":
         kw = {"cold_start": False}
+    elif method == "dgp_sm":
+        kw = {"sketch_min": 4}
     # The candidates are the recorded configurations: no evolution (bred children would have no recorded latency).
     st = SearchSettings(seed=seed, init="random" if method == "dgp_rand" else "dgp", pool_size=len(lat),
                         pool_refresh=1.0, pretrain_seed=0, evolve_generations=0, **kw)
@@ -232,6 +235,13 @@ class _Replay:
 
     def neighbours(self, c):
         return []
+
+    @property
+    def structures(self):
+        return self.sp.structures
+
+    def structure_of(self, c):
+        return self.sp.structure_of(c)
 
     def encode_many(self, cs):
         return self.sp.encode_many(cs)

@@ -195,13 +195,14 @@ class DGPSearcher(JsonStateMixin, Searcher):
         """Where the proposals came from: ``model`` (DGP acquisition), ``tuning_set`` (the pre-trained model's
         picks), ``random`` (random tuning-set points by design), ``interleaved`` (random by ``random_interleave``),
         ``cold_start`` (random while the cold member outweighs the history: ``SearchSettings.cold_start``),
+        ``sketch_min`` (the best-scored candidate of an under-sampled sketch: ``SearchSettings.sketch_min``),
         ``seeded`` (``points_to_evaluate``), ``fallback`` (random because the model raised: never silent, logged as
         a warning), ``refit_failures``, and ``total``."""
         st = dict(self._core.stats) if self._core else {"model": 0, "tuning_set": 0, "random": 0, "refit_failures": 0,
                                                          "evolved": 0}
         st.update(seeded=self._seeded, fallback=self._fallbacks)
         st["total"] = (st["model"] + st["tuning_set"] + st["random"] + st.get("interleaved", 0)
-                       + st.get("cold_start", 0) + st["seeded"] + st["fallback"])
+                       + st.get("cold_start", 0) + st.get("sketch_min", 0) + st["seeded"] + st["fallback"])
         if self._queue is not None:
             # proposals computed (model, tuning_set, random) differ from those handed out: total counts the latter
             st["queue"] = dict(self._queue.stats)

@@ -351,6 +351,10 @@ class DGPSearch:
         if not isinstance(scored, _Scored):
             return scored
         pool, X, scores, members, best_f = scored
+        owed = self._sketch_picks(pool, scores, list(pending), 1)
+        if owed:
+            self.stats["model"] -= 1  # _score_pool counted it as the model's; it is counted as sketch_min
+            return owed[0]
         best = int(torch.argmax(scores))
         chosen = pool[best]
         bm = max(members, key=lambda t: t[1])[0]  # joint rescoring with pending points: the leading member
@@ -469,6 +473,32 @@ class DGPSearch:
         unbiased = self.stats["random"] + self.stats.get("interleaved", 0) + self.stats.get("cold_start", 0)
         return max(0, s.n_init - unbiased)
 
+    def _sketch_picks(self, pool: list, scores: torch.Tensor, pending: list, q: int) -> list:
+        """Up to ``q`` proposals owed to under-sampled structures (``sketch_min``): for each structure with fewer
+        than ``sketch_min`` configurations (measured, failed or in ``pending``), fewest first, its best-scored
+        candidate in ``pool`` (none if the pool holds none of it)."""
+        k, structures = self.settings.sketch_min, tuple(getattr(self.space, "structures", ()))
+        if k <= 0 or len(structures) < 2:
+            return []
+        count = {s: 0 for s in structures}
+        for c in list(self.seen) + list(pending):
+            s = self.space.structure_of(c)
+            if s in count:
+                count[s] += 1
+        owed = sorted((n, i, s) for i, (s, n) in enumerate(count.items()) if n < k)
+        if not owed:
+            return []
+        of = [self.space.structure_of(c) for c in pool]
+        out = []
+        for _, _, s in owed:
+            if len(out) >= q:
+                break
+            idx = [i for i, t in enumerate(of) if t == s]
+            if idx:
+                out.append(pool[idx[int(torch.argmax(scores[idx]))]])
+        self.stats["sketch_min"] = self.stats.get("sketch_min", 0) + len(out)
+        return out
+
     def _random_picks(self, k: int, exclude: set, reason: str) -> list:
         """``k`` random unmeasured configurations, counted in the stats under ``reason``."""
         got = self.space.sample_many(k, self.rng, exclude=exclude)
@@ -486,6 +516,11 @@ class DGPSearch:
             self.stats["random"] += len(got) - 1
             return got
         pool, X, scores, members, best_f = scored
+        self.stats["model"] -= 1  # _score_pool counted one; the model's picks are counted below
+        owed = self._sketch_picks(pool, scores, pending, q)  # counted as sketch_min
+        if len(owed) == q:
+            return owed
+        pending = list(pending) + owed
         K = min(len(pool), max(256, 4 * q))
         top = torch.topk(scores, K).indices
         P = self._scaler_for().transform(self._encode(pending)) if pending else None
@@ -494,15 +529,16 @@ class DGPSearch:
             far = torch.cdist(X[top], P).min(dim=1).values > 1e-6
             top = top[far]
         if len(top) == 0:
-            return []
+            return owed
         log_prior = self._fail.log_ok(X[top])
         try:
-            picks = believer_batch(members, X[top], best_f, q, pending=P, log_prior=log_prior)
+            picks = believer_batch(members, X[top], best_f, q - len(owed), pending=P, log_prior=log_prior)
         except torch.linalg.LinAlgError:  # a singular joint posterior: the analytic ranking, counted
             self.stats["joint_fallback"] = self.stats.get("joint_fallback", 0) + 1
-            picks = list(range(min(q, len(top))))
+            picks = list(range(min(q - len(owed), len(top))))
         chosen = [pool[int(top[i])] for i in picks]
-        self.stats["model"] += len(chosen) - 1  # _score_pool counted one
+        self.stats["model"] += len(chosen)
+        chosen = owed + chosen
         self.stats["evolved"] += sum(c in self._evolved for c in chosen)
         return chosen
 

@@ -70,6 +70,13 @@ class SearchSettings:
             set, and a cold model fitted only on points a misleading history chose exploits where it was led (measured
             live on a 5x5 conv no history holds: 12.3 ms against the cold DGP's 3.2 ms, BENCHMARKS.md section 7.3).
             Counted as ``cold_start`` in the stats.
+        sketch_min: after the tuning set, every structure of the space (a design space's MetaSchedule sketches) gets
+            at least this many configurations (measured, failed or running) before the acquisition may write it
+            off: while one has fewer, the proposal is the best-scored candidate *of that structure*. A model fitted on
+            a handful of samples per sketch (or a history recorded elsewhere) locks onto one sketch early (measured
+            live: the DGP searches spent 50+ of 64 trials in one sketch, while another held a 15% faster schedule;
+            BENCHMARKS.md 7.3); the guided samples cost a few trials and are the model's best guesses there. 0: off.
+            Counted as ``sketch_min`` in the stats.
         queue_staleness: with the queue, the most results a handed-out proposal's model may be behind (None: the
             larger of ``max_staleness`` and half the width, so that results arriving during one refit do not starve
             the workers).
@@ -99,6 +106,7 @@ class SearchSettings:
     queue_staleness: int | None = None
     random_interleave: float = 0.0
     cold_start: bool = True
+    sketch_min: int = 0
 
     def __post_init__(self):
         if self.init not in INIT_MODES:
@@ -115,6 +123,8 @@ class SearchSettings:
             raise ConfigError(f"queue_staleness={self.queue_staleness}: must be >= 0 or None")
         if not 0.0 <= self.random_interleave < 1.0:
             raise ConfigError(f"random_interleave={self.random_interleave}: must be in [0, 1)")
+        if self.sketch_min < 0:
+            raise ConfigError(f"sketch_min={self.sketch_min}: must be >= 0 (0: off)")
         if self.max_staleness < 0:
             raise ConfigError(f"max_staleness={self.max_staleness}: must be >= 0 (0: refit on every result)")
 

@@ -66,6 +66,16 @@ class SearchSpace(abc.ABC):
         (default: never)."""
         return None
 
+    @property
+    def structures(self) -> tuple:
+        """The top-level structural choices configurations fall into (a design space's MetaSchedule sketches), or
+        ``()`` where the space has none (default)."""
+        return ()
+
+    def structure_of(self, config: Hashable) -> Hashable | None:
+        """Which of :attr:`structures` ``config`` belongs to (None: the space has none)."""
+        return None
+
     def config_to_json(self, config: Hashable) -> Any:
         """A JSON value for checkpoints (default: the trial parameters)."""
         return self.to_params(config)

@@ -243,6 +243,14 @@ class DesignSpace(SearchSpace):
         r = random.Random(int(rng.integers(2**63)))
         return sample_distinct(lambda _: self.sample(r), n, rng, exclude, max_tries)
 
+    @property
+    def structures(self) -> tuple:
+        """The sketches' indices: a configuration's sketch is its structure."""
+        return tuple(range(len(self.sketches)))
+
+    def structure_of(self, config: Config) -> int:
+        return config.sketch
+
     def neighbours(self, config: Config) -> list[Config]:
         """All configurations that differ from ``config`` in exactly one knob, by one small step.
 

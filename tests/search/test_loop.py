@@ -86,3 +86,48 @@ def test_metrics_that_are_not_latencies_are_modelled_not_dropped(maximize):
     assert len(kept) == 8 and np.isfinite(y).all() and y.std() > 0
     s.suggest()
     assert s.stats["model"] == 1 and s.stats["random"] == 0
+
+
+def _three_sketch_space():
+    """Three sketches of one fake workload; the trace carries the sketch, so the fake latency differs by sketch."""
+    from raydgp.space.design_space import DesignSpace, Knob, Sketch
+    from raydgp.testing import fake_space
+
+    one = fake_space("sketches", (64, 32))
+    k = one.sketches[0].knobs
+    return DesignSpace(one.workload, one.target, (Sketch([], k), Sketch([], k[:1] + k[2:]), Sketch([], k[1:])))
+
+
+def _latency(sp, c) -> float:
+    from raydgp.testing import fake_latency_ms
+
+    return fake_latency_ms("sketches", sp.trace_json(c)) * (1.0, 3.0, 9.0)[c.sketch]  # sketch 0 looks best
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_every_sketch_gets_its_minimum_of_guided_samples(batch):
+    sp = _three_sketch_space()
+    s = DGPSearch(sp, SearchSettings(**(FAST.__dict__ | {"sketch_min": 4})))
+    seen = []
+    while len(seen) < 18:
+        got = [s.suggest()] if batch == 1 else s.suggest_batch(batch)
+        assert len(set(got)) == len(got) and not set(got) & set(seen)
+        seen += got
+        for c in got:
+            s.observe(c, _latency(sp, c))
+    per = [sum(c.sketch == k for c in seen) for k in range(3)]
+    assert min(per) >= 4, per
+    assert 0 < s.stats["sketch_min"] <= 12 and s.stats["model"] >= 1, s.stats
+    # off by default: the slow sketches are left to the acquisition
+    off = DGPSearch(sp, FAST)
+    for _ in range(18):
+        c = off.suggest()
+        off.observe(c, _latency(sp, c))
+    assert "sketch_min" not in off.stats
+    with pytest.raises(Exception, match="sketch_min"):
+        SearchSettings(sketch_min=-1)
+
+
+def test_a_space_without_structures_owes_nothing():
+    s, _ = _run(10, SearchSettings(**(FAST.__dict__ | {"sketch_min": 4})))
+    assert "sketch_min" not in s.stats  # one sketch: nothing to balance
