@@ -559,6 +559,9 @@ def _render_e2e(e2e: dict) -> list[str]:
                      f"{_f(r.get('tuning_wall_s'), 4)} s | {_f(r.get('wall_s'), 4)} s | {_f(t)} ms ({ver}) | "
                      f"{_f(pt)} ms | {_f(ort)} ms | {_f(r.get('untuned_ms'), 4)} ms | "
                      f"{_f(t / pt) if t and pt else '-'} | {_f(t / ort) if t and ort else '-'} |")
+    missing = [m for m in cfg.get("models", []) if m not in {r["model"] for r in e2e.get("runs", [])}]
+    if missing:
+        lines += ["", f"Not run (the part was stopped before them): {', '.join(missing)}."]
     by = {(r["model"], r["method"]): r for r in e2e.get("runs", [])}
     t1 = []
     for (model, method), ms in by.items():
@@ -681,10 +684,17 @@ def render(results: dict, bench_md: Path, out_dir: Path) -> str:
             lines += ["", f"![replay {name}]({out_dir.name}/{r['plot']})", ""]
     ly = results.get("layers")
     if ly and ly.get("runs"):
-        redo = sorted({m for row in ly["runs"] for m in row.get("commits", {})})
+        by_commit: dict = {}
+        for row in ly["runs"]:
+            for m, c in row.get("commits", {}).items():
+                by_commit.setdefault(c.split()[0], set()).add(m)
         lines += ["### 7.3 Live, per layer (real TVM builds and timings)", "",
-                  (f"(Rerun with `--only`: {', '.join(redo)}, at the part's commit above; the other methods ran "
-                   "earlier in the same session, and all were re-timed together after the rerun.)" if redo else ""),
+                  ("Searches by commit: " + "; ".join(f"{', '.join(sorted(ms))} at {c}"
+                                                     for c, ms in sorted(by_commit.items()))
+                   + ". Methods at an older commit were not rerun (`--only`) and may come from an earlier session; "
+                   "every method's best schedule was re-timed together after the latest rerun, so the re-timed "
+                   "column compares them on this machine, the during-search columns only within one commit."
+                   if len(by_commit) > 1 else ""),
                   "",
                   f"{ly['config']['trials']} trials per method, one after another, seeds {ly['config'].get('seeds', [0])} "
                   "(each method's own seed; MetaSchedule's `tune_tir(seed=...)`); `dgp` transfers from the shipped "
