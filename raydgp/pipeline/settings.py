@@ -20,14 +20,14 @@ def _search_options(options, searcher: str) -> tuple:
     """``search_options`` as sorted ``(name, value)`` pairs, checked: ``KEY=VALUE`` strings (the CLI's
     ``--search-option``) are parsed; a mapping or ``(name, value)`` pairs are checked by
     :class:`~raydgp.search.SearchSettings` itself."""
-    from raydgp.search.settings import SearchSettings, parse_search_options
+    from raydgp.search.settings import JOB_OWNED, SearchSettings, parse_search_options
 
     if not options:
         return ()
     items = list(options.items()) if isinstance(options, dict) else list(options)
     opts = parse_search_options([o for o in items if isinstance(o, str)])
     opts.update(tuple(o) for o in items if not isinstance(o, str))
-    for key in ("seed", "pretrain_seed", "dgp"):
+    for key in JOB_OWNED:
         if key in opts:
             raise ConfigError(f"search option {key!r} is set by the run's own settings (seed, history)")
     try:

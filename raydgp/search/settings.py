@@ -130,7 +130,7 @@ class SearchSettings:
 
 
 #: Settings a job sets itself (from its own flags) and that ``--search-option`` therefore does not take.
-_JOB_OWNED = ("seed", "pretrain_seed", "dgp")
+JOB_OWNED = ("seed", "pretrain_seed", "dgp")
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
 
@@ -143,14 +143,14 @@ def parse_search_options(options) -> dict:
     """
     from dataclasses import fields
 
-    known = {f.name: f for f in fields(SearchSettings) if f.name not in _JOB_OWNED}
+    known = {f.name: f for f in fields(SearchSettings) if f.name not in JOB_OWNED}
     out = {}
     for opt in options or ():
         key, sep, text = str(opt).partition("=")
         key, text = key.strip().replace("-", "_"), text.strip()
         if not sep or not key:
             raise ConfigError(f"search option {opt!r}: write KEY=VALUE, e.g. random_interleave=0.2")
-        if key in _JOB_OWNED:
+        if key in JOB_OWNED:
             raise ConfigError(f"search option {key!r} is set by the command's own flags (--seed, --history)")
         if key not in known:
             raise ConfigError(f"unknown search option {key!r}; choose from {', '.join(sorted(known))}")
