@@ -513,7 +513,7 @@ def run_e2e(cfg: dict, out: Path, results: dict) -> None:
     trial count, one after another, by ``scripts/bench_fast.py`` (its raw rows in ``bench/bench_e2e/``); a run is
     replaced only when it is rerun, so an interrupted part keeps what it finished."""
     part = results.setdefault("e2e", {})
-    part["config"] = {k: v for k, v in cfg.items() if k != "only"}
+    part["config"] = {k: v for k, v in cfg.items() if k not in ("only", "run_models")}
     runs = part.setdefault("runs", [])
     work = out.parent / "bench_e2e"
     only = set(cfg.get("only") or ("raydgp", "metaschedule"))
@@ -523,7 +523,7 @@ def run_e2e(cfg: dict, out: Path, results: dict) -> None:
         runs[:] = [r for r in runs if (r["model"], r["method"]) != (row["model"], row["method"])] + [row]
         _save(out, results)
 
-    for model in cfg["models"]:
+    for model in cfg.get("run_models") or cfg["models"]:
         for method in ("raydgp", "metaschedule"):
             if method not in only or (method == "metaschedule" and model not in cfg.get("metaschedule", ())):
                 continue
@@ -871,6 +871,8 @@ def main(argv=None) -> int:
     ap.add_argument("--only", default=None, help="layers, replay and e2e parts: (re)run only these comma-separated methods and "
                          "keep the others' results (layers: all are re-timed together again; replay: same targets "
                          "and settings, added to the earlier run's JSON)")
+    ap.add_argument("--models", default=None, help="e2e part: (re)run only these comma-separated models of the mode's "
+                         "list and keep the others' rows")
     args = ap.parse_args(argv)
     mode = "quick" if args.quick else "full"
     out_dir = Path(args.out)
@@ -888,6 +890,11 @@ def main(argv=None) -> int:
         if args.only:  # --only: the layers and replay parts (re)run these methods and keep the others' results
             cfg = dict(cfg, **{p: dict(cfg[p], only=args.only.split(",")) for p in ("layers", "replay", "e2e")
                                if cfg.get(p)})
+        if args.models and cfg.get("e2e"):
+            unknown = set(args.models.split(",")) - set(cfg["e2e"]["models"])
+            if unknown:
+                ap.error(f"unknown models {sorted(unknown)} for the e2e part; choose from {cfg['e2e']['models']}")
+            cfg = dict(cfg, e2e=dict(cfg["e2e"], run_models=args.models.split(",")))
         import torch
 
         torch.set_num_threads(1)

@@ -10,7 +10,8 @@ Three lock files per device, all ``fcntl.flock`` locks (released by the kernel i
   that a stream of overlapping builds cannot starve a waiting timing (``flock`` itself gives shared holders priority).
 
 A timing takes ``lock -> gate -> builds``; a build takes ``gate`` (released at once) then ``builds``. No holder waits
-for a lock while holding one a waiter of the other kind needs, so there is no deadlock.
+for a lock while holding one a waiter of the other kind needs, so there is no deadlock; within a process the build lock
+is one counted hold shared by its threads (a thread that holds it may wait for another that wants it).
 
 With ``exclusive=False`` (a GPU timing: builds run on the host CPU and do not disturb it) only the timing lock is used.
 """
@@ -20,6 +21,8 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import threading
+import time
 from typing import Iterator
 
 
@@ -62,9 +65,87 @@ class TimingLock:
         self.release()
 
 
+class _ProcessHold:
+    """This process's shared hold of one build lock, counted across its threads.
+
+    ``flock`` locks belong to open file descriptions, so two threads of one process that each open the build lock are
+    two holders to the kernel. That deadlocks when a thread that holds the build lock waits for another thread that
+    wants it while a timing waits on the node: the timing holds the gate and waits for the holder, the second thread
+    waits for the gate, the holder waits for the second thread (a searcher's ``suggest()`` joining its background refit
+    did this). So a process takes the lock once, and a thread that arrives while the process holds it joins the hold:
+    at once when no timing waits; when one does, it first waits for the process's hold to end (the timing goes first,
+    as the gate intends) and joins anyway after ``grace_s`` (a holder may be waiting for it). The last one out releases.
+    """
+
+    grace_s = 2.0
+
+    def __init__(self, path: str):
+        self.path = path
+        self.count = 0
+        self.fds: tuple[int, int] | None = None
+        self.cond = threading.Condition()
+        self.forced_joins = 0  # joins past a waiting timing after grace_s (a holder was waiting for the joiner)
+
+    def _timing_waits(self) -> bool:
+        gate = self.fds[0]
+        try:
+            fcntl.flock(gate, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(gate, fcntl.LOCK_UN)
+        return False
+
+    def enter(self) -> None:
+        with self.cond:
+            deadline = time.monotonic() + self.grace_s
+            while self.count:
+                if not self._timing_waits():
+                    self.count += 1
+                    return
+                if time.monotonic() >= deadline:
+                    self.count += 1
+                    self.forced_joins += 1
+                    return
+                self.cond.wait(0.02)
+            gate, builds = _open(self.path + ".gate"), _open(self.path + ".builds")
+            try:
+                fcntl.flock(gate, fcntl.LOCK_EX)
+                try:
+                    fcntl.flock(builds, fcntl.LOCK_SH)
+                finally:
+                    fcntl.flock(gate, fcntl.LOCK_UN)
+            except BaseException:
+                os.close(builds)
+                os.close(gate)
+                raise
+            self.fds, self.count = (gate, builds), 1
+
+    def exit(self) -> None:
+        with self.cond:
+            self.count -= 1
+            if self.count:
+                return
+            gate, builds = self.fds
+            self.fds = None
+            try:
+                fcntl.flock(builds, fcntl.LOCK_UN)
+            finally:
+                os.close(builds)
+                os.close(gate)
+                self.cond.notify_all()
+
+
+_HOLDS: dict[str, _ProcessHold] = {}
+_HOLDS_MUTEX = threading.Lock()
+
+
 @contextlib.contextmanager
 def building(path: str | None, exclusive: bool = True) -> Iterator[None]:
     """Hold the node's build lock (shared) around a build or other heavy computation; waits while a kernel is timed.
+
+    Re-entrant within a process: a thread of a process that already holds the lock (another thread's build or model
+    fit) joins that hold without waiting, so threads of one process that wait for each other cannot deadlock with a
+    waiting timing (:class:`_ProcessHold`).
 
     Args:
         path: the timing lock's path (None: no locking, e.g. off-node).
@@ -73,18 +154,13 @@ def building(path: str | None, exclusive: bool = True) -> Iterator[None]:
     if not path or not exclusive:
         yield
         return
-    gate, builds = _open(path + ".gate"), _open(path + ".builds")
+    with _HOLDS_MUTEX:
+        hold = _HOLDS.setdefault(path, _ProcessHold(path))
+    hold.enter()
     try:
-        fcntl.flock(gate, fcntl.LOCK_EX)
-        try:
-            fcntl.flock(builds, fcntl.LOCK_SH)
-        finally:
-            fcntl.flock(gate, fcntl.LOCK_UN)
         yield
     finally:
-        fcntl.flock(builds, fcntl.LOCK_UN)
-        os.close(builds)
-        os.close(gate)
+        hold.exit()
 
 
 class NodeComputeGuard:

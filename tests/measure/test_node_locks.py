@@ -68,3 +68,34 @@ def test_without_exclusivity_builds_run_beside_a_timing(tmp_path):
         t.start()
         assert done.wait(2.0)
         t.join()
+
+
+def test_a_holder_waiting_for_another_thread_of_its_process_does_not_deadlock_a_timing(tmp_path):
+    """suggest() holds the build lock and joins its background refit, which wants the build lock, while a timing waits
+    (it holds the gate): the refit joins its process's hold, so all three finish, the timing last."""
+    path = str(tmp_path / "t.lock")
+    order: list[str] = []
+    timing_waiting = threading.Event()
+
+    def timing():
+        timing_waiting.set()
+        with TimingLock(path):
+            order.append("timing")
+
+    def refit():
+        with building(path):
+            order.append("refit")
+
+    with building(path):
+        t = threading.Thread(target=timing, daemon=True)
+        t.start()
+        timing_waiting.wait()
+        time.sleep(0.2)  # the timing now holds the gate and waits for this hold
+        r = threading.Thread(target=refit, daemon=True)
+        r.start()
+        r.join(10.0)
+        assert not r.is_alive(), "deadlock: the second thread never got the build lock"
+        order.append("holder")
+    t.join(10.0)
+    assert not t.is_alive(), "the timing never got the node"
+    assert order == ["refit", "holder", "timing"], order
