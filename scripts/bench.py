@@ -387,7 +387,8 @@ LAYER_METHODS = {"dgp": ("dgp", True, ()), "cold": ("dgp", False, ()), "random":
                  "tpe": ("tpe", False, ()), "hebo": ("hebo", False, ()),
                  "dgp_ri": ("dgp", True, ("random_interleave=0.2",)),
                  "dgp_nocs": ("dgp", True, ("cold_start=off",)),
-                 "dgp_sm": ("dgp", True, ("sketch_min=4",))}
+                 "dgp_sm": ("dgp", True, ("sketch_min=4",)),
+                 "dgp_mp": ("dgp", True, ("member_pick=sample",))}
 
 
 def _run_layer(spec: str, seed: int, cfg: dict, part: dict, work: Path, out: Path, results: dict) -> None:
@@ -655,7 +656,8 @@ def render(results: dict, bench_md: Path, out_dir: Path) -> str:
                   "(the fine-tuned model alone); `dgp_ri`: `dgp` with one proposal in five random; `dgp_nocs`: `dgp` "
                   "without the cold start (`cold_start=False`; the entries copied from the earlier `dgp` run, which "
                   "predates the setting); `dgp_sm`: `dgp` with every sketch given at least 4 configurations "
-                  "(`sketch_min=4`); `cold`: no "
+                  "(`sketch_min=4`); `dgp_mp`: `dgp` with one member drawn per proposal by the trust weights "
+                  "(`member_pick=sample`) instead of the weighted mixture's EI; `cold`: no "
                   "history; `dgp_zs`: the pre-trained model zero-shot throughout; `sgp`: the same pipeline with no hidden layer "
                   "(a one-layer sparse GP: what depth buys); `exact_gp`: BoTorch SingleTaskGP on history + target. "
                   "The transfer peers (`scripts/transfer_peers.py`, same history, candidates and budget; the first 3 "
@@ -702,7 +704,8 @@ def render(results: dict, bench_md: Path, out_dir: Path) -> str:
                   "history; `dgp_nocs` is `dgp` without the cold start (`--search-option cold_start=off`: no random "
                   "points owed to a leading cold member), `dgp_ri` is `dgp` with one proposal in five random "
                   "(`random_interleave=0.2`), `dgp_sm` gives every sketch at least 4 configurations, each the best-"
-                  "scored of its sketch (`sketch_min=4`). Best during the search, then every method's best re-timed by the same measurer "
+                  "scored of its sketch (`sketch_min=4`), `dgp_mp` draws one member per proposal by the trust weights and "
+                  "follows its EI (`member_pick=sample`) instead of the mixture's EI. Best during the search, then every method's best re-timed by the same measurer "
                   "(5 rounds, interleaved; median). MetaSchedule's during-search columns are its own runner's "
                   "figures, 1.5-1.8x above its own best re-timed here (its runner times the function it tunes, which "
                   "for a layout-free weight likely still holds the weight-packing block; not verified): only the "

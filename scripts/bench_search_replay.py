@@ -47,7 +47,7 @@ import numpy as np
 from transfer_peers import PEERS, peer_search
 
 METHODS = ("random", "cold", "dgp", "dgp_rand", "dgp_zs", "exact_gp", "dgp_notrust", "sgp", "dgp_h03", "mtgp", "rgpe",
-           "fsbo", "dgp_ri", "dgp_nozs", "dgp_nocs", "dgp_sm")
+           "fsbo", "dgp_ri", "dgp_nozs", "dgp_nocs", "dgp_sm", "dgp_mp")
 
 
 def main(argv=None) -> int:
@@ -207,6 +207,8 @@ def _run(method, sp, lat, hist, seed, budget, cache) -> list:
         kw = {"cold_start": False}
     elif method == "dgp_sm":
         kw = {"sketch_min": 4}
+    elif method == "dgp_mp":
+        kw = {"member_pick": "sample"}
     # The candidates are the recorded configurations: no evolution (bred children would have no recorded latency).
     st = SearchSettings(seed=seed, init="random" if method == "dgp_rand" else "dgp", pool_size=len(lat),
                         pool_refresh=1.0, pretrain_seed=0, evolve_generations=0, **kw)

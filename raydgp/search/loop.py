@@ -543,21 +543,30 @@ class DGPSearch:
         return chosen
 
     def _scoring_members(self, model: DeepGPSurrogate) -> list[tuple[DGPModel, float]]:
-        """``(BoTorch model, weight)`` of each member that scores candidates (weights under 1% are dropped)."""
-        seed = self.settings.seed + self._calls
+        """``(BoTorch model, weight)`` of each member that scores candidates (weights under 1% are dropped).
+
+        With ``member_pick="sample"``, one member drawn by the trust weights (seeded per proposal) scores alone.
+        """
+        s = self.settings
+        seed = s.seed + self._calls
         self._lead = "transfer"
         if not self.trusting or self._cold is None:
             return [(DGPModel(model, seed=seed), 1.0)]
         w = self.trust_weights()
         self._lead = max(w, key=w.get)
         self.stats["transfer_weight"] = round(w["transfer"], 4)
-        members = [(DGPModel(model, seed=seed), w["transfer"]), (DGPModel(self._cold, seed=seed), w["cold"])]
+        named = [("transfer", model, w["transfer"]), ("cold", self._cold, w["cold"])]
         if "zeroshot" in w:
             self.stats["zeroshot_weight"] = round(w["zeroshot"], 4)
-            members.append((DGPModel(self.pretrained(), seed=seed), w["zeroshot"]))
-        members = [(m, wt) for m, wt in members if wt >= 0.01]
-        total = sum(wt for _, wt in members)
-        return [(m, wt / total) for m, wt in members]
+            named.append(("zeroshot", self.pretrained(), w["zeroshot"]))
+        named = [t for t in named if t[2] >= 0.01]
+        total = sum(wt for _, _, wt in named)
+        if s.member_pick == "sample" and len(named) > 1:
+            rng = np.random.default_rng([s.seed, self._calls, 0x6D656D])  # its own stream: other draws unchanged
+            name, m, _ = named[int(rng.choice(len(named), p=[wt / total for _, _, wt in named]))]
+            self._lead = name
+            return [(DGPModel(m, seed=seed), 1.0)]
+        return [(DGPModel(m, seed=seed), wt / total) for _, m, wt in named]
 
     def _failure_model(self) -> FailureModel:
         """The failure model on every measured configuration of the target (invalid ones included)."""

@@ -9,6 +9,7 @@ from raydgp.errors import ConfigError
 
 INIT_MODES = ("dgp", "random")
 QUEUE_MODES = ("auto", "on", "off")
+MEMBER_PICKS = ("mixture", "sample")
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,12 @@ class SearchSettings:
             live: the DGP searches spent 50+ of 64 trials in one sketch, while another held a 15% faster schedule;
             BENCHMARKS.md 7.3); the guided samples cost a few trials and are the model's best guesses there. 0: off.
             Counted as ``sketch_min`` in the stats.
+        member_pick: with ``trust``, how the members' weights make a proposal: ``mixture`` scores candidates by the
+            weighted mixture's EI (``log sum_m w_m EI_m``; a confidently wrong member with a large EI then leads at
+            a small weight), ``sample`` draws one member per proposal with probability equal to its weight and
+            follows its own EI (Thompson sampling over the members: with the cold member at weight 0.8, four
+            proposals in five are the search without history). Seeded on its own stream; the drawn member leads
+            (``<member>_led`` in the stats). A batch (``suggest_batch``) follows one draw.
         queue_staleness: with the queue, the most results a handed-out proposal's model may be behind (None: the
             larger of ``max_staleness`` and half the width, so that results arriving during one refit do not starve
             the workers).
@@ -107,6 +114,7 @@ class SearchSettings:
     random_interleave: float = 0.0
     cold_start: bool = True
     sketch_min: int = 0
+    member_pick: str = "mixture"
 
     def __post_init__(self):
         if self.init not in INIT_MODES:
@@ -123,6 +131,8 @@ class SearchSettings:
             raise ConfigError(f"queue_staleness={self.queue_staleness}: must be >= 0 or None")
         if not 0.0 <= self.random_interleave < 1.0:
             raise ConfigError(f"random_interleave={self.random_interleave}: must be in [0, 1)")
+        if self.member_pick not in MEMBER_PICKS:
+            raise ConfigError(f"member_pick={self.member_pick!r}: choose one of {MEMBER_PICKS}")
         if self.sketch_min < 0:
             raise ConfigError(f"sketch_min={self.sketch_min}: must be >= 0 (0: off)")
         if self.max_staleness < 0:

@@ -141,3 +141,35 @@ def test_the_cold_start_counts_pending_picks_in_batches():
         for c in batch:
             s.observe(c, fake_latency_ms("trust", sp.trace_json(c)))
     assert s.stats.get("cold_start", 0) == FAST.n_init, s.stats
+
+
+def test_member_pick_sample_draws_one_member_per_proposal_by_the_trust_weights():
+    s = _search(lambda sp: _history(sp, True), 14, member_pick="sample", cold_start=False)
+    w = s.trust_weights()
+    model = s._fit()
+    leads = []
+    for _ in range(400):
+        s._calls += 1
+        members = s._scoring_members(model)
+        assert len(members) == 1 and members[0][1] == 1.0  # one member scores alone
+        leads.append(s._lead)
+    for name, weight in w.items():
+        kept = weight if weight >= 0.01 else 0.0
+        assert abs(leads.count(name) / len(leads) - kept / sum(v for v in w.values() if v >= 0.01)) < 0.08, (w, name)
+    # seeded: the same proposal counter draws the same member
+    s._calls -= 400
+    again = []
+    for _ in range(400):
+        s._calls += 1
+        s._scoring_members(model)
+        again.append(s._lead)
+    assert again == leads
+    mix = _search(lambda sp: _history(sp, True), 14, cold_start=False)
+    assert len(mix._scoring_members(mix._fit())) > 1  # the default scores with the mixture
+
+
+def test_member_pick_is_validated():
+    from raydgp.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="member_pick"):
+        SearchSettings(member_pick="vote")
