@@ -552,14 +552,24 @@ def _render_e2e(e2e: dict) -> list[str]:
              "ratios come from one run. Tuning wall: the search itself (raydgp: its Ray experiments; MetaSchedule: "
              "`tune_relax`); all in: the whole command (set-up, tuning, build, verification, references).", "",
              "| model | tuner | trials | tuning wall | all in | tuned (verified) | PyTorch eager | ONNX Runtime | "
-             "untuned TVM | tuned / PyTorch | tuned / ORT |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "untuned TVM | tuned / PyTorch | tuned / ORT | commit, date |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in e2e.get("runs", []):
         t, pt, ort = r.get("tuned_ms"), r.get("pytorch_ms"), r.get("onnxruntime_ms")
         ver = "yes" if r.get("verified") else ("NO" if r.get("verified") is False else f"failed (exit {r.get('exit')})")
         lines.append(f"| {r['model']} | {r['method']} | {r.get('trials_total') or r.get('trials')} | "
                      f"{_f(r.get('tuning_wall_s'), 4)} s | {_f(r.get('wall_s'), 4)} s | {_f(t)} ms ({ver}) | "
                      f"{_f(pt)} ms | {_f(ort)} ms | {_f(r.get('untuned_ms'), 4)} ms | "
-                     f"{_f(t / pt) if t and pt else '-'} | {_f(t / ort) if t and ort else '-'} |")
+                     f"{_f(t / pt) if t and pt else '-'} | {_f(t / ort) if t and ort else '-'} | "
+                     f"{(r.get('commit') or '-')[:7]}, {r.get('date') or '-'} |")
+    hist = [f"{r['model']}: {r['history']}" for r in e2e.get("runs", []) if r["method"] == "raydgp" and r.get("history")]
+    if hist:
+        lines += ["", "History each raydgp run transferred from (the shipped dataset plus the user store, which holds "
+                  "the earlier runs' records of this machine, so later models see the earlier ones; each layer's own "
+                  "workload is left out of its history, but the shipped dataset holds ResNet-18's and MobileNet-v1's "
+                  "other layers, so for those two models the history knows the model, for AlexNet and VGG-16 it "
+                  "does not): "
+                  + "; ".join(hist) + "."]
     missing = [m for m in cfg.get("models", []) if m not in {r["model"] for r in e2e.get("runs", [])}]
     if missing:
         lines += ["", f"Not run (the part was stopped before them): {', '.join(missing)}."]
