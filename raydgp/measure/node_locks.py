@@ -144,8 +144,8 @@ def building(path: str | None, exclusive: bool = True) -> Iterator[None]:
     """Hold the node's build lock (shared) around a build or other heavy computation; waits while a kernel is timed.
 
     Re-entrant within a process: a thread of a process that already holds the lock (another thread's build or model
-    fit) joins that hold without waiting, so threads of one process that wait for each other cannot deadlock with a
-    waiting timing (:class:`_ProcessHold`).
+    fit) joins that hold, at once when no timing waits and after at most ``_ProcessHold.grace_s`` when one does, so
+    threads of one process that wait for each other cannot deadlock with a waiting timing (:class:`_ProcessHold`).
 
     Args:
         path: the timing lock's path (None: no locking, e.g. off-node).
