@@ -66,6 +66,13 @@ class Workload:
     op: str
     features: Mapping[str, float] = field(default_factory=dict)
 
+    def feature_vector(self) -> tuple[float, ...]:
+        """The feature values in name order: the one order every encoding uses, whatever order the mapping was built
+        in (a task described live lists them in :data:`raydgp.space.workloads.FEATURE_NAMES` order, one read back from
+        JSON in the file's sorted order; encoding either by its own order put a live target's features in the wrong
+        columns relative to its history)."""
+        return tuple(float(self.features[k]) for k in sorted(self.features))
+
     def to_json(self) -> dict:
         return {"key": self.key, "name": self.name, "op": self.op, "features": dict(self.features)}
 

@@ -244,8 +244,8 @@ def _tune_layers(run: ModelRun, m: LoadedModel, store: RecordStore, budget: Budg
                         if r.workload.key == by_name[name].key][len(budget.layers[name].curve):]
             budget.finish(name, lats, n)
             agg = proposals.setdefault(name, {})
-            for k, v in res.proposals.items():  # counts add up over chunks; a float (a weight) is the latest
-                agg[k] = v if isinstance(v, float) else agg.get(k, 0) + int(v)
+            for k, v in res.proposals.items():  # counts add up over chunks; a weight or a summary is the latest
+                agg[k] = v if isinstance(v, (float, dict)) else agg.get(k, 0) + int(v)
             estimate.append((budget.finished, budget.model_estimate_ms()))
         progress.show(budget.used, budget.layers_done(), budget.model_estimate_ms(), [r[0] for r in runner.running])
     progress.show(budget.used, len(m.layers), budget.model_estimate_ms(), [], final=True)

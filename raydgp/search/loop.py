@@ -555,6 +555,9 @@ class DGPSearch:
         w = self.trust_weights()
         self._lead = max(w, key=w.get)
         self.stats["transfer_weight"] = round(w["transfer"], 4)
+        # each member's prequential ranking accuracy and test count (the evidence behind the weights), for summaries
+        self.stats["trust"] = {m: {"accuracy": v["accuracy"], "tested": v["tested"]}
+                               for m, v in self.trust.summary(group=("transfer", "zeroshot")).items()}
         named = [("transfer", model, w["transfer"]), ("cold", self._cold, w["cold"])]
         if "zeroshot" in w:
             self.stats["zeroshot_weight"] = round(w["zeroshot"], 4)

@@ -330,9 +330,9 @@ class DesignSpace(SearchSpace):
         return self.config_dim + len(self.workload.features) + len(HARDWARE_FEATURES)
 
     def features(self) -> np.ndarray:
-        """The workload features (in :data:`raydgp.space.workloads.FEATURE_NAMES` order), then the target's
+        """The workload features (in name order: :meth:`~raydgp.records.Workload.feature_vector`), then the target's
         :data:`~raydgp.space.hardware.HARDWARE_FEATURES`: shape ``(n_features + n_hardware,)``."""
-        return np.array(list(self.workload.features.values()) + list(hardware_features(self.target)),
+        return np.array(list(self.workload.feature_vector()) + list(hardware_features(self.target)),
                         dtype=np.float64)
 
     def encode(self, config: Config, with_features: bool = True) -> np.ndarray:
