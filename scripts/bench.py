@@ -388,7 +388,8 @@ LAYER_METHODS = {"dgp": ("dgp", True, ()), "cold": ("dgp", False, ()), "random":
                  "dgp_ri": ("dgp", True, ("random_interleave=0.2",)),
                  "dgp_nocs": ("dgp", True, ("cold_start=off",)),
                  "dgp_sm": ("dgp", True, ("sketch_min=4",)),
-                 "dgp_mp": ("dgp", True, ("member_pick=sample",))}
+                 "dgp_mp": ("dgp", True, ("member_pick=sample",)),
+                 "dgp_cf": ("dgp", True, ("cold_refresh=0",))}
 
 
 def _run_layer(spec: str, seed: int, cfg: dict, part: dict, work: Path, out: Path, results: dict) -> None:
@@ -715,7 +716,9 @@ def render(results: dict, bench_md: Path, out_dir: Path) -> str:
                   "points owed to a leading cold member), `dgp_ri` is `dgp` with one proposal in five random "
                   "(`random_interleave=0.2`), `dgp_sm` gives every sketch at least 4 configurations, each the best-"
                   "scored of its sketch (`sketch_min=4`), `dgp_mp` draws one member per proposal by the trust weights and "
-                  "follows its EI (`member_pick=sample`) instead of the mixture's EI. Best during the search, then every method's best re-timed by the same measurer "
+                  "follows its EI (`member_pick=sample`) instead of the mixture's EI, `dgp_cf` fits the cold member afresh on "
+                  "every result as the search without history does (`cold_refresh=0`; default: once the data grew by "
+                  "a quarter). Best during the search, then every method's best re-timed by the same measurer "
                   "(5 rounds, interleaved; median). MetaSchedule's during-search columns are its own runner's "
                   "figures, 1.5-1.8x above its own best re-timed here (its runner times the function it tunes, which "
                   "for a layout-free weight likely still holds the weight-packing block; not verified): only the "

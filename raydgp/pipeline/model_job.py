@@ -276,8 +276,8 @@ def _deploy_and_report(run: ModelRun, m: LoadedModel, toolchain: Toolchain, stor
     for l in m.layers:
         s = states[l.name]
         p = proposals.get(l.name, {})
-        for k, v in p.items():
-            if not isinstance(v, float):
+        for k, v in p.items():  # counts add up; weights (floats) and summaries (dicts) are per layer
+            if isinstance(v, int) and not isinstance(v, bool):
                 totals[k] = totals.get(k, 0) + v
         rows.append({"name": l.name, "workload_key": l.key, "op": l.op, "weight": l.weight, "flops": finite(l.flops),
                      "trials": s.trials, "best_ms": finite(best_of(l.name)), "untuned_ms": finite(untuned[l.name]),

@@ -234,9 +234,10 @@ class DGPSearch:
         model = self._refit(model, X, y, base)
         if self.trusting and len(y) >= TRUST_MIN_POINTS:
             s = self.settings
-            if cold is None or (len(y) <= s.dgp.num_inducing and len(y) >= 1.25 * self._cold_fresh_n):
-                # A fresh fit (inducing points on the data, exact-GP start) only when the data grew by a quarter:
-                # the cold member is the fall-back, and fresh fits cost a second each.
+            if cold is None or (len(y) <= s.dgp.num_inducing
+                                and len(y) >= (1.0 + s.cold_refresh) * self._cold_fresh_n):
+                # A fresh fit (inducing points on the data, exact-GP start) once the data grew by ``cold_refresh``
+                # (a quarter by default: fresh fits cost a second each).
                 cold = self._refit(None, X, y, None)
                 self._cold_fresh_n = len(y)
             else:

@@ -31,6 +31,10 @@ class SearchSettings:
             ``output`` (the whole output GP layer + likelihood) or ``all`` parameters are fine-tuned.
         refit_steps: Adam steps of a warm-started refit when new results arrived.
         cold_steps: Adam steps of a from-scratch fit without history.
+        cold_refresh: with ``trust``, the cold member is fitted afresh (inducing points on the data, exact-GP start,
+            ``cold_steps``) once the target's data grew by this fraction since its last fresh fit, and warm-started
+            (``refit_steps``) in between; 0: afresh on every result, as the search without history fits itself
+            (while the data fit in the inducing points).
         dgp: the deep GP's own settings.
         seed: seed of everything random in the search.
         pretrain_seed: seed of stage 1 (None: ``seed``). Searchers that share a history and this seed share one cached
@@ -98,6 +102,7 @@ class SearchSettings:
     finetune_scope: str = "variational"
     refit_steps: int = 30
     cold_steps: int = 50
+    cold_refresh: float = 0.25
     dgp: DGPSettings = field(default_factory=DGPSettings)
     seed: int = 0
     torch_threads: int = 1
@@ -135,6 +140,8 @@ class SearchSettings:
             raise ConfigError(f"member_pick={self.member_pick!r}: choose one of {MEMBER_PICKS}")
         if self.sketch_min < 0:
             raise ConfigError(f"sketch_min={self.sketch_min}: must be >= 0 (0: off)")
+        if self.cold_refresh < 0:
+            raise ConfigError(f"cold_refresh={self.cold_refresh}: must be >= 0 (0: a fresh cold fit on every result)")
         if self.max_staleness < 0:
             raise ConfigError(f"max_staleness={self.max_staleness}: must be >= 0 (0: refit on every result)")
 

@@ -53,6 +53,20 @@ def test_whole_model_on_the_fake_toolchain_with_the_dgp(tmp_path):
     assert json.loads((out / "untuned.json").read_text())  # cached baselines
 
 
+def test_whole_model_with_history_reports_the_trust_in_it(tmp_path):
+    """With history the searcher keeps trust members and reports their accuracies (a dict among the counts): the
+    summary still adds the counts up (it did not: a whole-model run crashed after building its library)."""
+    first, _ = run_fake(tmp_path / "first", trials=16, searcher="random", chunk=4, warmup=4, seed=2)
+    assert first["summary"]["trials_total"] == 16
+    got, _ = run_fake(tmp_path / "run", trials=45, searcher="dgp", chunk=8, warmup=8, seed=1,
+                      history=[str(tmp_path / "first" / "records")])
+    s = got["summary"]
+    assert s["verified"] and s["trials_total"] == 45 and s["proposals"]["total"] == 45, s["proposals"]
+    trusts = [l["proposals"]["trust"] for l in s["layers"] if "trust" in l["proposals"]]
+    assert trusts and all(set(t) >= {"transfer", "cold"} for t in trusts), [l["proposals"] for l in s["layers"]]
+    assert not any(isinstance(v, dict) for v in s["proposals"].values())  # the totals are counts only
+
+
 def test_a_crashing_library_is_unverified_with_a_summary(tmp_path):
     out = tmp_path / "run"
     got, _ = run_fake(out, trials=6, searcher="random", chunk=2, warmup=2, crash=True)

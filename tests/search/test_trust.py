@@ -173,3 +173,21 @@ def test_member_pick_is_validated():
 
     with pytest.raises(ConfigError, match="member_pick"):
         SearchSettings(member_pick="vote")
+
+
+@pytest.mark.parametrize("refresh", [0.0, 0.25])
+def test_cold_refresh_sets_how_often_the_cold_member_is_fitted_afresh(refresh, monkeypatch):
+    import raydgp.search.loop as loop
+
+    fresh, warm = [], []
+    real_fit, real_elbo = loop.fit_dgp, loop.train_elbo
+    monkeypatch.setattr(loop, "fit_dgp", lambda X, *a, **k: fresh.append(len(X)) or real_fit(X, *a, **k))
+    monkeypatch.setattr(loop, "train_elbo", lambda m, X, *a, **k: warm.append(len(X)) or real_elbo(m, X, *a, **k))
+    s = _search(lambda sp: _history(sp, True), 16, cold_refresh=refresh)
+    assert s._cold is not None and fresh
+    if refresh == 0:
+        assert not warm, (fresh, warm)  # afresh on every refit, as the search without history fits itself
+    else:
+        assert warm and all(b >= 1.25 * a for a, b in zip(fresh, fresh[1:])), (fresh, warm)
+    with pytest.raises(Exception, match="cold_refresh"):
+        SearchSettings(cold_refresh=-0.1)
