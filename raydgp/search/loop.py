@@ -237,7 +237,7 @@ class DGPSearch:
             if cold is None or (len(y) <= s.dgp.num_inducing
                                 and len(y) >= (1.0 + s.cold_refresh) * self._cold_fresh_n):
                 # A fresh fit (inducing points on the data, exact-GP start) once the data grew by ``cold_refresh``
-                # (a quarter by default: fresh fits cost a second each).
+                # (by default on every refit, as the search without history fits itself; about a second each).
                 cold = self._refit(None, X, y, None)
                 self._cold_fresh_n = len(y)
             else:
