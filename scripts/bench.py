@@ -389,7 +389,8 @@ LAYER_METHODS = {"dgp": ("dgp", True, ()), "cold": ("dgp", False, ()), "random":
                  "dgp_nocs": ("dgp", True, ("cold_start=off",)),
                  "dgp_sm": ("dgp", True, ("sketch_min=4",)),
                  "dgp_mp": ("dgp", True, ("member_pick=sample",)),
-                 "dgp_cf": ("dgp", True, ("cold_refresh=0",))}
+                 "dgp_cf": ("dgp", True, ("cold_refresh=0",)),
+                 "dgp_all": ("dgp", True, ("finetune_scope=all",))}
 
 
 def _run_layer(spec: str, seed: int, cfg: dict, part: dict, work: Path, out: Path, results: dict) -> None:
@@ -718,7 +719,8 @@ def render(results: dict, bench_md: Path, out_dir: Path) -> str:
                   "scored of its sketch (`sketch_min=4`), `dgp_mp` draws one member per proposal by the trust weights and "
                   "follows its EI (`member_pick=sample`) instead of the mixture's EI, `dgp_cf` fits the cold member afresh on "
                   "every refit as the search without history does (`cold_refresh=0`, the default since 2026-12-02 15:15; "
-                  "the `dgp` rows before it used 0.25: afresh once the data grew by a quarter). Best during the search, then every method's best re-timed by the same measurer "
+                  "the `dgp` rows before it used 0.25: afresh once the data grew by a quarter), `dgp_all` fine-tunes every "
+                  "parameter of the transferred model (`finetune_scope=all`) instead of its head and output q(u). Best during the search, then every method's best re-timed by the same measurer "
                   "(5 rounds, interleaved; median). MetaSchedule's during-search columns are its own runner's "
                   "figures, 1.5-1.8x above its own best re-timed here (its runner times the function it tunes, which "
                   "for a layout-free weight likely still holds the weight-packing block; not verified): only the "
