@@ -30,6 +30,11 @@ Parts:
   PyTorch eager, ONNX Runtime and untuned TVM timed in fresh processes after tuning, same threads), and MetaSchedule's
   ``tune_relax`` at the same trial count on the same prepared module (``bench_fast.py ms-model``), verified and timed
   the same way; tuning wall time of each. ``--only raydgp`` / ``--only metaschedule`` (re)runs one side.
+
+Machine kinds: figures from two machine kinds (LLVM ``mcpu`` and core count) are never merged or compared. The first
+kind's results live in ``bench/bench.json`` and BENCHMARKS.md section 7; a run on another kind writes
+``bench/bench_<mcpu>-<N>c.json``, its own section (``7 (<kind>)``), plots and work folders; ``render`` rewrites every
+kind's section.
 """
 
 from __future__ import annotations
@@ -123,6 +128,30 @@ def machine() -> dict:
 
 def _load(path: Path) -> dict:
     return json.loads(path.read_text()) if path.exists() else {}
+
+
+def machine_key(mach: dict) -> str:
+    """The hardware kind a result belongs to: LLVM ``mcpu`` and core count, e.g. ``znver3-2c``."""
+    return f"{mach.get('mcpu', '?')}-{mach.get('cores', '?')}c"
+
+
+def results_file(out_dir: Path, quick: bool, key: str) -> Path:
+    """The JSON of this machine kind's results (figures from two machine kinds are never merged or compared).
+
+    ``bench.json`` holds the first machine kind's results (and any kind's, until one is recorded there); another
+    kind's go to ``bench_<key>.json`` and its own BENCHMARKS.md section, plots and work folders.
+    """
+    if quick:
+        return out_dir / "bench_quick.json"
+    first = out_dir / "bench.json"
+    if not first.exists() or machine_key(_load(first).get("machine", {})) in (key, "?-?c"):
+        return first
+    return out_dir / f"bench_{key}.json"
+
+
+def file_suffix(path: Path) -> str:
+    """``""`` for ``bench.json`` / ``bench_quick.json``, ``"_<key>"`` for a further machine kind's file."""
+    return "" if path.stem in ("bench", "bench_quick") else path.stem[len("bench"):]
 
 
 def _save(path: Path, data: dict) -> None:
@@ -314,7 +343,8 @@ def run_replay(cfg: dict, out: Path, results: dict) -> None:
     procs = []
     for run in cfg["runs"]:
         name = run["name"]
-        js, png = out.parent / f"bench_replay_{name}.json", out.parent / f"replay_{name}.png"
+        sfx = file_suffix(out)
+        js, png = out.parent / f"bench_replay_{name}{sfx}.json", out.parent / f"replay_{name}{sfx}.png"
         methods = ",".join(cfg["only"]) if cfg.get("only") else run["methods"]
         argv = ["--seeds", str(run["seeds"]), "--budget", str(run["budget"]), "--random-seeds",
                 str(run["random_seeds"]), "--max-history", str(run["max_history"]), "--methods", methods,
@@ -374,7 +404,7 @@ def _replay_wins(res: dict) -> dict:
 def run_layers(cfg: dict, out: Path, results: dict) -> None:
     part = results.setdefault("layers", {"config": cfg, "runs": []})
     part["config"] = cfg
-    work = out.parent / "bench_layers"
+    work = out.parent / f"bench_layers{file_suffix(out)}"
     work.mkdir(parents=True, exist_ok=True)
     for seed in cfg.get("seeds", [0]):
         for spec in cfg["workloads"]:
@@ -518,7 +548,7 @@ def run_e2e(cfg: dict, out: Path, results: dict) -> None:
     part = results.setdefault("e2e", {})
     part["config"] = {k: v for k, v in cfg.items() if k not in ("only", "run_models")}
     runs = part.setdefault("runs", [])
-    work = out.parent / "bench_e2e"
+    work = out.parent / f"bench_e2e{file_suffix(out)}"
     only = set(cfg.get("only") or ("raydgp", "metaschedule"))
     script = str(ROOT / "scripts" / "bench_fast.py")
 
@@ -599,11 +629,18 @@ def _f(v, nd=3):
     return "-" if v is None else f"{v:.{nd}g}"
 
 
-def render(results: dict, bench_md: Path, out_dir: Path) -> str:
-    """The BENCHMARKS.md section (returned, and written between the markers) and the plots (PNG, next to the JSON)."""
+def render(results: dict, bench_md: Path, out_dir: Path, suffix: str = "") -> str:
+    """The BENCHMARKS.md section (returned, and written between the markers) and the plots (PNG, next to the JSON).
+
+    ``suffix`` (``file_suffix`` of the results file): a further machine kind's results get their own section, markers
+    and plot files, so no table ever mixes two machine kinds.
+    """
     mach = results.get("machine", {})
     v = mach.get("versions", {})
-    lines = [BEGIN, "## 7. Evidence: `scripts/bench.py` (issue 12)", "",
+    begin, end = (BEGIN, END) if not suffix else (f"<!-- bench{suffix}:begin -->", f"<!-- bench{suffix}:end -->")
+    title = ("## 7. Evidence: `scripts/bench.py` (issue 12)" if not suffix else
+             f"## 7 (`{suffix[1:]}`). Evidence on another machine kind: `scripts/bench.py` (issue 12)")
+    lines = [begin, title, "",
              f"Command: `python scripts/bench.py{' --quick' if results.get('mode') == 'quick' else ''}` "
              f"({results.get('mode')} mode; raw results `{out_dir.name}/{results.get('file', 'bench.json')}`), "
              f"latest run at commit {results.get('commit')}, {results.get('date')}. Machine: {mach.get('cpu')} "
@@ -656,8 +693,8 @@ def render(results: dict, bench_md: Path, out_dir: Path) -> str:
                 lines.append(f"| {m} | " + " | ".join(_f(r.get(f"regret@{b}")) for b in bs)
                              + f" | {_f(r.get('wall_s'))} s | {sug} |")
             lines.append("")
-        _plot_searchers(s, out_dir / "searchers.png")
-        lines += [f"![searchers]({out_dir.name}/searchers.png)", ""]
+        _plot_searchers(s, out_dir / f"searchers{suffix}.png")
+        lines += [f"![searchers]({out_dir.name}/searchers{suffix}.png)", ""]
     rp = results.get("replay")
     if rp:
         lines += ["### 7.2 Replay ablations (recorded dataset, looked up: no measurement noise)", "",
@@ -749,13 +786,13 @@ def render(results: dict, bench_md: Path, out_dir: Path) -> str:
                              f"{_f(_median(v['wall']))} s |")
         lines.append("")
         lines += _table1(ly)
-        _plot_layers(ly, out_dir / "layers.png")
-        lines += [f"![layers]({out_dir.name}/layers.png)", ""]
+        _plot_layers(ly, out_dir / f"layers{suffix}.png")
+        lines += [f"![layers]({out_dir.name}/layers{suffix}.png)", ""]
     if results.get("e2e", {}).get("runs"):
         lines += _render_e2e(results["e2e"])
-    lines.append(END)
+    lines.append(end)
     section = "\n".join(lines)
-    write_section(bench_md, BEGIN, END, section)
+    write_section(bench_md, begin, end, section)
     return section
 
 
@@ -895,15 +932,23 @@ def main(argv=None) -> int:
     mode = "quick" if args.quick else "full"
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / ("bench_quick.json" if args.quick else "bench.json")
+    mach = machine() if args.command == "run" else None
+    if mach is not None:
+        path = results_file(out_dir, args.quick, machine_key(mach))
+    else:  # render: every machine kind's results found in the folder
+        path = out_dir / ("bench_quick.json" if args.quick else "bench.json")
     results = _load(path)
+    if mach is not None and results.get("machine") and machine_key(results["machine"]) != machine_key(mach):
+        print(f"{path} holds results of another machine kind ({machine_key(results['machine'])}, this is "
+              f"{machine_key(mach)}): move it away or pass another --out", file=sys.stderr)
+        return 2
     if args.command == "run":
         parts = [p for p in (args.parts.split(",") if args.parts else PARTS) if p]
         bad = set(parts) - set(PARTS)
         if bad:
             ap.error(f"unknown parts {sorted(bad)}; choose from {PARTS}")
         results.update(mode=mode, file=path.name, commit=commit(), date=time.strftime("%Y-%m-%d %H:%M"),
-                       machine=machine())
+                       machine=mach)
         cfg = MODES[mode]
         if args.only:  # --only: the layers and replay parts (re)run these methods and keep the others' results
             cfg = dict(cfg, **{p: dict(cfg[p], only=args.only.split(",")) for p in ("layers", "replay", "e2e")
@@ -930,7 +975,12 @@ def main(argv=None) -> int:
     if not results:
         print(f"no results in {path}: run the benchmark first", file=sys.stderr)
         return 2
-    print(render(results, Path(args.benchmarks), out_dir))
+    if args.command == "run" or args.quick:
+        print(render(results, Path(args.benchmarks), out_dir, file_suffix(path)))
+        return 0
+    for p in [path] + sorted(out_dir.glob("bench_*-*c.json")):  # render: every machine kind's file
+        if p.exists():
+            print(render(_load(p), Path(args.benchmarks), out_dir, file_suffix(p)))
     return 0
 
 

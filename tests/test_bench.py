@@ -57,3 +57,33 @@ def test_the_e2e_section_states_ratios_and_table_1_from_the_runs(tmp_path):
     assert "| 0.8 | 2 |" in text  # tuned / PyTorch and tuned / ORT of the raydgp row, from that row's own references
     assert "failed (exit 1)" in text  # a failed run is shown as failed, not dropped
     assert "| resnet18 | +90% | +9% | +107% |" in text  # 1 - 200/2000; 1 - 20/22; 1.9 x 1.0909 - 1 = 1.07
+
+
+def test_a_second_machine_kind_gets_its_own_results_file_and_section(tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_script", ROOT / "scripts" / "bench.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    first = {"mcpu": "rocketlake", "cores": 2}
+    assert bench.results_file(tmp_path, False, "znver3-2c") == tmp_path / "bench.json"  # nothing recorded yet
+    (tmp_path / "bench.json").write_text(json.dumps({"machine": first}))
+    assert bench.results_file(tmp_path, False, "rocketlake-2c") == tmp_path / "bench.json"
+    other = bench.results_file(tmp_path, False, "znver3-2c")
+    assert other == tmp_path / "bench_znver3-2c.json" and bench.file_suffix(other) == "_znver3-2c"
+    assert bench.file_suffix(tmp_path / "bench.json") == "" and bench.results_file(tmp_path, True, "x") .name == \
+        "bench_quick.json"
+    md = tmp_path / "B.md"
+    runs = [{"model": "resnet18", "method": "raydgp", "trials": 300, "tuning_wall_s": 200.0, "wall_s": 300.0,
+             "tuned_ms": 20.0, "verified": True, "pytorch_ms": 25.0, "onnxruntime_ms": 10.0}]
+    bench.render({"machine": first, "e2e": {"config": {"trials": 300}, "runs": runs}}, md, tmp_path)
+    runs2 = [dict(runs[0], tuned_ms=30.0)]
+    bench.render({"machine": {"mcpu": "znver3", "cores": 2}, "e2e": {"config": {"trials": 300}, "runs": runs2}}, md,
+                 tmp_path, "_znver3-2c")
+    text = md.read_text()
+    a, b = text.index("<!-- bench:begin -->"), text.index("<!-- bench_znver3-2c:begin -->")
+    assert text.index("<!-- bench:end -->") < b  # two sections, neither inside the other
+    assert "| 0.8 |" in text[a:b] and "| 1.2 |" in text[b:] and "| 1.2 |" not in text[a:b]
+    # rendering the first again leaves the second in place
+    bench.render({"machine": first, "e2e": {"config": {"trials": 300}, "runs": runs}}, md, tmp_path)
+    assert md.read_text().count("<!-- bench_znver3-2c:begin -->") == 1 and "| 1.2 |" in md.read_text()
