@@ -420,7 +420,8 @@ LAYER_METHODS = {"dgp": ("dgp", True, ()), "cold": ("dgp", False, ()), "random":
                  "dgp_sm": ("dgp", True, ("sketch_min=4",)),
                  "dgp_mp": ("dgp", True, ("member_pick=sample",)),
                  "dgp_cf": ("dgp", True, ("cold_refresh=0",)),
-                 "dgp_all": ("dgp", True, ("finetune_scope=all",))}
+                 "dgp_all": ("dgp", True, ("finetune_scope=all",)),
+                 "dgp_st": ("dgp", True, ("stacked_member=on",))}
 
 
 def _run_layer(spec: str, seed: int, cfg: dict, part: dict, work: Path, out: Path, results: dict) -> None:
@@ -749,7 +750,8 @@ def render(results: dict, bench_md: Path, out_dir: Path, suffix: str = "") -> st
                   "",
                   f"{ly['config']['trials']} trials per method, one after another, seeds {ly['config'].get('seeds', [0])} "
                   "(each method's own seed; MetaSchedule's `tune_tir(seed=...)`); `dgp` transfers from the shipped "
-                  "history (none of these shapes is in it, and it was recorded mostly on another CPU), `cold` has no "
+                  "history (none of these shapes is in it; it holds recordings of two machine kinds, `znver3` and `rocketlake`, "
+                  "2 cores each), `cold` has no "
                   "history; `dgp_nocs` is `dgp` without the cold start (`--search-option cold_start=off`: no random "
                   "points owed to a leading cold member), `dgp_ri` is `dgp` with one proposal in five random "
                   "(`random_interleave=0.2`), `dgp_sm` gives every sketch at least 4 configurations, each the best-"
@@ -757,7 +759,9 @@ def render(results: dict, bench_md: Path, out_dir: Path, suffix: str = "") -> st
                   "follows its EI (`member_pick=sample`) instead of the mixture's EI, `dgp_cf` fits the cold member afresh on "
                   "every refit as the search without history does (`cold_refresh=0`, the default since 2026-12-02 15:15; "
                   "the `dgp` rows before it used 0.25: afresh once the data grew by a quarter), `dgp_all` fine-tunes every "
-                  "parameter of the transferred model (`finetune_scope=all`) instead of its head and output q(u). Best during the search, then every method's best re-timed by the same measurer "
+                  "parameter of the transferred model (`finetune_scope=all`) instead of its head and output q(u), `dgp_st` adds "
+                  "the stacked member (`stacked_member=on`: a cold DGP on the residuals of the zero-shot mean, scaled "
+                  "by a slope fitted on the target). Best during the search, then every method's best re-timed by the same measurer "
                   "(5 rounds, interleaved; median). MetaSchedule's during-search columns are its own runner's "
                   "figures, 1.5-1.8x above its own best re-timed here (its runner times the function it tunes, which "
                   "for a layout-free weight likely still holds the weight-packing block; not verified): only the "

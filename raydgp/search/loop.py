@@ -28,6 +28,7 @@ import torch
 from raydgp.dgp.botorch_model import DGPModel, log_ei_pool, q_log_ei_with_pending
 from raydgp.dgp.data import InputScaler, standardised_targets
 from raydgp.dgp.model import DeepGPSurrogate
+from raydgp.dgp.stacked import StackedSurrogate, base_mean, fit_slope
 from raydgp.dgp.train import fit_dgp, map_finetune, pretrain, train_elbo
 from raydgp.search.candidates import CandidatePool
 from raydgp.search.evolution import FailureModel, evolve
@@ -84,9 +85,10 @@ class DGPSearch:
         self._model: DeepGPSurrogate | None = None
         self._cold: DeepGPSurrogate | None = None  # the cold member beside a transferred model (settings.trust)
         self._cold_fresh_n = 0  # target points at the cold member's last fresh fit
+        self._stacked: StackedSurrogate | None = None  # the stacked member (settings.stacked_member)
         self._trained: set = set()  # the configurations the current models were fitted on
-        self.trust = TrustTracker(("transfer", "zeroshot", "cold") if settings.zero_shot_member
-                                  else ("transfer", "cold"))
+        self.trust = TrustTracker(("transfer",) + (("zeroshot",) if settings.zero_shot_member else ())
+                                  + ("cold",) + (("stacked",) if settings.stacked_member else ()))
         self._lead = "transfer"
         self._fitted_on = -1
         self._scaler: InputScaler | None = None
@@ -199,7 +201,7 @@ class DGPSearch:
                 return self._model
             if self._refit_thread is None or not self._refit_thread.is_alive():
                 torch.set_num_threads(s.torch_threads)  # the worker thread shares the process setting
-                work = (copy.deepcopy(self._model), copy.deepcopy(self._cold))
+                work = (copy.deepcopy(self._model), copy.deepcopy(self._cold), self._stacked)
                 self._refit_thread = threading.Thread(target=self._refit_in_background,
                                                       args=(work, X, y, configs, base), daemon=True,
                                                       name="raydgp-refit")
@@ -208,19 +210,20 @@ class DGPSearch:
                     self._refit_thread.join()
                     self.stats["refit_waits"] = self.stats.get("refit_waits", 0) + 1
             return self._model
-        self._model, self._cold = self._refit_members((self._model, self._cold), X, y, base)
+        self._model, self._cold, self._stacked = self._refit_members((self._model, self._cold, self._stacked), X,
+                                                                     y, base, configs)
         self._fitted_on, self._trained = len(y), set(configs)
         return self._model
 
     def _refit_in_background(self, models, X, y, configs, base) -> None:
         try:
             with self._guard():
-                new = self._refit_members(models, X, y, base)
+                new = self._refit_members(models, X, y, base, configs)
         except Exception as e:  # noqa: BLE001 - a failed refit keeps the previous model (counted and logged)
             self.stats["refit_failures"] += 1
             log.warning("background refit failed (%s: %s); proposing with the previous model", type(e).__name__, e)
             return
-        (self._model, self._cold), self._fitted_on, self._trained = new, len(y), set(configs)
+        (self._model, self._cold, self._stacked), self._fitted_on, self._trained = new, len(y), set(configs)
 
     def wait_for_refit(self, timeout: float | None = None) -> None:
         """Block until a background refit (``async_refit``) has finished."""
@@ -228,9 +231,10 @@ class DGPSearch:
         if t is not None:
             t.join(timeout)
 
-    def _refit_members(self, models, X, y, base):
-        """Refit the transferred (or, without history, cold) model and, when trusting, the cold member."""
-        model, cold = models
+    def _refit_members(self, models, X, y, base, configs):
+        """Refit the transferred (or, without history, cold) model and, when trusting, the cold member (and the
+        stacked one, ``stacked_member``)."""
+        model, cold, stacked = models
         model = self._refit(model, X, y, base)
         if self.trusting and len(y) >= TRUST_MIN_POINTS:
             s = self.settings
@@ -245,7 +249,24 @@ class DGPSearch:
                 train_elbo(cold, self._scaler_for().transform(X), torch.as_tensor(y, dtype=torch.float32),
                            s.refit_steps, s.dgp.lr, seed=s.seed + len(y))
                 self.timings["fit"].append(time.perf_counter() - t0)
-        return model, cold
+            if s.stacked_member:
+                stacked = self._fit_stacked(X, y, configs, base)
+        return model, cold, stacked
+
+    def _fit_stacked(self, X: np.ndarray, y: np.ndarray, configs: list, base: DeepGPSurrogate) -> StackedSurrogate:
+        """The stacked member (:mod:`raydgp.dgp.stacked`): the zero-shot mean's slope and offset fitted on the
+        target's successful results, and a fresh cold DGP on all results' residuals."""
+        t0 = time.perf_counter()
+        Xt = self._scaler_for().transform(X)
+        yt = torch.as_tensor(y, dtype=torch.float32)
+        seed = self.settings.seed
+        mu0 = base_mean(base, Xt, seed)
+        ok = torch.as_tensor([self.observed[c][0] == "ok" for c in configs], dtype=torch.bool)
+        a, b = fit_slope(mu0[ok], yt[ok]) if int(ok.sum()) >= 2 else (0.0, float(yt.mean()))
+        resid = fit_dgp(Xt, yt - (a * mu0 + b), self.settings.dgp, steps=self.settings.cold_steps, seed=seed)
+        self.stats["stacked_slope"] = round(a, 4)
+        self.timings["fit"].append(time.perf_counter() - t0)
+        return StackedSurrogate(resid, base, a, b, seed=seed)
 
     def _update_trust(self, X: np.ndarray, y: np.ndarray, configs: list) -> None:
         """Test the current members on the measured points they were not trained on (:mod:`raydgp.search.trust`)."""
@@ -256,6 +277,8 @@ class DGPSearch:
         yo = y[ok]
         Xt = None
         members = {"transfer": self._model if self._model is not None else self.pretrained(), "cold": self._cold}
+        if "stacked" in self.trust.members:
+            members["stacked"] = self._stacked
         if "zeroshot" in self.trust.members:
             members["zeroshot"] = self.pretrained()
         for name, model in members.items():
@@ -563,6 +586,9 @@ class DGPSearch:
         if "zeroshot" in w:
             self.stats["zeroshot_weight"] = round(w["zeroshot"], 4)
             named.append(("zeroshot", self.pretrained(), w["zeroshot"]))
+        if "stacked" in w and self._stacked is not None:
+            self.stats["stacked_weight"] = round(w["stacked"], 4)
+            named.append(("stacked", self._stacked, w["stacked"]))
         named = [t for t in named if t[2] >= 0.01]
         total = sum(wt for _, _, wt in named)
         if s.member_pick == "sample" and len(named) > 1:

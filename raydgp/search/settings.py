@@ -89,6 +89,11 @@ class SearchSettings:
             follows its own EI (Thompson sampling over the members: with the cold member at weight 0.8, four
             proposals in five are the search without history). Seeded on its own stream; the drawn member leads
             (``<member>_led`` in the stats). A batch (``suggest_batch``) follows one draw.
+        stacked_member: with ``trust``, a fourth member (:mod:`raydgp.dgp.stacked`): a cold DGP fitted on the
+            residuals of the zero-shot model's mean, scaled by a slope fitted on the target's results (``>= 0``), as
+            Google Vizier stacks a study's GP on its predecessors'. A history that ranks the target well lends its
+            shape; one that does not gets slope 0 and the member is the cold model. One more fresh cold fit per
+            refit. The fitted slope is ``stacked_slope`` in the stats.
         queue_staleness: with the queue, the most results a handed-out proposal's model may be behind (None: the
             larger of ``max_staleness`` and half the width, so that results arriving during one refit do not starve
             the workers).
@@ -121,6 +126,7 @@ class SearchSettings:
     cold_start: bool = True
     sketch_min: int = 0
     member_pick: str = "mixture"
+    stacked_member: bool = False
 
     def __post_init__(self):
         if self.init not in INIT_MODES:

@@ -191,3 +191,17 @@ def test_cold_refresh_sets_how_often_the_cold_member_is_fitted_afresh(refresh, m
         assert warm and all(b >= 1.25 * a for a, b in zip(fresh, fresh[1:])), (fresh, warm)
     with pytest.raises(Exception, match="cold_refresh"):
         SearchSettings(cold_refresh=-0.1)
+
+
+@pytest.mark.parametrize("inverted", [False, True])
+def test_the_stacked_member_fits_the_slope_to_what_the_history_is_worth(inverted):
+    from raydgp.dgp.stacked import StackedSurrogate
+
+    s = _search(lambda sp: _history(sp, inverted), 16, stacked_member=True)
+    summ = s.trust.summary()
+    assert "stacked" in summ and summ["stacked"]["tested"] >= 4 and "stacked_weight" in s.stats
+    if inverted:
+        assert s.stats["stacked_slope"] == 0.0  # a backwards history adds nothing: the member is the cold model
+    else:
+        assert s.stats["stacked_slope"] > 0.2
+    assert isinstance(s._stacked, StackedSurrogate)
