@@ -777,6 +777,8 @@ def render(results: dict, bench_md: Path, out_dir: Path, suffix: str = "") -> st
                 rt = rt_all.get(m)
                 hit = next((i + 1 for i, v in enumerate(c) if v and ref and v <= 1.05 * ref), None)
                 to5 = "(its own runner)" if m == "metaschedule" else (str(hit) if hit else f"> {len(c)}")
+                if e.get("exit") not in (0, None):  # a failed or killed run is shown as such, not as a blank
+                    to5 = f"failed (exit {e['exit']})"
                 lines.append(f"| {row['workload']} | {row.get('seed', 0)} | {m} | "
                              + " | ".join(_f(x) + " ms" if x else "-" for x in at)
                              + f" | {_f(rt)} ms | {to5} | {e['wall_s']:.0f} s |")
