@@ -12,11 +12,11 @@ import sys
 import time
 
 
-def time_reference(model: str, input_shape, seed: int, threads: int, repeat: int = 10,
-                   min_repeat_ms: float = 50.0, timeout_s: float = 600.0) -> dict | None:
+def reference_latencies(model: str, input_shape, seed: int, threads: int, repeat: int = 10,
+                         min_repeat_ms: float = 50.0, timeout_s: float = 600.0) -> dict | None:
     """The framework references' latencies, timed in a fresh process on ``threads`` threads like the tuned library:
-    ``{"pytorch": ms, "onnxruntime": ms}`` (PyTorch models: eager, and ONNX Runtime on the model exported to ONNX;
-    .onnx models: ONNX Runtime only), or None if it could not run."""
+    ``{"pytorch": [ms, ...], "onnxruntime": [ms, ...]}`` (``repeat`` each; PyTorch models: eager, and ONNX Runtime on
+    the model exported to ONNX; .onnx models: ONNX Runtime only), or None if it could not run."""
     shape = ",".join(str(v) for v in input_shape) if input_shape else "-"
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
     cmd = [sys.executable, "-m", "raydgp.models.run_reference", model, shape, str(seed), str(threads), str(repeat),
@@ -24,12 +24,19 @@ def time_reference(model: str, input_shape, seed: int, threads: int, repeat: int
     try:
         p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=env)
         info = json.loads(p.stdout.strip().splitlines()[-1])
-        got = {info["framework"]: float(statistics.median(info["latencies_ms"]))}
+        got = {info["framework"]: [float(v) for v in info["latencies_ms"]]}
         if info.get("onnxruntime_latencies_ms"):
-            got["onnxruntime"] = float(statistics.median(info["onnxruntime_latencies_ms"]))
+            got["onnxruntime"] = [float(v) for v in info["onnxruntime_latencies_ms"]]
         return got
     except (subprocess.TimeoutExpired, IndexError, ValueError, KeyError):
         return None
+
+
+def time_reference(model: str, input_shape, seed: int, threads: int, repeat: int = 10,
+                   min_repeat_ms: float = 50.0, timeout_s: float = 600.0) -> dict | None:
+    """The framework references' median latencies (:func:`reference_latencies`): ``{"pytorch": ms, ...}``."""
+    got = reference_latencies(model, input_shape, seed, threads, repeat, min_repeat_ms, timeout_s)
+    return None if got is None else {k: float(statistics.median(v)) for k, v in got.items()}
 
 
 def _timed(fn, repeat: int, min_repeat_ms: float) -> list[float]:

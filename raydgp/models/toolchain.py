@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import statistics
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -15,6 +16,10 @@ from raydgp.measure.local import LocalMeasurer
 from raydgp.measure.protocol import MeasureSettings, TaskPayload
 from raydgp.models.base import Deployment, LoadedModel, ModelLayer, Toolchain
 from raydgp.records import RETIME_TAG, RecordStore
+
+
+TIMING_ROUNDS = 3  # alternating tuned / reference timing rounds in deploy
+TIMING_REPEAT = 4  # medians of >= 50 ms per round
 
 
 class TVMToolchain(Toolchain):
@@ -58,7 +63,7 @@ class TVMToolchain(Toolchain):
     def deploy(self, model: LoadedModel, store: RecordStore, tuned_keys: set, out, threads: int,
                compare_reference: bool, log: Callable[[str], Any]) -> Deployment:
         from raydgp.models.build import compare, compile_tuned, compile_untuned, export, run_library
-        from raydgp.models.run_reference import time_reference
+        from raydgp.models.run_reference import reference_latencies
         from raydgp.space.ms_database import export_to_metaschedule
 
         h = model.handle
@@ -73,8 +78,11 @@ class TVMToolchain(Toolchain):
         t0 = time.monotonic()
         lib = export(compile_tuned(prepared, model.target, dbdir), out / f"{m.name}.so")
         build_s = time.monotonic() - t0
+        # The tuned library and the framework reference are timed in alternating fresh processes (tuned, reference,
+        # tuned, ...; ``TIMING_ROUNDS`` rounds of ``TIMING_REPEAT`` medians each, pooled), so a change of the machine's
+        # load during the timing falls on both sides of the ratio, not on one.
         try:
-            tuned = run_library(lib, m.inputs, threads=threads, device=device)
+            tuned = run_library(lib, m.inputs, threads=threads, device=device, repeat=TIMING_REPEAT)
             ok, err, msg = compare(tuned.outputs, reference)
             lat = list(tuned.latencies_ms)
         except RayDGPError as e:  # the tuned library crashed or hung: not verified, and said so
@@ -89,13 +97,23 @@ class TVMToolchain(Toolchain):
         except RayDGPError as e:
             log(f"warning: the untuned library did not run ({e})")
             untuned_ms = None
-        refs: dict = {}
-        if compare_reference:
-            got = time_reference(m.extra.get("path") or h["arg"], h["input_shape"], h["seed"], threads)
-            if got is None:
-                log(f"warning: could not time the {m.reference_name} reference")
-            else:
-                refs = got
+        raw: dict = {}
+        for rnd in range(TIMING_ROUNDS):
+            if compare_reference:
+                got = reference_latencies(m.extra.get("path") or h["arg"], h["input_shape"], h["seed"], threads,
+                                          repeat=TIMING_REPEAT)
+                if got is None:
+                    log(f"warning: could not time the {m.reference_name} reference")
+                    compare_reference = False  # it will not run the next time either
+                else:
+                    for k, v in got.items():
+                        raw.setdefault(k, []).extend(v)
+            if ok and lat and rnd < TIMING_ROUNDS - 1:
+                try:
+                    lat += run_library(lib, m.inputs, threads=threads, device=device, repeat=TIMING_REPEAT).latencies_ms
+                except RayDGPError as e:  # it ran once and verified, then failed: not a deployable library
+                    ok, msg = False, f"the tuned library failed on a later timing run: {e}"
+        refs = {k: float(statistics.median(v)) for k, v in raw.items()}
         import math
 
         med = sorted(lat)[len(lat) // 2] if lat else None

@@ -133,13 +133,61 @@ def test_the_tvm_toolchain_reports_a_library_that_crashes(monkeypatch, tmp_path)
     monkeypatch.setattr(build, "compile_untuned", lambda *a: None)
     monkeypatch.setattr(build, "export", lambda ex, path: path)
     monkeypatch.setattr(build, "run_library", crash)
-    monkeypatch.setattr(rr, "time_reference", lambda *a, **k: {"pytorch": 1.0})
+    monkeypatch.setattr(rr, "reference_latencies", lambda *a, **k: {"pytorch": [1.0]})
     lm = LoadedModel("m", "builtin", "pytorch", {"kind": "llvm"}, [],
                      handle={"imported": M, "prepared": None, "arg": "m", "input_shape": None, "seed": 0,
                              "device": "cpu"})
     dep = TVMToolchain().deploy(lm, None, set(), tmp_path, 2, True, lambda *_: None)
     assert dep.verified is False and dep.end_to_end_ms is None and "SIGSEGV" in dep.verify_message
     assert dep.untuned_ms == 5.0 and (tmp_path / "ms_database").is_dir()
+
+
+def test_deploy_times_the_tuned_library_and_the_reference_in_alternation(monkeypatch, tmp_path):
+    """Tuned and reference timings alternate (tuned, reference, tuned, ...), and the medians pool every round: a load
+    change during the timing falls on both sides of the ratio."""
+    import numpy as np
+
+    import raydgp.models.build as build
+    import raydgp.models.run_reference as rr
+    import raydgp.space.ms_database as msdb
+    from raydgp.models.base import LoadedModel
+    from raydgp.models.toolchain import TIMING_ROUNDS, TVMToolchain
+
+    class M:
+        name, reference_name, inputs, extra = "m", "pytorch", {"x": np.zeros(2)}, {}
+
+        @staticmethod
+        def reference(xs):
+            return [np.zeros(2)]
+
+    order = []
+
+    def run(lib, inputs, **kw):
+        if "untuned" in str(lib):
+            order.append("U")
+            return build.LibraryRun(outputs=[np.zeros(2)], latencies_ms=[50.0])
+        order.append("T")
+        return build.LibraryRun(outputs=[np.zeros(2)], latencies_ms=[10.0 + order.count("T")])
+
+    def ref(*a, **k):
+        order.append("R")
+        return {"pytorch": [20.0 + order.count("R")], "onnxruntime": [5.0]}
+
+    monkeypatch.setattr(msdb, "export_to_metaschedule", lambda store, d, **kw: (os.makedirs(d, exist_ok=True), 1)[1])
+    monkeypatch.setattr(build, "compile_tuned", lambda *a: None)
+    monkeypatch.setattr(build, "compile_untuned", lambda *a: "untuned")
+    monkeypatch.setattr(build, "export", lambda ex, path: path)
+    monkeypatch.setattr(build, "run_library", run)
+    monkeypatch.setattr(rr, "reference_latencies", ref)
+    lm = LoadedModel("m", "builtin", "pytorch", {"kind": "llvm"}, [],
+                     handle={"imported": M, "prepared": None, "arg": "m", "input_shape": None, "seed": 0,
+                             "device": "cpu"})
+    dep = TVMToolchain().deploy(lm, None, set(), tmp_path, 2, True, lambda *_: None)
+    assert TIMING_ROUNDS >= 2
+    assert "".join(order).replace("U", "") == "TR" * TIMING_ROUNDS, order
+    assert dep.verified and dep.end_to_end_latencies_ms == [10.0 + i for i in range(1, TIMING_ROUNDS + 1)]
+    assert dep.reference_ms["pytorch"] == float(np.median([20.0 + i for i in range(1, TIMING_ROUNDS + 1)]))
+    assert dep.reference_ms["onnxruntime"] == 5.0
 
 
 def test_progress_layers_done_never_goes_backwards():
