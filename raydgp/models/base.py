@@ -77,6 +77,7 @@ class Deployment:
     schedules: int = 0
     build_s: float = 0.0
     ms_database: str = ""
+    timing: str = ""  # how the end-to-end and reference latencies were taken
 
     @property
     def end_to_end_ms(self) -> float | None:

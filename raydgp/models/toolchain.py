@@ -120,7 +120,9 @@ class TVMToolchain(Toolchain):
         return Deployment(library=str(lib), verified=ok, verify_message=msg,
                           end_to_end_latencies_ms=lat if ok else [], unverified_ms=None if ok else med,
                           max_abs_err=err if math.isfinite(err) else None, untuned_ms=untuned_ms,
-                          reference_ms=refs, schedules=n_db, build_s=build_s, ms_database=str(dbdir))
+                          reference_ms=refs, schedules=n_db, build_s=build_s, ms_database=str(dbdir),
+                          timing=f"tuned library and {m.reference_name} in alternating fresh processes, "
+                                 f"{TIMING_ROUNDS} rounds of {TIMING_REPEAT} medians of >= 50 ms each, pooled")
 
 
 def _replace_dir(new: Path, dst: Path) -> None:

@@ -140,6 +140,47 @@ def top_configs(records: Iterable[Record], per_workload: int = 3) -> list[tuple[
     return sorted(out, key=lambda t: t[0])
 
 
+def shape_signature(workload) -> tuple:
+    """A workload's loop-nest shape without its epilogue or hardware: op kind, dtype and the log2 loop extents (the
+    same conv with a bias + ReLU or a residual add, or measured on another CPU, has the same signature)."""
+    return (workload.op,) + tuple(sorted((k, round(float(v), 3)) for k, v in workload.features.items()
+                                         if k.startswith(("log2_spatial", "log2_reduce", "dtype"))))
+
+
+def donor_info(records: Iterable[Record]) -> dict:
+    """``{workload key: (shape signature, hardware tag, vector bits)}`` of the records' workloads, for
+    :func:`rank_donors`."""
+    from raydgp.space.hardware import hardware_tag, vector_bits
+
+    out: dict = {}
+    for r in records:
+        if r.workload.key not in out:
+            out[r.workload.key] = (shape_signature(r.workload), hardware_tag(r.target), vector_bits(r.target))
+    return out
+
+
+def rank_donors(donors: Sequence, info: dict, space) -> list:
+    """Donor configurations (``(ratio, key, config)`` of :func:`top_configs`) in the order a layer should try them:
+    the same loop-nest shape measured on this hardware kind, then on hardware with the same vector width, then on
+    other hardware, then every other workload; the fastest relative to its own workload's best first within each.
+
+    Without this, every workload's best has ratio 1.0 and the order among them is the order of the files, so a layer
+    on an AVX-512 machine could start from an unrelated shape's best, or the AVX2 recording of its own shape, before
+    the AVX-512 recording of its own shape.
+    """
+    from raydgp.space.hardware import hardware_tag, vector_bits
+
+    shape, tag, bits = shape_signature(space.workload), hardware_tag(space.target), vector_bits(space.target)
+
+    def likeness(d) -> int:
+        i = info.get(d[1])
+        if i is None or i[0] != shape:
+            return 3
+        return 0 if i[1] == tag else 1 if i[2] == bits else 2
+
+    return sorted(donors, key=lambda d: (likeness(d), d[0]))
+
+
 def seed_configs(space, own: set, donors: Sequence, k: int) -> list[dict]:
     """Configurations to try first on a layer: the best ones of other layers (siblings with the same loop nest in this
     model, history workloads, the same layer in an earlier run) that are valid points of this layer's space and not

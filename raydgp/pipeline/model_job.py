@@ -179,9 +179,12 @@ def _prior_records(store: RecordStore, m: LoadedModel) -> dict[str, list[Record]
     return prior
 
 
-def _history_donors(run: ModelRun, history_paths: list[Path]) -> list:
+def _history_donors(run: ModelRun, history_paths: list[Path]) -> tuple[list, dict]:
+    """The history's best configurations (:func:`~raydgp.pipeline.history.top_configs`) and what their workloads are
+    (:func:`~raydgp.pipeline.history.donor_info`)."""
     paths = list(history_paths) + (hist_mod.default_history_paths() if run.default_history else [])
-    return hist_mod.top_configs([r for p in paths for r in RecordStore(p).records()])
+    recs = [r for p in paths for r in RecordStore(p).records()]
+    return hist_mod.top_configs(recs), hist_mod.donor_info(recs)
 
 
 def _tune_layers(run: ModelRun, m: LoadedModel, store: RecordStore, budget: Budget, runner, has_history: bool,
@@ -193,7 +196,7 @@ def _tune_layers(run: ModelRun, m: LoadedModel, store: RecordStore, budget: Budg
     from raydgp.raytune.experiment import experiment_name
 
     by_name = {l.name: l for l in m.layers}
-    donors_hist = _history_donors(run, list(run.history)) if run.searcher == "dgp" else []
+    donors_hist, donor_info = _history_donors(run, list(run.history)) if run.searcher == "dgp" else ([], {})
     cache_dir = str(default_cache_dir()) if has_history else None
     storage_path = run.storage or str((run.out / "ray").resolve())
     trial_measurer = toolchain.trial_measurer()
@@ -219,7 +222,9 @@ def _tune_layers(run: ModelRun, m: LoadedModel, store: RecordStore, budget: Budg
                           if r.workload.key in sibling_keys and r.result.ok and r.config.sketch >= 0),
                          key=lambda t: t[0])
             rest = [d for d in hist_mod.top_configs(all_recs) if d[1] not in sibling_keys]
-            donors = sib + sorted(rest + donors_hist, key=lambda t: t[0])  # siblings' best first
+            # siblings' best first, then the same shape on the likest hardware, then the rest
+            info = {**donor_info, **hist_mod.donor_info(r for r in all_recs if r.workload.key not in donor_info)}
+            donors = sib + hist_mod.rank_donors(rest + donors_hist, info, l.space)
             # A sibling's best schedules carry over: they are what a short sibling warm-up is spent on.
             k_seeds = min(4, n) if sib else min(4, max(1, n // 2))
             seeds = hist_mod.seed_configs(l.space, {r.config for r in recs}, donors, k=k_seeds)
@@ -310,7 +315,7 @@ def _deploy_and_report(run: ModelRun, m: LoadedModel, toolchain: Toolchain, stor
         "max_abs_err": finite(dep.max_abs_err) if dep.max_abs_err is not None else None,
         "tolerance": {"rtol": 1e-3, "atol": "1e-4 * max|reference|"},
         "threads": run.n_threads, "load_avg_1min_before_timing": round(load_1min, 2),
-        "timing": "tuned library and reference in alternating fresh processes, 3 rounds of 4 medians of >= 50 ms",
+        "timing": dep.timing,
         "library": dep.library,
         "ms_database": dep.ms_database, "library_build_s": round(dep.build_s, 2),
     }

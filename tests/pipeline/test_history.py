@@ -105,3 +105,31 @@ def test_dataset_layers_list_every_machine_kinds_key_most_records_first():
     assert len(keys) == 2
     n = [sum(r.workload.key == k and r.result.ok for r in recs) for k in keys]
     assert n[0] > n[1] > 0
+
+
+def test_donors_of_the_same_shape_on_the_likest_hardware_come_first(small_space):
+    """Every workload's best has ratio 1.0: the order among them goes by likeness to the layer (the same loop-nest
+    shape on this hardware kind, on hardware of the same vector width, on other hardware), not by file order."""
+    from dataclasses import replace
+    from types import SimpleNamespace
+
+    from raydgp.pipeline.history import donor_info, rank_donors, top_configs
+    from raydgp.records import MeasureResult, Record
+
+    cfgs = small_space.sample_many(4, np.random.default_rng(1))
+    here = {"kind": "llvm", "mcpu": "rocketlake", "num-cores": 2}  # the layer's machine, whatever this one is
+    same_width, avx2 = {**here, "mcpu": "znver5"}, {**here, "mcpu": "znver3"}
+    w = small_space.workload
+    layer = SimpleNamespace(workload=w, target=here)
+    other_shape = replace(w, key="conv2d-llvm-other", features={**w.features, "log2_spatial_1": 11.0})
+    recs = [  # written in the worst order: unrelated shape first, this hardware kind last
+        Record.now(other_shape, here, cfgs[0], MeasureResult("ok", (1.0,))),
+        Record.now(replace(w, key="conv2d-llvm-avx2"), avx2, cfgs[1], MeasureResult("ok", (2.0,))),
+        Record.now(replace(w, key="conv2d-llvm-wide"), same_width, cfgs[2], MeasureResult("ok", (3.0,))),
+        Record.now(replace(w, key="conv2d-llvm-here", features={**w.features, "n_blocks": 9.0}), here, cfgs[3],
+                   MeasureResult("ok", (4.0,))),  # another epilogue: the same shape
+    ]
+    donors = top_configs(recs)
+    assert {d[0] for d in donors} == {1.0}
+    ranked = rank_donors(donors, donor_info(recs), layer)
+    assert [d[1] for d in ranked] == ["conv2d-llvm-here", "conv2d-llvm-wide", "conv2d-llvm-avx2", "conv2d-llvm-other"]
