@@ -113,6 +113,7 @@ class TVMToolchain(Toolchain):
                     lat += run_library(lib, m.inputs, threads=threads, device=device, repeat=TIMING_REPEAT).latencies_ms
                 except RayDGPError as e:  # it ran once and verified, then failed: not a deployable library
                     ok, msg = False, f"the tuned library failed on a later timing run: {e}"
+                    log(f"NOT VERIFIED: {msg}")
         refs = {k: float(statistics.median(v)) for k, v in raw.items()}
         import math
 

@@ -20,6 +20,6 @@ def test_a_cached_peak_of_an_older_method_is_measured_again(tmp_path, monkeypatc
     assert peak.node_peak_gflops(2, tmp_path) == 400.0 and calls == [2]  # now cached: not measured again
 
 
-def test_a_real_small_measurement_is_the_best_of_the_kernels_tried(monkeypatch):
+def test_a_real_small_measurement_is_the_best_of_the_kernels_tried():
     g = peak.measure_peak_gflops(1, n=256)
     assert 0.5 < g < 10_000
