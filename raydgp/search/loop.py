@@ -489,20 +489,26 @@ class DGPSearch:
         """How many random proposals the cold member is still owed (``cold_start``): none unless it outweighs the
         history's group; then ``n_init`` minus the configurations proposed without the history (running or not)."""
         s = self.settings
-        if not (s.cold_start and self.trusting and self._cold is not None):
-            return 0
-        w = self.trust_weights()
-        if w.get("cold", 0.0) <= w.get("transfer", 0.0) + w.get("zeroshot", 0.0):
+        if not (s.cold_start and self._history_distrusted()):
             return 0
         unbiased = self.stats["random"] + self.stats.get("interleaved", 0) + self.stats.get("cold_start", 0)
         return max(0, s.n_init - unbiased)
 
+    def _history_distrusted(self) -> bool:
+        """Whether the cold member outweighs the history's versions (the fine-tuned and the zero-shot model)."""
+        if not (self.trusting and self._cold is not None):
+            return False
+        w = self.trust_weights()
+        return w.get("cold", 0.0) > w.get("transfer", 0.0) + w.get("zeroshot", 0.0)
+
     def _sketch_picks(self, pool: list, scores: torch.Tensor, pending: list, q: int) -> list:
-        """Up to ``q`` proposals owed to under-sampled structures (``sketch_min``): for each structure with fewer
-        than ``sketch_min`` configurations (measured, failed or in ``pending``), fewest first, its best-scored
-        candidate in ``pool`` (none if the pool holds none of it)."""
+        """Up to ``q`` proposals owed to under-sampled structures (``sketch_min``, when ``sketch_min_when`` says so):
+        for each structure with fewer than ``sketch_min`` configurations (measured, failed or in ``pending``), fewest
+        first, its best-scored candidate in ``pool`` (none if the pool holds none of it)."""
         k, structures = self.settings.sketch_min, tuple(getattr(self.space, "structures", ()))
         if k <= 0 or len(structures) < 2:
+            return []
+        if self.settings.sketch_min_when == "distrust" and not self._history_distrusted():
             return []
         count = {s: 0 for s in structures}
         for c in list(self.seen) + list(pending):

@@ -10,6 +10,7 @@ from raydgp.errors import ConfigError
 INIT_MODES = ("dgp", "random")
 QUEUE_MODES = ("auto", "on", "off")
 MEMBER_PICKS = ("mixture", "sample")
+SKETCH_MIN_WHEN = ("distrust", "always")
 
 
 @dataclass(frozen=True)
@@ -82,7 +83,14 @@ class SearchSettings:
             a handful of samples per sketch (or a history recorded elsewhere) locks onto one sketch early (measured
             live: the DGP searches spent 50+ of 64 trials in one sketch, while another held a 15% faster schedule;
             BENCHMARKS.md 7.3); the guided samples cost a few trials and are the model's best guesses there. 0: off.
-            Counted as ``sketch_min`` in the stats.
+            Counted as ``sketch_min`` in the stats. When it applies is ``sketch_min_when``.
+        sketch_min_when: ``distrust`` (the default): only in a search with history while the cold member outweighs
+            the history's versions (the same test as ``cold_start``): a history that misleads has usually also
+            written off a structure the target needs (measured live on a 5x5 conv no history holds, znver5: the
+            history put 6 of 8 tuning-set points in one sketch and none in the one that held the fast schedules;
+            the search ended at 4.03 ms, with ``sketch_min=6`` at 1.71 ms, the search without history at 1.64 ms),
+            while a history that ranks the target well knows which structures to skip, and a search without history
+            covers the structures with its random tuning set. ``always``: in every search with structures.
         member_pick: with ``trust``, how the members' weights make a proposal: ``mixture`` scores candidates by the
             weighted mixture's EI (``log sum_m w_m EI_m``; a confidently wrong member with a large EI then leads at
             a small weight), ``sample`` draws one member per proposal with probability equal to its weight and
@@ -124,7 +132,8 @@ class SearchSettings:
     queue_staleness: int | None = None
     random_interleave: float = 0.0
     cold_start: bool = True
-    sketch_min: int = 0
+    sketch_min: int = 6
+    sketch_min_when: str = "distrust"
     member_pick: str = "mixture"
     stacked_member: bool = False
 
@@ -145,6 +154,8 @@ class SearchSettings:
             raise ConfigError(f"random_interleave={self.random_interleave}: must be in [0, 1)")
         if self.member_pick not in MEMBER_PICKS:
             raise ConfigError(f"member_pick={self.member_pick!r}: choose one of {MEMBER_PICKS}")
+        if self.sketch_min_when not in SKETCH_MIN_WHEN:
+            raise ConfigError(f"sketch_min_when={self.sketch_min_when!r}: choose one of {SKETCH_MIN_WHEN}")
         if self.sketch_min < 0:
             raise ConfigError(f"sketch_min={self.sketch_min}: must be >= 0 (0: off)")
         if self.cold_refresh < 0:

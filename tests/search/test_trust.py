@@ -205,3 +205,42 @@ def test_the_stacked_member_fits_the_slope_to_what_the_history_is_worth(inverted
     else:
         assert s.stats["stacked_slope"] > 0.2
     assert isinstance(s._stacked, StackedSurrogate)
+
+
+def _sketch_search(misleading: bool, n: int = 24):
+    """The history says sketch 2 is fastest and everything inside a sketch backwards (misleading), or the truth; the
+    target's sketch 0 is fastest."""
+    from raydgp.dgp.data import standardised_targets
+    from raydgp.testing import fake_latency_ms
+    from tests.search.test_loop import _three_sketch_space
+
+    sp = _three_sketch_space()
+
+    def lat(c):
+        return fake_latency_ms("sketches", sp.trace_json(c)) * (1.0, 3.0, 9.0)[c.sketch]
+
+    hist_cfg = sp.sample_many(240, np.random.default_rng(12))
+    if misleading:
+        hist_lat = [(9.0, 3.0, 1.0)[c.sketch] / fake_latency_ms("sketches", sp.trace_json(c)) for c in hist_cfg]
+    else:
+        hist_lat = [lat(c) for c in hist_cfg]
+    y, _ = standardised_targets(["h"] * len(hist_cfg), ["ok"] * len(hist_cfg), np.array(hist_lat))
+    s = DGPSearch(sp, SearchSettings(**(FAST.__dict__ | {"sketch_min": 4})),
+                  history=History(sp.encode_many(hist_cfg), y))
+    seen = []
+    for _ in range(n):
+        c = s.suggest()
+        seen.append(c)
+        s.observe(c, lat(c))
+    return s, [sum(c.sketch == k for c in seen) for k in range(3)]
+
+
+def test_a_history_that_misleads_owes_every_sketch_its_guided_samples(monkeypatch):
+    """Only while the cold member outweighs the history's versions are the structures sampled that the history
+    wrote off (the model's best guesses there, ``sketch_min``); while the history leads, it is followed."""
+    bad, per = _sketch_search(True)
+    assert bad.trust_weights()["cold"] > 0.5, bad.trust.summary()
+    assert bad.stats.get("sketch_min", 0) > 0 and min(per) >= 4, (per, bad.stats)
+    monkeypatch.setattr(DGPSearch, "_history_distrusted", lambda self: False)  # the history keeps the lead
+    led, per_led = _sketch_search(True)
+    assert "sketch_min" not in led.stats and "cold_start" not in led.stats, (per_led, led.stats)
