@@ -419,6 +419,7 @@ LAYER_METHODS = {"dgp": ("dgp", True, ()), "cold": ("dgp", False, ()), "random":
                  "dgp_nocs": ("dgp", True, ("cold_start=off",)),
                  "dgp_sm": ("dgp", True, ("sketch_min=4",)),
                  "dgp_nosm": ("dgp", True, ("sketch_min=0",)),
+                 "dgp_sm6": ("dgp", True, ("sketch_min=6",)),
                  "dgp_sma": ("dgp", True, ("sketch_min_when=always",)),
                  "dgp_mp": ("dgp", True, ("member_pick=sample",)),
                  "dgp_cf": ("dgp", True, ("cold_refresh=0",)),
@@ -768,6 +769,11 @@ def render(results: dict, bench_md: Path, out_dir: Path, suffix: str = "") -> st
             lines += ["", f"![replay {name}]({out_dir.name}/{r['plot']})", ""]
     ly = results.get("layers")
     if ly and ly.get("runs"):
+        ms_ratio = [e["curve_ms"][-1] / row["retimed"]["metaschedule"]["median_ms"] for row in ly["runs"]
+                    for m, e in row["methods"].items() if m == "metaschedule" and e.get("curve_ms")
+                    and e["curve_ms"][-1] and (row.get("retimed", {}).get("metaschedule") or {}).get("median_ms")]
+        ms_note = (f"{min(ms_ratio):.2f}-{max(ms_ratio):.2f}x its own best re-timed here" if ms_ratio
+                   else "not re-timed in these runs")
         by_commit: dict = {}
         for row in ly["runs"]:
             for m, c in row.get("commits", {}).items():
@@ -787,9 +793,11 @@ def render(results: dict, bench_md: Path, out_dir: Path, suffix: str = "") -> st
                   "history; `dgp_nocs` is `dgp` without the cold start (`--search-option cold_start=off`: no random "
                   "points owed to a leading cold member), `dgp_ri` is `dgp` with one proposal in five random "
                   "(`random_interleave=0.2`), `dgp_sm` gives every sketch at least 4 configurations, each the best-"
-                  "scored of its sketch (`sketch_min=4`; since 2026-12-04 the default is 6, and only while the cold member "
-                  "outweighs the history: `sketch_min_when=distrust`), `dgp_nosm` is `dgp` without it (`sketch_min=0`, "
-                  "the default before 2026-12-04), `dgp_sma` applies it in every search (`sketch_min_when=always`), `dgp_mp` draws one member per proposal by the trust weights and "
+                  "scored of its sketch (`sketch_min=4`; before 2026-12-04 in every search, since then only while the cold "
+                  "member outweighs the history: `sketch_min_when=distrust`), `dgp_sm6` the same with 6 (the default "
+                  "at commit 03aac66 only; those runs were named `dgp` then, and that commit's `dgp_nosm` runs, "
+                  "`sketch_min=0`, are the `dgp` rows), `dgp_sma` applies it in every search "
+                  "(`sketch_min_when=always`), `dgp_mp` draws one member per proposal by the trust weights and "
                   "follows its EI (`member_pick=sample`) instead of the mixture's EI, `dgp_cf` fits the cold member afresh on "
                   "every refit as the search without history does (`cold_refresh=0`, the default since 2026-12-02 15:15; "
                   "the `dgp` rows before it used 0.25: afresh once the data grew by a quarter), `dgp_all` fine-tunes every "
@@ -797,9 +805,9 @@ def render(results: dict, bench_md: Path, out_dir: Path, suffix: str = "") -> st
                   "the stacked member (`stacked_member=on`: a cold DGP on the residuals of the zero-shot mean, scaled "
                   "by a slope fitted on the target). Best during the search, then every method's best re-timed by the same measurer "
                   "(5 rounds, interleaved; median). MetaSchedule's during-search columns are its own runner's "
-                  "figures, 1.5-1.8x above its own best re-timed here (its runner times the function it tunes, which "
-                  "for a layout-free weight likely still holds the weight-packing block; not verified): only the "
-                  "re-timed column compares methods.", "",
+                  f"figures, {ms_note} (its runner times the function it tunes, which for a layout-free weight "
+                  "likely still holds the weight-packing block; not verified): only the re-timed column compares "
+                  "methods.", "",
                   "| layer | seed | method | best @16 | @32 | @64 | re-timed | trials to 5% of the seed's best | wall |",
                   "|---|---|---|---|---|---|---|---|---|"]
         for row in ly["runs"]:

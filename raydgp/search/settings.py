@@ -85,12 +85,12 @@ class SearchSettings:
             BENCHMARKS.md 7.3); the guided samples cost a few trials and are the model's best guesses there. 0: off.
             Counted as ``sketch_min`` in the stats. When it applies is ``sketch_min_when``.
         sketch_min_when: ``distrust`` (the default): only in a search with history while the cold member outweighs
-            the history's versions (the same test as ``cold_start``): a history that misleads has usually also
-            written off a structure the target needs (measured live on a 5x5 conv no history holds, znver5: the
-            history put 6 of 8 tuning-set points in one sketch and none in the one that held the fast schedules;
-            the search ended at 4.03 ms, with ``sketch_min=6`` at 1.71 ms, the search without history at 1.64 ms),
-            while a history that ranks the target well knows which structures to skip, and a search without history
-            covers the structures with its random tuning set. ``always``: in every search with structures.
+            the history's versions (the same test as ``cold_start``), where a misleading history may have written
+            off a structure the target needs (seen once live on a 5x5 conv no history holds, znver5, seed 0: the
+            tuning set put 6 of 8 points in one sketch and none in the sketch of the fast schedules; 4.03 ms without,
+            1.71 ms with ``sketch_min=6``); ``always``: in every search with structures. Measured over seeds it did
+            not pay (BENCHMARKS.md 7 ``znver5-2c``: re-timed medians 1.02 vs 0.64 ms and 3.34 vs 3.16 ms with and
+            without ``sketch_min=6``, 2 seeds on two unseen convs), so ``sketch_min`` stays 0 by default.
         member_pick: with ``trust``, how the members' weights make a proposal: ``mixture`` scores candidates by the
             weighted mixture's EI (``log sum_m w_m EI_m``; a confidently wrong member with a large EI then leads at
             a small weight), ``sample`` draws one member per proposal with probability equal to its weight and
@@ -132,7 +132,7 @@ class SearchSettings:
     queue_staleness: int | None = None
     random_interleave: float = 0.0
     cold_start: bool = True
-    sketch_min: int = 6
+    sketch_min: int = 0
     sketch_min_when: str = "distrust"
     member_pick: str = "mixture"
     stacked_member: bool = False

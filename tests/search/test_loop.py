@@ -118,9 +118,8 @@ def test_every_sketch_gets_its_minimum_of_guided_samples(batch):
     per = [sum(c.sketch == k for c in seen) for k in range(3)]
     assert min(per) >= 4, per
     assert 0 < s.stats["sketch_min"] <= 12 and s.stats["model"] >= 1, s.stats
-    # by default only a search whose history misleads owes structures (tests/search/test_trust.py); without history
-    # the random tuning set covers them and the slow sketches are left to the acquisition
-    off = DGPSearch(sp, FAST)
+    # off by default (and with sketch_min_when=distrust, the default, a search without history owes nothing)
+    off = DGPSearch(sp, SearchSettings(**(FAST.__dict__ | {"sketch_min": 4})))
     for _ in range(18):
         c = off.suggest()
         off.observe(c, _latency(sp, c))
