@@ -403,7 +403,9 @@ def _replay_wins(res: dict) -> dict:
 # -- part 3: live layers -------------------------------------------------------------------------------------------------
 def run_layers(cfg: dict, out: Path, results: dict) -> None:
     part = results.setdefault("layers", {"config": cfg, "runs": []})
-    part["config"] = cfg
+    have = {r.get("seed", 0) for r in part.get("runs", [])}
+    # the stored config names every seed the runs hold (a --seeds run adds seeds to the earlier ones)
+    part["config"] = dict(cfg, seeds=sorted(have | set(cfg.get("seeds", [0]))))
     work = out.parent / f"bench_layers{file_suffix(out)}"
     work.mkdir(parents=True, exist_ok=True)
     for seed in cfg.get("seeds", [0]):
@@ -974,6 +976,8 @@ def main(argv=None) -> int:
     ap.add_argument("--only", default=None, help="layers, replay and e2e parts: (re)run only these comma-separated methods and "
                          "keep the others' results (layers: all are re-timed together again; replay: same targets "
                          "and settings, added to the earlier run's JSON)")
+    ap.add_argument("--seeds", default=None, help="layers part: run these comma-separated seeds instead of the mode's "
+                         "(with --only: add them to the seeds already in the results)")
     ap.add_argument("--models", default=None, help="e2e part: (re)run only these comma-separated models of the mode's "
                          "list and keep the others' rows")
     args = ap.parse_args(argv)
@@ -1001,6 +1005,12 @@ def main(argv=None) -> int:
         if args.only:  # --only: the layers and replay parts (re)run these methods and keep the others' results
             cfg = dict(cfg, **{p: dict(cfg[p], only=args.only.split(",")) for p in ("layers", "replay", "e2e")
                                if cfg.get(p)})
+        if args.seeds and cfg.get("layers"):
+            try:
+                seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
+            except ValueError:
+                ap.error(f"--seeds {args.seeds!r}: comma-separated integers, e.g. 2,3")
+            cfg = dict(cfg, layers=dict(cfg["layers"], seeds=seeds))
         if args.models and cfg.get("e2e"):
             unknown = set(args.models.split(",")) - set(cfg["e2e"]["models"])
             if unknown:
