@@ -147,6 +147,27 @@ def shape_signature(workload) -> tuple:
                                          if k.startswith(("log2_spatial", "log2_reduce", "dtype"))))
 
 
+def history_shapes(paths) -> set:
+    """The loop-nest shapes (:func:`shape_signature`) of every workload measured in the record stores ``paths``."""
+    return {shape_signature(r.workload) for p in check_history_paths(paths) for r in RecordStore(p).records()}
+
+
+def tuning_set_options(options, workload, shapes: set) -> tuple:
+    """``options`` (``(name, value)`` pairs of :class:`~raydgp.search.SearchSettings`) with ``init=random`` added when
+    the history holds no workload of ``workload``'s loop-nest shape and the options do not choose the tuning set.
+
+    A model pre-trained on other shapes picks a tuning set it cannot rank (live on two convs no history holds, four
+    seeds each, znver5: the search with the history's tuning set ended at 0.80 and 3.16 ms, the search without history
+    at 0.69 and 2.61 ms, MetaSchedule at 0.79 and 2.40 ms; BENCHMARKS.md 7 (``znver5-2c``)), and the tuning set is
+    where a misleading history costs most. With a random one the history still enters through the trust mixture
+    (:mod:`raydgp.search.trust`), weighted by how well it ranks the target's results.
+    """
+    options = tuple(options)
+    if any(k == "init" for k, _ in options) or shape_signature(workload) in shapes:
+        return options
+    return tuple(sorted(options + (("init", "random"),)))
+
+
 def donor_info(records: Iterable[Record]) -> dict:
     """``{workload key: (shape signature, hardware tag, vector bits)}`` of the records' workloads, for
     :func:`rank_donors`."""

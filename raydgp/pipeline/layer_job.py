@@ -18,7 +18,7 @@ from raydgp.atomic import write_json_atomic
 from raydgp.logs import console
 from raydgp.measure.local import LocalMeasurer
 from raydgp.measure.protocol import TaskPayload
-from raydgp.pipeline.history import check_history_paths, load_history
+from raydgp.pipeline.history import check_history_paths, history_shapes, load_history, tuning_set_options
 from raydgp.pipeline.settings import LayerRun
 from raydgp.records import RecordStore
 
@@ -56,7 +56,13 @@ def run_layer(run: LayerRun) -> dict:
     task = make_task(workload, target)
     space = build_space(task)
     hist = load_history(run.history, space) if searcher == "dgp" else None
-    searcher_obj = make_searcher(searcher, space, seed, hist, settings=settings, search_options=run.search_options)
+    options = run.search_options
+    if hist is not None:
+        options = tuning_set_options(options, task.workload, history_shapes(run.history))
+        if options != run.search_options:
+            console("history: no workload of this loop-nest shape; the tuning set is random and the history enters "
+                    "through the trust mixture only (--search-option init=dgp: the history picks it)")
+    searcher_obj = make_searcher(searcher, space, seed, hist, settings=settings, search_options=options)
     store = RecordStore(out / "records")
     store.add_workload(task.workload.key, task.mod_json, space.to_json())
     payload = TaskPayload(task.workload.key, task.mod_json, target)

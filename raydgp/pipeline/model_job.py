@@ -197,6 +197,14 @@ def _tune_layers(run: ModelRun, m: LoadedModel, store: RecordStore, budget: Budg
 
     by_name = {l.name: l for l in m.layers}
     donors_hist, donor_info = _history_donors(run, list(run.history)) if run.searcher == "dgp" else ([], {})
+    # a layer whose loop-nest shape no history workload has gets a random tuning set (history.tuning_set_options)
+    shapes = {v[0] for v in donor_info.values()}
+    options = {l.name: hist_mod.tuning_set_options(run.search_options, l.space.workload, shapes)
+               if has_history else run.search_options for l in m.layers}
+    unseen = sorted(n for n, o in options.items() if o != run.search_options)
+    if unseen:
+        log.info("history: no workload of the loop-nest shape of %d layers (%s): their tuning sets are random",
+                 len(unseen), ", ".join(unseen))
     cache_dir = str(default_cache_dir()) if has_history else None
     storage_path = run.storage or str((run.out / "ray").resolve())
     trial_measurer = toolchain.trial_measurer()
@@ -236,7 +244,7 @@ def _tune_layers(run: ModelRun, m: LoadedModel, store: RecordStore, budget: Budg
                 prior=tuple((l.space.to_params(r.config), r.result.status,
                              r.result.median_ms if r.result.ok else None) for r in recs if r.config.sketch >= 0),
                 cache_dir=cache_dir, pretrain_seed=run.seed, trackers=run.trackers, model=m.name,
-                seeds=tuple(seeds), measurer=trial_measurer, search_options=run.search_options))
+                seeds=tuple(seeds), measurer=trial_measurer, search_options=options[name]))
             n_chunks += 1
         if not runner.running:
             break

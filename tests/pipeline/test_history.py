@@ -133,3 +133,28 @@ def test_donors_of_the_same_shape_on_the_likest_hardware_come_first(small_space)
     assert {d[0] for d in donors} == {1.0}
     ranked = rank_donors(donors, donor_info(recs), layer)
     assert [d[1] for d in ranked] == ["conv2d-llvm-here", "conv2d-llvm-wide", "conv2d-llvm-avx2", "conv2d-llvm-other"]
+
+
+def test_a_layer_whose_shape_no_history_holds_gets_a_random_tuning_set(tmp_path, small_space):
+    """The shipped dataset holds ResNet-18's 3x3 64-channel conv (other epilogues, other CPUs) and no 5x5 conv: only
+    the 5x5 conv's tuning set is made random, and an explicit ``init`` is never overridden."""
+    from dataclasses import replace
+
+    from raydgp.pipeline.history import history_shapes, shape_signature, shipped_dataset, tuning_set_options
+    from raydgp.records import MeasureResult, Record, RecordStore
+
+    shapes = history_shapes([shipped_dataset()])
+    assert len(shapes) >= 20
+    seen = next(iter(shapes))
+    known = replace(small_space.workload, op=seen[0], features=dict(seen[1:]))
+    assert shape_signature(known) == seen
+    assert tuning_set_options((), known, shapes) == ()
+    unknown = replace(small_space.workload, features={**small_space.workload.features, "log2_reduce_0": 9.0})
+    assert shape_signature(unknown) not in shapes
+    assert tuning_set_options((("seed", 1),), unknown, shapes) == (("init", "random"), ("seed", 1))
+    assert tuning_set_options((("init", "dgp"),), unknown, shapes) == (("init", "dgp"),)  # the user chose
+    # a store of this very workload holds its shape
+    store = RecordStore(tmp_path / "s")
+    store.append(Record.now(unknown, small_space.target, small_space.sample_many(1, np.random.default_rng(0))[0],
+                            MeasureResult("ok", (1.0,))))
+    assert shape_signature(unknown) in history_shapes([tmp_path / "s"])
