@@ -423,6 +423,7 @@ LAYER_METHODS = {"dgp": ("dgp", True, ()), "cold": ("dgp", False, ()), "random":
                  "dgp_nosm": ("dgp", True, ("sketch_min=0",)),
                  "dgp_sm6": ("dgp", True, ("sketch_min=6",)),
                  "dgp_rinit": ("dgp", True, ("init=random",)),
+                 "dgp_hinit": ("dgp", True, ("init=dgp",)),
                  "dgp_sma": ("dgp", True, ("sketch_min_when=always",)),
                  "dgp_mp": ("dgp", True, ("member_pick=sample",)),
                  "dgp_cf": ("dgp", True, ("cold_refresh=0",)),
@@ -801,7 +802,9 @@ def render(results: dict, bench_md: Path, out_dir: Path, suffix: str = "") -> st
                   "at commit 03aac66 only; those runs were named `dgp` then, and that commit's `dgp_nosm` runs, "
                   "`sketch_min=0`, are the `dgp` rows), `dgp_sma` applies it in every search "
                   "(`sketch_min_when=always`), `dgp_rinit` is `dgp` with a random tuning set (`init=random`: the "
-                  "history enters through the trust mixture only), `dgp_mp` draws one member per proposal by the trust weights and "
+                  "history enters through the trust mixture only; since commit 5eda186 what `dgp` does by default on a "
+                  "layer whose loop-nest shape no history workload has, so `dgp` rows run before it, as every `dgp` row "
+                  "above, had the history pick the tuning set, which `dgp_hinit` (`init=dgp`) keeps), `dgp_mp` draws one member per proposal by the trust weights and "
                   "follows its EI (`member_pick=sample`) instead of the mixture's EI, `dgp_cf` fits the cold member afresh on "
                   "every refit as the search without history does (`cold_refresh=0`, the default since 2026-12-02 15:15; "
                   "the `dgp` rows before it used 0.25: afresh once the data grew by a quarter), `dgp_all` fine-tunes every "

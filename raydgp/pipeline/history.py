@@ -156,11 +156,12 @@ def tuning_set_options(options, workload, shapes: set) -> tuple:
     """``options`` (``(name, value)`` pairs of :class:`~raydgp.search.SearchSettings`) with ``init=random`` added when
     the history holds no workload of ``workload``'s loop-nest shape and the options do not choose the tuning set.
 
-    A model pre-trained on other shapes picks a tuning set it cannot rank (live on two convs no history holds, four
-    seeds each, znver5: the search with the history's tuning set ended at 0.80 and 3.16 ms, the search without history
-    at 0.69 and 2.61 ms, MetaSchedule at 0.79 and 2.40 ms; BENCHMARKS.md 7 (``znver5-2c``)), and the tuning set is
-    where a misleading history costs most. With a random one the history still enters through the trust mixture
-    (:mod:`raydgp.search.trust`), weighted by how well it ranks the target's results.
+    A model pre-trained on other shapes picks a tuning set it cannot rank, and the tuning set is where a misleading
+    history costs most. Live on two convs no history holds (64 trials, four seeds, znver5; re-timed medians,
+    BENCHMARKS.md 7 (``znver5-2c``)): with the history's tuning set 0.694 and 3.14 ms, with a random one 0.724 and
+    2.58 ms (better in 4 of 4 seeds on the 5x5 conv, worse in 3 of 4 on the other, by less), without history 0.654
+    and 2.47 ms, MetaSchedule 0.849 and 2.60 ms. With a random tuning set the history still enters through the trust
+    mixture (:mod:`raydgp.search.trust`), weighted by how well it ranks the target's results.
     """
     options = tuple(options)
     if any(k == "init" for k, _ in options) or shape_signature(workload) in shapes:
