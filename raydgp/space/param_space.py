@@ -8,6 +8,7 @@ values in dimension order; :meth:`ParamSpace.to_dict` rebuilds the nested dict.
 from __future__ import annotations
 
 import math
+import zlib
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -122,7 +123,8 @@ class ParamSpace(SearchSpace):
         return sample_distinct(self.sample, n, rng, exclude, max_tries)
 
     def neighbours(self, config: tuple, rng: np.random.Generator | None = None) -> list[tuple]:
-        rng = rng or np.random.default_rng(abs(hash(config)) % (2**32))
+        # seeded by the configuration itself, stably: ``hash()`` of a str differs between processes (PYTHONHASHSEED)
+        rng = rng or np.random.default_rng(zlib.crc32(repr(config).encode()))
         out = []
         for i, (d, v) in enumerate(zip(self.dims, config)):
             for nv in d.moves(v, rng):

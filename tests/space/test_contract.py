@@ -66,3 +66,15 @@ def test_not_a_configuration_is_a_clear_error(space):
 
     with pytest.raises(RayDGPError):
         space.from_params({"nonsense": 1})
+
+
+def test_neighbours_do_not_depend_on_the_process_hash_seed():
+    # a serial search under a fixed seed proposes the same in every process: str hashes differ between processes
+    import subprocess
+    import sys
+
+    code = ("from tests.space.test_contract import _param_space; s = _param_space(); "
+            "print(s.neighbours((0.5, 2, 'tanh')))")
+    outs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                           env={**__import__("os").environ, "PYTHONHASHSEED": h}).stdout for h in ("1", "2")}
+    assert len(outs) == 1 and next(iter(outs)).startswith("[(")
