@@ -25,6 +25,7 @@ import gpytorch
 import numpy as np
 import torch
 
+from raydgp.dgp.additive import AdditiveSurrogate, kept_groups
 from raydgp.dgp.botorch_model import DGPModel, log_ei_pool, q_log_ei_with_pending
 from raydgp.dgp.data import InputScaler, standardised_targets
 from raydgp.dgp.model import DeepGPSurrogate
@@ -87,9 +88,18 @@ class DGPSearch:
         self._cold_fresh_n = 0  # target points at the cold member's last fresh fit
         self._stacked: StackedSurrogate | None = None  # the stacked member (settings.stacked_member)
         self._trained: set = set()  # the configurations the current models were fitted on
-        self.trust = TrustTracker(("transfer",) + (("zeroshot",) if settings.zero_shot_member else ())
-                                  + ("cold",) + (("stacked",) if settings.stacked_member else ()))
-        self._lead = "transfer"
+        self._additive: AdditiveSurrogate | None = None  # the additive member (settings.additive_member)
+        groups = getattr(space, "column_groups", None)
+        mode = settings.additive_member
+        self._groups = (tuple(groups) if groups and (mode == "on" and self.trusting
+                                                     or mode == "auto" and self.history is None) else None)
+        if self.history is None:
+            names: tuple = ("cold",)
+        else:
+            names = (("transfer",) + (("zeroshot",) if settings.zero_shot_member else ())
+                     + ("cold",) + (("stacked",) if settings.stacked_member else ()))
+        self.trust = TrustTracker(names + (("additive",) if self._groups else ()))
+        self._lead = self._base_lead = "transfer" if self.history is not None else "cold"
         self._fitted_on = -1
         self._scaler: InputScaler | None = None
         self._calls = 0
@@ -187,7 +197,7 @@ class DGPSearch:
         if self._model is not None and self._fitted_on == len(y):
             return self._model
         base = self.pretrained()  # stage 1 always in the caller's thread
-        if self.trusting:
+        if self.trusting or self._groups:
             self._update_trust(X, y, configs)
         s = self.settings
         if self._model is not None and s.async_refit:
@@ -201,7 +211,7 @@ class DGPSearch:
                 return self._model
             if self._refit_thread is None or not self._refit_thread.is_alive():
                 torch.set_num_threads(s.torch_threads)  # the worker thread shares the process setting
-                work = (copy.deepcopy(self._model), copy.deepcopy(self._cold), self._stacked)
+                work = (copy.deepcopy(self._model), copy.deepcopy(self._cold), self._stacked, self._additive)
                 self._refit_thread = threading.Thread(target=self._refit_in_background,
                                                       args=(work, X, y, configs, base), daemon=True,
                                                       name="raydgp-refit")
@@ -210,8 +220,8 @@ class DGPSearch:
                     self._refit_thread.join()
                     self.stats["refit_waits"] = self.stats.get("refit_waits", 0) + 1
             return self._model
-        self._model, self._cold, self._stacked = self._refit_members((self._model, self._cold, self._stacked), X,
-                                                                     y, base, configs)
+        self._model, self._cold, self._stacked, self._additive = self._refit_members(
+            (self._model, self._cold, self._stacked, self._additive), X, y, base, configs)
         self._fitted_on, self._trained = len(y), set(configs)
         return self._model
 
@@ -223,7 +233,8 @@ class DGPSearch:
             self.stats["refit_failures"] += 1
             log.warning("background refit failed (%s: %s); proposing with the previous model", type(e).__name__, e)
             return
-        (self._model, self._cold, self._stacked), self._fitted_on, self._trained = new, len(y), set(configs)
+        (self._model, self._cold, self._stacked, self._additive), self._fitted_on, self._trained = \
+            new, len(y), set(configs)
 
     def wait_for_refit(self, timeout: float | None = None) -> None:
         """Block until a background refit (``async_refit``) has finished."""
@@ -233,9 +244,11 @@ class DGPSearch:
 
     def _refit_members(self, models, X, y, base, configs):
         """Refit the transferred (or, without history, cold) model and, when trusting, the cold member (and the
-        stacked one, ``stacked_member``)."""
-        model, cold, stacked = models
+        stacked one, ``stacked_member``); and the additive member (``additive_member``)."""
+        model, cold, stacked, additive = models
         model = self._refit(model, X, y, base)
+        if self._groups and len(y) >= TRUST_MIN_POINTS:
+            additive = self._fit_additive(X, y)
         if self.trusting and len(y) >= TRUST_MIN_POINTS:
             s = self.settings
             if cold is None or (len(y) <= s.dgp.num_inducing
@@ -251,7 +264,22 @@ class DGPSearch:
                 self.timings["fit"].append(time.perf_counter() - t0)
             if s.stacked_member:
                 stacked = self._fit_stacked(X, y, configs, base)
-        return model, cold, stacked
+        return model, cold, stacked, additive
+
+    def _fit_additive(self, X: np.ndarray, y: np.ndarray) -> AdditiveSurrogate | None:
+        """The additive member, fitted afresh on all target results (None, counted, where its fit fails: the others
+        propose)."""
+        t0 = time.perf_counter()
+        sc = self._scaler_for()
+        try:
+            m = AdditiveSurrogate(sc.transform(X), torch.as_tensor(y, dtype=torch.float32),
+                                  kept_groups(self._groups, sc.keep), seed=self.settings.seed + len(y))
+        except (RuntimeError, ValueError) as e:  # a singular or non-converging fit (linear_operator errors included)
+            self.stats["additive_failures"] = self.stats.get("additive_failures", 0) + 1
+            log.warning("additive member fit failed (%s: %s); proposing without it", type(e).__name__, e)
+            return None
+        self.timings["fit"].append(time.perf_counter() - t0)
+        return m
 
     def _fit_stacked(self, X: np.ndarray, y: np.ndarray, configs: list, base: DeepGPSurrogate) -> StackedSurrogate:
         """The stacked member (:mod:`raydgp.dgp.stacked`): the zero-shot mean's slope and offset fitted on the
@@ -276,7 +304,13 @@ class DGPSearch:
         cfg = [configs[i] for i in ok]
         yo = y[ok]
         Xt = None
-        members = {"transfer": self._model if self._model is not None else self.pretrained(), "cold": self._cold}
+        if self.history is None:
+            members = {"cold": self._model}
+        else:
+            members = {"transfer": self._model if self._model is not None else self.pretrained(),
+                       "cold": self._cold}
+        if "additive" in self.trust.members:
+            members["additive"] = self._additive
         if "stacked" in self.trust.members:
             members["stacked"] = self._stacked
         if "zeroshot" in self.trust.members:
@@ -295,7 +329,12 @@ class DGPSearch:
             self.trust.record(name, cfg, test, mean.mean(0).numpy(), yo)
 
     def trust_weights(self) -> dict[str, float]:
-        """The members' current weights (``{"transfer": 1.0}`` until a cold member exists)."""
+        """The members' current weights (``{"transfer": 1.0}`` until a cold member exists; without history
+        ``{"cold": 1.0}`` until the additive member exists)."""
+        if self.history is None:
+            if self._additive is None:
+                return {"cold": 1.0}
+            return self.trust.weights(seed=self.settings.seed + len(self.observed))
         if not self.trusting or self._cold is None:
             return {"transfer": 1.0} if self.history is not None else {"cold": 1.0}
         return self.trust.weights(seed=self.settings.seed + len(self.observed), group=("transfer", "zeroshot"))
@@ -432,7 +471,7 @@ class DGPSearch:
         scores = acquisition(X)
         if s.evolve_generations > 0:
             pool, X, scores = self._evolve(pool, X, scores, exclude, acquisition)
-        if self._lead != "transfer":  # proposals led by the cold (or the zero-shot) member
+        if self._lead != self._base_lead:  # proposals led by another member than the search's own model
             key = f"{self._lead}_led"
             self.stats[key] = self.stats.get(key, 0) + 1
         return _Scored(pool, X, scores, members, best_f)
@@ -579,16 +618,23 @@ class DGPSearch:
         """
         s = self.settings
         seed = s.seed + self._calls
-        self._lead = "transfer"
-        if not self.trusting or self._cold is None:
+        self._lead = self._base_lead
+        if self.history is None and self._additive is None or self.history is not None and (
+                not self.trusting or self._cold is None):
             return [(DGPModel(model, seed=seed), 1.0)]
         w = self.trust_weights()
         self._lead = max(w, key=w.get)
-        self.stats["transfer_weight"] = round(w["transfer"], 4)
         # each member's prequential ranking accuracy and test count (the evidence behind the weights), for summaries
         self.stats["trust"] = {m: {"accuracy": v["accuracy"], "tested": v["tested"]}
                                for m, v in self.trust.summary(group=("transfer", "zeroshot")).items()}
-        named = [("transfer", model, w["transfer"]), ("cold", self._cold, w["cold"])]
+        if self.history is None:
+            named = [("cold", model, w["cold"])]
+        else:
+            self.stats["transfer_weight"] = round(w["transfer"], 4)
+            named = [("transfer", model, w["transfer"]), ("cold", self._cold, w["cold"])]
+        if "additive" in w and self._additive is not None:
+            self.stats["additive_weight"] = round(w["additive"], 4)
+            named.append(("additive", self._additive, w["additive"]))
         if "zeroshot" in w:
             self.stats["zeroshot_weight"] = round(w["zeroshot"], 4)
             named.append(("zeroshot", self.pretrained(), w["zeroshot"]))

@@ -115,6 +115,16 @@ class ParamSpace(SearchSpace):
     def dim(self) -> int:
         return sum(d.width for d in self.dims)
 
+    @property
+    def column_groups(self) -> tuple[tuple[int, ...], ...]:
+        """Per dimension, its columns in :meth:`encode` (a choice's one-hot spans several; the additive member of
+        the search, :mod:`raydgp.dgp.additive`, gives each group its own kernel)."""
+        out, j = [], 0
+        for d in self.dims:
+            out.append(tuple(range(j, j + d.width)))
+            j += d.width
+        return tuple(out)
+
     def sample(self, rng: np.random.Generator) -> tuple:
         return tuple(d.sample(rng) for d in self.dims)
 

@@ -133,3 +133,33 @@ def test_every_sketch_gets_its_minimum_of_guided_samples(batch):
 def test_a_space_without_structures_owes_nothing():
     s, _ = _run(10, SearchSettings(**(FAST.__dict__ | {"sketch_min": 4, "sketch_min_when": "always"})))
     assert "sketch_min" not in s.stats  # one sketch: nothing to balance
+
+
+def _mixed_space():
+    from raydgp.space.param_space import Dim, ParamSpace
+
+    return ParamSpace([Dim(("x",), "float", low=0.0, high=1.0), Dim(("y",), "float", low=0.0, high=1.0),
+                       Dim(("act",), "choice", values=("a", "b", "c"))])
+
+
+def _mixed_loss(c):
+    return (c[0] - 0.3) ** 2 + (c[1] - 0.6) ** 2 + {"a": 0.0, "b": 0.3, "c": 0.6}[c[2]]
+
+
+def test_an_ordinary_space_without_history_gets_an_additive_member_weighed_by_its_ranking():
+    sp = _mixed_space()
+    s = DGPSearch(sp, SearchSettings(seed=0, n_init=6, pool_size=256, cold_steps=20, refit_steps=10))
+    assert s.trust.members == ("cold", "additive")
+    for _ in range(16):
+        c = s.suggest()
+        s.observe(c, _mixed_loss(c))
+    w = s.trust_weights()
+    assert set(w) == {"cold", "additive"} and abs(sum(w.values()) - 1) < 1e-6
+    assert s.trust.summary()["additive"]["tested"] >= 8  # every new result tested it before it was fitted on it
+    assert "additive_weight" in s.stats and s.stats.get("additive_failures", 0) == 0
+
+
+def test_the_additive_member_can_be_turned_off_and_design_spaces_do_not_get_one():
+    s = DGPSearch(_mixed_space(), SearchSettings(seed=0, additive_member="off"))
+    assert s.trust.members == ("cold",) and s._groups is None
+    assert DGPSearch(_space(), FAST)._groups is None  # a TVM design space names no parameter columns
