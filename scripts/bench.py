@@ -73,7 +73,7 @@ MODES = {
                   "max_history": 4000, "steps": None,
                   "variants": {"dgp (hidden scale 0.01)": {"hidden_noise": 0.01}, "dgp (0.1)": {"hidden_noise": 0.1},
                                "dgp (0.3)": {"hidden_noise": 0.3}, "sgp": {"hidden_dims": []}}},
-        "searchers": {"problems": ["mixed6", "hartmann6"], "speeds": {"fast": 0.0}, "seeds": 3,
+        "searchers": {"problems": ["mixed6", "hartmann6"], "speeds": {"fast": 0.0}, "seeds": 5,
                       "trials": 40, "methods": ["dgp", "dgp_sync", "random", "tpe", "hebo"],
                       "budgets": [10, 20, 40],
                       "slow": {"problems": ["mixed6"], "sleep_s": 1.0, "trials": 40, "budgets": [20, 40]}},

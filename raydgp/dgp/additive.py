@@ -22,6 +22,7 @@ from typing import Sequence
 
 import torch
 from gpytorch.distributions import MultivariateNormal
+from linear_operator.operators import DenseLinearOperator
 
 
 #: L-BFGS iterations of a fit. Every refit starts afresh from BoTorch's default hyper-parameters: a fit warm-started
@@ -132,7 +133,7 @@ class AdditiveSurrogate(torch.nn.Module):
         mvn = self.gp.posterior(x.to(torch.float64)).distribution
         mean = mvn.mean.reshape(1, *x.shape[:-1]).to(torch.float32)
         cov = mvn.covariance_matrix.reshape(1, *x.shape[:-1], x.shape[-2]).to(torch.float32)
-        return MultivariateNormal(mean, cov)
+        return MultivariateNormal(mean, DenseLinearOperator(cov))  # lazy: no Cholesky of a near-singular matrix
 
     def eval(self):
         self.gp.eval()

@@ -12,7 +12,7 @@ from botorch.acquisition.analytic import LogExpectedImprovement
 from botorch.models.model import Model
 from botorch.posteriors.fully_bayesian import GaussianMixturePosterior
 from gpytorch.distributions import MultivariateNormal
-from linear_operator.operators import DiagLinearOperator
+from linear_operator.operators import DenseLinearOperator, DiagLinearOperator
 
 from raydgp.dgp.model import DeepGPSurrogate
 
@@ -84,7 +84,10 @@ class DGPModel(Model):
                         cov = cov + self.dgp.likelihood.noise * torch.eye(q)
                     mean = mean.transpose(0, 1).reshape(*batch, S, q)
                     cov = cov.transpose(0, 1).reshape(*batch, S, q, q)
-                    mvn = MultivariateNormal(mean, cov)
+                    # lazy: a dense tensor would be Cholesky-factored at construction, and the joint posterior of a
+                    # few hundred candidates under an exact GP member is singular in float32; whoever needs a root
+                    # (BoTorch's samplers) gets linear_operator's jittered one, the believer batch reads the moments
+                    mvn = MultivariateNormal(mean, DenseLinearOperator(cov))
         post = GaussianMixturePosterior(distribution=mvn)
         if posterior_transform is not None:
             return posterior_transform(post)

@@ -49,3 +49,17 @@ def test_groups_follow_the_columns_the_scaler_keeps():
     assert kept_groups([(0, 1), (2,), (3, 4), (5,)], keep) == [(0,), (1,), (2,), (3,)]
     assert kept_groups([(1,), (4,), (0, 2)], keep) == [(0, 1)]  # a group with no kept column is dropped
     assert kept_groups([(0,), (1, 2)], None) == [(0,), (1, 2)]
+
+
+def test_a_believer_batch_over_hundreds_of_candidates_reads_its_joint_posterior():
+    # the joint posterior of 300 candidates under an exact GP is singular in float32: built as a dense tensor it was
+    # Cholesky-factored at once and raised, and every batch proposal fell back to the analytic ranking
+    from raydgp.search.batch import believer_batch
+
+    X, y = _categorical_data()
+    m = AdditiveSurrogate(X, y, [(0,), (1, 2, 3)], seed=0)
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(300, generator=g)
+    C = torch.cat([x[:, None], torch.nn.functional.one_hot(torch.randint(0, 3, (300,), generator=g), 3).float()], 1)
+    picks = believer_batch([(DGPModel(m, seed=0), 1.0)], C, float(y.max()), 4, pending=C[:2])
+    assert len(set(picks)) == 4 and all(0 <= i < 300 for i in picks)
