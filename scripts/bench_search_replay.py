@@ -17,6 +17,9 @@ default: every task in turn is the target), or only ResNet-18's layers with Mobi
 * ``dgp_nocs``: ``dgp`` without the cold start (``cold_start=False``: no random points owed to a leading cold member);
 * ``dgp_sm``: ``dgp`` with every sketch given at least 4 configurations (``sketch_min=4``);
 * ``dgp_ri``: ``dgp`` with one proposal in five (after the tuning set) a random candidate (``random_interleave=0.2``);
+* ``cold_add``: ``cold`` with the additive member beside it (``additive_member="on"``: one kernel per column group
+  of the design space, :attr:`DesignSpace.column_groups`, weighed by the trust); ``dgp_add``: ``dgp`` with it
+  (``additive_member="on"``);
 * ``dgp_h03``: ``dgp`` with the hidden GPs' output scale starting at 0.3 instead of 0.01 (``hidden_noise``);
 * ``mtgp``, ``rgpe``, ``fsbo``: the transfer peers of ``scripts/transfer_peers.py`` (BoTorch ``MultiTaskGP``, the
   RGPE ranking-weighted ensemble, an FSBO deep-kernel GP) on the same history, candidates and budget;
@@ -47,7 +50,7 @@ import numpy as np
 from transfer_peers import PEERS, peer_search
 
 METHODS = ("random", "cold", "dgp", "dgp_rand", "dgp_zs", "exact_gp", "dgp_notrust", "sgp", "dgp_h03", "mtgp", "rgpe",
-           "fsbo", "dgp_ri", "dgp_nozs", "dgp_nocs", "dgp_sm", "dgp_mp")
+           "fsbo", "dgp_ri", "dgp_nozs", "dgp_nocs", "dgp_sm", "dgp_mp", "cold_add", "dgp_add")
 
 
 def main(argv=None) -> int:
@@ -209,10 +212,17 @@ def _run(method, sp, lat, hist, seed, budget, cache) -> list:
         kw = {"sketch_min": 4}
     elif method == "dgp_mp":
         kw = {"member_pick": "sample"}
+    elif method == "dgp_add":
+        kw = {"additive_member": "on"}
+    elif method == "cold_add":
+        kw = {"additive_member": "on"}
     # The candidates are the recorded configurations: no evolution (bred children would have no recorded latency).
     st = SearchSettings(seed=seed, init="random" if method == "dgp_rand" else "dgp", pool_size=len(lat),
                         pool_refresh=1.0, pretrain_seed=0, evolve_generations=0, **kw)
-    s = DGPSearch(_Replay(sp, lat), st, history=None if method == "cold" else hist, cache_dir=cache)
+    # the additive member needs the space's column groups: only the *_add methods see them, so the other methods
+    # stay what they were when recorded
+    s = DGPSearch(_Replay(sp, lat, groups=method.endswith("_add")), st,
+                  history=None if method in ("cold", "cold_add") else hist, cache_dir=cache)
     order = []
     for _ in range(budget):
         c = s.suggest()
@@ -226,9 +236,11 @@ def _run(method, sp, lat, hist, seed, budget, cache) -> list:
 class _Replay:
     """The target's recorded configurations as a finite space (look up instead of measure)."""
 
-    def __init__(self, sp, lat):
+    def __init__(self, sp, lat, groups: bool = False):
         self.sp, self.lat = sp, lat
         self.size, self.dim = len(lat), sp.dim
+        if groups:
+            self.column_groups = sp.column_groups
 
     def sample_many(self, n, rng, exclude=None, max_tries=None):
         c = [x for x in self.lat if x not in (exclude or ())]

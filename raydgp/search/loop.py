@@ -24,6 +24,7 @@ from typing import Hashable, NamedTuple, Sequence
 import gpytorch
 import numpy as np
 import torch
+from botorch.exceptions.errors import ModelFittingError
 
 from raydgp.dgp.additive import AdditiveSurrogate, kept_groups
 from raydgp.dgp.botorch_model import DGPModel, log_ei_pool, q_log_ei_with_pending
@@ -91,8 +92,12 @@ class DGPSearch:
         self._additive: AdditiveSurrogate | None = None  # the additive member (settings.additive_member)
         groups = getattr(space, "column_groups", None)
         mode = settings.additive_member
-        self._groups = (tuple(groups) if groups and (mode == "on" and self.trusting
-                                                     or mode == "auto" and self.history is None) else None)
+        # auto: ordinary spaces only; a TVM design space (it has structures, its sketches) gets it only when asked:
+        # in the replay its cold search with the member was not clearly better (BENCHMARKS.md section 7.2 (znver4))
+        ordinary = not tuple(getattr(space, "structures", ()))
+        self._groups = (tuple(groups) if groups and (mode == "on" and (self.trusting or self.history is None)
+                                                     or mode == "auto" and self.history is None and ordinary)
+                        else None)
         if self.history is None:
             names: tuple = ("cold",)
         else:
@@ -274,7 +279,8 @@ class DGPSearch:
         try:
             m = AdditiveSurrogate(sc.transform(X), torch.as_tensor(y, dtype=torch.float32),
                                   kept_groups(self._groups, sc.keep), seed=self.settings.seed + len(y))
-        except (RuntimeError, ValueError) as e:  # a singular or non-converging fit (linear_operator errors included)
+        except (RuntimeError, ValueError, ModelFittingError) as e:
+            # a singular or non-converging fit (linear_operator's errors, BoTorch's "all attempts to fit failed")
             self.stats["additive_failures"] = self.stats.get("additive_failures", 0) + 1
             log.warning("additive member fit failed (%s: %s); proposing without it", type(e).__name__, e)
             return None

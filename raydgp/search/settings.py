@@ -107,10 +107,12 @@ class SearchSettings:
         additive_member: an additive GP (:mod:`raydgp.dgp.additive`: one kernel per parameter, summed) beside the
             search's own model, weighed against it by the same prequential ranking test as the history's members
             (:mod:`raydgp.search.trust`): it shares a categorical value's effect across the other parameters, which
-            the deep GP cannot with few results, and loses its weight where the parameters interact. ``auto``: on
-            searches without history over spaces that name their parameters' columns (``column_groups``: the
-            ordinary Ray Tune spaces of :class:`~raydgp.space.param_space.ParamSpace`; TVM design spaces do not);
-            ``on``: also beside a history; ``off``. One exact-GP fit per refit (about 0.3 s at 40 points on two cores).
+            the deep GP cannot with few results, and loses its weight where the parameters interact. ``auto``: on in
+            searches without history over ordinary spaces (the Ray Tune spaces of
+            :class:`~raydgp.space.param_space.ParamSpace`, which name their parameters' columns, ``column_groups``);
+            ``on``: wherever the space names column groups, TVM design spaces too (a group per knob slot; in the
+            replay it did not clearly beat the cold DGP there: BENCHMARKS.md 7.2 (``znver4-2c``)), and beside a
+            history; ``off``. One exact-GP fit per refit (about 0.3 s at 40 points on two cores).
         queue_staleness: with the queue, the most results a handed-out proposal's model may be behind (None: the
             larger of ``max_staleness`` and half the width, so that results arriving during one refit do not starve
             the workers).

@@ -329,6 +329,16 @@ class DesignSpace(SearchSpace):
         """Length of :meth:`encode`'s vector: configuration part + workload features + hardware features."""
         return self.config_dim + len(self.workload.features) + len(HARDWARE_FEATURES)
 
+    @property
+    def column_groups(self) -> tuple[tuple[int, ...], ...]:
+        """Columns of :meth:`encode` by what they describe: the sketch one-hot, then each knob slot used by some
+        sketch (its :data:`SLOT_WIDTH` columns), then the workload and hardware features. The additive member of a
+        search (:mod:`raydgp.dgp.additive`) gives each group its own kernel; a slot is a different knob in each
+        sketch, so within one target the slot kernels model per-slot effects and the sketch kernel each sketch's."""
+        used = min(MAX_KNOBS, max((len(sk.knobs) for sk in self.sketches), default=0))
+        slots = [tuple(range(MAX_SKETCHES + i * SLOT_WIDTH, MAX_SKETCHES + (i + 1) * SLOT_WIDTH)) for i in range(used)]
+        return (tuple(range(MAX_SKETCHES)), *slots, tuple(range(self.config_dim, self.dim)))
+
     def features(self) -> np.ndarray:
         """The workload features (in name order: :meth:`~raydgp.records.Workload.feature_vector`), then the target's
         :data:`~raydgp.space.hardware.HARDWARE_FEATURES`: shape ``(n_features + n_hardware,)``."""

@@ -159,7 +159,26 @@ def test_an_ordinary_space_without_history_gets_an_additive_member_weighed_by_it
     assert "additive_weight" in s.stats and s.stats.get("additive_failures", 0) == 0
 
 
-def test_the_additive_member_can_be_turned_off_and_design_spaces_do_not_get_one():
+def test_the_additive_member_can_be_turned_off_and_design_spaces_get_one_only_when_asked():
     s = DGPSearch(_mixed_space(), SearchSettings(seed=0, additive_member="off"))
     assert s.trust.members == ("cold",) and s._groups is None
-    assert DGPSearch(_space(), FAST)._groups is None  # a TVM design space names no parameter columns
+    # a TVM design space names its columns' groups, but gets the member only when asked (on)
+    assert DGPSearch(_space(), FAST)._groups is None
+    on = DGPSearch(_space(), SearchSettings(**(FAST.__dict__ | {"additive_member": "on"})))
+    assert on._groups and on.trust.members == ("cold", "additive")
+
+
+def test_a_failed_additive_fit_is_counted_and_the_search_goes_on(monkeypatch):
+    from botorch.exceptions.errors import ModelFittingError
+
+    import raydgp.search.loop as loop
+
+    def refuse(*a, **k):
+        raise ModelFittingError("All attempts to fit the model have failed.")  # what BoTorch raises, seen live
+
+    monkeypatch.setattr(loop, "AdditiveSurrogate", refuse)
+    s = DGPSearch(_mixed_space(), SearchSettings(seed=0, n_init=6, pool_size=256, cold_steps=20, refit_steps=10))
+    for _ in range(10):
+        c = s.suggest()
+        s.observe(c, _mixed_loss(c))
+    assert s.stats["additive_failures"] >= 1 and s.stats["model"] >= 1 and len(s.observed) == 10

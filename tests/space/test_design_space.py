@@ -7,7 +7,7 @@ import pytest
 
 from raydgp.errors import ConfigError, InvalidConfigurationError
 from raydgp.records import Config
-from raydgp.space.design_space import DesignSpace, perfect_tilings
+from raydgp.space.design_space import MAX_KNOBS, MAX_SKETCHES, SLOT_WIDTH, DesignSpace, perfect_tilings
 
 
 def test_space_comes_from_metaschedule_sketches(small_space):
@@ -156,3 +156,16 @@ def test_cuda_space_generates_without_a_gpu():
         if built == 2:
             break
     assert built >= 1
+
+
+def test_column_groups_cover_the_encoding_by_what_each_column_describes(small_space):
+    groups = small_space.column_groups
+    flat = [c for g in groups for c in g]
+    assert len(flat) == len(set(flat)) and max(flat) < small_space.dim  # disjoint, inside the encoding
+    assert groups[0] == tuple(range(MAX_SKETCHES)) and groups[-1][-1] == small_space.dim - 1
+    knobs = max(len(sk.knobs) for sk in small_space.sketches)
+    assert len(groups) == 2 + min(knobs, MAX_KNOBS) and all(len(g) == SLOT_WIDTH for g in groups[1:-1])
+    rng = np.random.default_rng(0)
+    X = small_space.encode_many(small_space.sample_many(20, rng))
+    used = {c for g in groups for c in g}
+    assert not X[:, [c for c in range(small_space.dim) if c not in used]].any()  # no column left outside a group
