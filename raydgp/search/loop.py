@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from botorch.exceptions.errors import ModelFittingError
 
-from raydgp.dgp.additive import AdditiveSurrogate, kept_groups
+from raydgp.dgp.additive import AdditiveSurrogate, fit_subset, kept_groups
 from raydgp.dgp.botorch_model import DGPModel, log_ei_pool, q_log_ei_with_pending
 from raydgp.dgp.data import InputScaler, standardised_targets
 from raydgp.dgp.model import DeepGPSurrogate
@@ -272,10 +272,12 @@ class DGPSearch:
         return model, cold, stacked, additive
 
     def _fit_additive(self, X: np.ndarray, y: np.ndarray) -> AdditiveSurrogate | None:
-        """The additive member, fitted afresh on all target results (None, counted, where its fit fails: the others
-        propose)."""
+        """The additive member, fitted afresh on the target's results (all of them up to ``MAX_POINTS``; None,
+        counted, where its fit fails: the others propose)."""
         t0 = time.perf_counter()
         sc = self._scaler_for()
+        idx = fit_subset(y)  # at most MAX_POINTS: the best half and the most recent
+        X, y = X[idx], y[idx]
         try:
             m = AdditiveSurrogate(sc.transform(X), torch.as_tensor(y, dtype=torch.float32),
                                   kept_groups(self._groups, sc.keep), seed=self.settings.seed + len(y))

@@ -112,7 +112,8 @@ class SearchSettings:
             :class:`~raydgp.space.param_space.ParamSpace`, which name their parameters' columns, ``column_groups``);
             ``on``: wherever the space names column groups, TVM design spaces too (a group per knob slot; in the
             replay it did not clearly beat the cold DGP there: BENCHMARKS.md 7.2 (``znver4-2c``)), and beside a
-            history; ``off``. One exact-GP fit per refit (about 0.3 s at 40 points on two cores).
+            history; ``off``. One exact-GP fit per refit (about 0.3 s at 40 points on two cores), on at most
+            300 results (:data:`raydgp.dgp.additive.MAX_POINTS`: the best half and the most recent).
         queue_staleness: with the queue, the most results a handed-out proposal's model may be behind (None: the
             larger of ``max_staleness`` and half the width, so that results arriving during one refit do not starve
             the workers).

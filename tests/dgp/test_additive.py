@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from raydgp.dgp.additive import AdditiveSurrogate, kept_groups
+from raydgp.dgp.additive import AdditiveSurrogate, fit_subset, kept_groups
 from raydgp.dgp.botorch_model import DGPModel, log_ei_pool
 
 
@@ -63,3 +63,12 @@ def test_a_believer_batch_over_hundreds_of_candidates_reads_its_joint_posterior(
     C = torch.cat([x[:, None], torch.nn.functional.one_hot(torch.randint(0, 3, (300,), generator=g), 3).float()], 1)
     picks = believer_batch([(DGPModel(m, seed=0), 1.0)], C, float(y.max()), 4, pending=C[:2])
     assert len(set(picks)) == 4 and all(0 <= i < 300 for i in picks)
+
+
+def test_past_its_limit_a_fit_keeps_the_best_half_and_the_most_recent():
+    assert fit_subset([0.3, 0.1, 0.2], limit=5) == [0, 1, 2]
+    y = torch.arange(20.0).flip(0)  # the best results came first
+    got = fit_subset(y, limit=8)
+    assert got == [0, 1, 2, 3, 16, 17, 18, 19]  # the 4 best and the 4 latest, in observation order
+    y2 = torch.arange(20.0)  # the best are also the latest: the rest of the limit goes to the next most recent
+    assert fit_subset(y2, limit=8) == list(range(12, 20))
