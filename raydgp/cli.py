@@ -87,6 +87,9 @@ def _tune_parser(sub) -> None:
     p.add_argument("--search-option", action="append", default=None, metavar="KEY=VALUE",
                    help="a SearchSettings field of the dgp searcher, e.g. random_interleave=0.2 or cold_start=off "
                         "(repeatable; raydgp.search.settings lists them)")
+    p.add_argument("--layout", default="auto", choices=["auto", "NHWC", "NCHW"],
+                   help="activation layout the convolutions are tuned and built in (default auto: NHWC on CPU, "
+                        "where the output channels are vectorized; NCHW on GPU)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -127,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
                 measure=MeasureSettings(build_timeout_s=args.build_timeout, run_timeout_s=args.run_timeout,
                                         num_threads=threads, device="cuda" if args.target == "cuda" else "cpu"),
                 chunk=args.chunk, warmup=args.warmup, storage=args.storage,
-                trackers=tuple(c for c in args.callbacks.split(",") if c.strip()))
+                trackers=tuple(c for c in args.callbacks.split(",") if c.strip()), layout=args.layout)
             summary = run_model(run)
             return 0 if summary.get("verified") else 3
         if args.command == "layer":

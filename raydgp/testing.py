@@ -84,7 +84,8 @@ class FakeToolchain(Toolchain):
         self.crash_library = crash_library
         self.fail_every = fail_every
 
-    def load(self, model: str, input_shape, seed: int, target_kind: str, threads: int) -> LoadedModel:
+    def load(self, model: str, input_shape, seed: int, target_kind: str, threads: int,
+             layout: str = "auto") -> LoadedModel:
         from raydgp.errors import ModelError
 
         if model != "fake":

@@ -92,8 +92,10 @@ class Toolchain(abc.ABC):
     """Model in, library out; everything between is the pipeline's."""
 
     @abc.abstractmethod
-    def load(self, model: str, input_shape, seed: int, target_kind: str, threads: int) -> LoadedModel:
-        """Import a model and extract its distinct layers (raises :class:`~raydgp.errors.ModelError`)."""
+    def load(self, model: str, input_shape, seed: int, target_kind: str, threads: int,
+             layout: str = "auto") -> LoadedModel:
+        """Import a model and extract its distinct layers (raises :class:`~raydgp.errors.ModelError`); ``layout`` is
+        the activation layout its convolutions are tuned in (:func:`raydgp.models.tasks.resolve_layout`)."""
 
     @abc.abstractmethod
     def measurer(self, settings: MeasureSettings) -> Measurer:

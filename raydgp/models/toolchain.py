@@ -25,15 +25,16 @@ TIMING_REPEAT = 4  # medians of >= 50 ms per round
 class TVMToolchain(Toolchain):
     """Apache TVM 0.27: Relax import, MetaSchedule spaces and databases, the Relax VM."""
 
-    def load(self, model: str, input_shape, seed: int, target_kind: str, threads: int) -> LoadedModel:
+    def load(self, model: str, input_shape, seed: int, target_kind: str, threads: int,
+             layout: str = "auto") -> LoadedModel:
         from raydgp.models.importer import load_model
-        from raydgp.models.tasks import extract_layers, prepare
+        from raydgp.models.tasks import extract_layers, prepare, resolve_layout
         from raydgp.space.metaschedule import build_space, host_target
         from raydgp.space.workloads import anchor_signature
 
         target = host_target(target_kind, threads)
         m = load_model(model, input_shape, seed=seed)
-        prepared = prepare(m.mod, target)
+        prepared = prepare(m.mod, target, layout)
         layers = []
         for l in extract_layers(prepared, target):
             layers.append(ModelLayer(name=l.name, task=TaskPayload(l.task.workload.key, l.task.mod_json, target),
@@ -45,7 +46,8 @@ class TVMToolchain(Toolchain):
         return LoadedModel(name=m.name, source=m.source, reference_name=m.reference_name, target=target,
                            layers=layers, handle={"imported": m, "prepared": prepared, "arg": model,
                                                   "input_shape": input_shape, "seed": seed,
-                                                  "device": "cuda" if target_kind == "cuda" else "cpu"})
+                                                  "device": "cuda" if target_kind == "cuda" else "cpu",
+                                                  "layout": resolve_layout(layout, target)})
 
     def measurer(self, settings: MeasureSettings) -> LocalMeasurer:
         return LocalMeasurer(settings)

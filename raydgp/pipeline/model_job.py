@@ -92,7 +92,7 @@ def run_model(run: ModelRun, callbacks: list | None = None, toolchain: Toolchain
     settings = run.measure_settings
 
     # -- model in, layers out -----------------------------------------------------------------------------------------
-    m = toolchain.load(run.model, run.input_shape, run.seed, run.target_kind, run.n_threads)
+    m = toolchain.load(run.model, run.input_shape, run.seed, run.target_kind, run.n_threads, layout=run.layout)
     store = RecordStore(out / "records")
     for l in m.layers:
         store.add_workload(l.key, l.task.mod_json, l.space.to_json() if hasattr(l.space, "to_json") else None)
@@ -306,6 +306,7 @@ def _deploy_and_report(run: ModelRun, m: LoadedModel, toolchain: Toolchain, stor
         log.warning("tuning_curves.png not written (%s: %s)", type(e).__name__, e)
     return {
         "model": m.name, "source": m.source, "target": m.target, "searcher": run.searcher,
+        "layout": (m.handle or {}).get("layout") if isinstance(m.handle, dict) else None,
         "trials_budget": run.trials, "trials_total": sum(s.trials for s in states.values()), "layers": rows,
         "peak_gflops": finite(budget.peak_gflops) if budget.peak_gflops else None,
         "layer_best_sum_ms": finite(sum(l.weight * (best_of(l.name) if use_tuned[l.name] else untuned[l.name])

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from raydgp.errors import ConfigError
 from raydgp.measure.protocol import MeasureSettings
+from raydgp.models.tasks import LAYOUTS
 from raydgp.raytune.trackers import TRACKERS
 
 SEARCHERS = ("dgp", "random", "tpe", "hebo")  # tpe, hebo: Ray Tune's own, for comparisons (one layer)
@@ -77,6 +78,8 @@ class ModelRun:
         compare_reference: also time the framework reference (PyTorch eager / ONNX Runtime).
         search_options: :class:`~raydgp.search.SearchSettings` fields for the dgp searcher of every layer
             (``--search-option KEY=VALUE``; ``KEY=VALUE`` strings, ``(name, value)`` pairs or a mapping).
+        layout: activation layout the convolutions are tuned and built in: ``auto`` (NHWC on CPU, NCHW on GPU),
+            ``NHWC`` or ``NCHW`` (:func:`raydgp.models.tasks.resolve_layout`).
     """
 
     model: str
@@ -101,6 +104,7 @@ class ModelRun:
     compare_reference: bool = True
     retime: bool = True
     search_options: tuple = ()
+    layout: str = "auto"
 
     def __post_init__(self):
         if not self.model:
@@ -116,6 +120,8 @@ class ModelRun:
                 raise ConfigError(f"{name} must be an integer >= 1, got {v!r}")
         if self.chunk < 1 or self.warmup < 1:
             raise ConfigError(f"chunk and warmup must be >= 1, got {self.chunk} and {self.warmup}")
+        if self.layout not in LAYOUTS:
+            raise ConfigError(f"layout {self.layout!r}: choose one of {', '.join(LAYOUTS)}")
         object.__setattr__(self, "out", Path(self.out))
         object.__setattr__(self, "history", tuple(Path(p) for p in self.history))
         names = tuple(t.strip().lower() for t in self.trackers if t and t.strip())
