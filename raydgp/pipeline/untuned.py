@@ -45,7 +45,7 @@ def measure_untuned(layers, make_measurer: Callable[[MeasureSettings], Measurer]
     known = read_cache(cache)
     todo = [l for l in layers if l.key not in known]
     if todo:
-        quick = replace(settings, repeat=3, min_repeat_ms=5.0, warmup=0)
+        quick = replace(settings, repeat=3, min_repeat_ms=5.0, warmup=0, flush_repeat=3)
         t0 = time.monotonic()
         with make_measurer(quick) as m:
             for l in todo:

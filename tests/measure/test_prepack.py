@@ -175,3 +175,31 @@ def test_tiny_model_packs_its_weights_at_build_and_verifies(tmp_path, cpu_target
     run = run_library(lib, m.inputs, threads=2, repeat=2, min_repeat_ms=1)
     ok, err, msg = compare(run.outputs, m.reference(list(m.inputs.values())))
     assert ok, msg
+
+
+def test_a_slow_kernel_gets_fewer_cold_runs_and_a_fast_one_all_of_them():
+    """Cold timing: ``repeat`` single runs, except for a kernel so slow that they would exceed the budget (an untuned
+    layer of 500 ms would otherwise be run 15 times)."""
+    from types import SimpleNamespace
+
+    from raydgp.measure.prepack import COLD_TIMING_BUDGET_MS, SplitKernel
+
+    def lib_of(seconds):
+        calls = []
+
+        def time_evaluator(name, dev, number, repeat, min_repeat_ms, f_preproc=""):
+            assert number == 1 and f_preproc == "cache_flush_cpu_non_first_arg"
+            calls.append(repeat)
+            return lambda *args: SimpleNamespace(results=[seconds] * repeat)
+
+        return SimpleNamespace(time_evaluator=time_evaluator), calls
+
+    lib, calls = lib_of(0.001)
+    k = SplitKernel(lib=lib, kernel_name="main", run_all=None, prepacked=True)
+    assert k.time([], None, 15, 0, flush_cache=True) == [1.0] * 15 and sum(calls) == 15
+    lib, calls = lib_of(COLD_TIMING_BUDGET_MS / 1e3 / 3)  # a third of the budget per run: 3 runs in all
+    k = SplitKernel(lib=lib, kernel_name="main", run_all=None, prepacked=True)
+    assert len(k.time([], None, 15, 0, flush_cache=True)) == 3 and sum(calls) == 3
+    lib, calls = lib_of(0.5)  # slower than the budget: still 3 runs, so the median is not one sample
+    k = SplitKernel(lib=lib, kernel_name="main", run_all=None, prepacked=True)
+    assert len(k.time([], None, 15, 0, flush_cache=True)) == 3

@@ -116,3 +116,39 @@ def test_cuda_model_spaces_and_code_generation_without_a_gpu(tmp_path):
 
     cuda = [m for m in walk(ex.mod) if getattr(m, "kind", "") == "cuda"]
     assert cuda and cuda[0].inspect_source().count("__global__") >= len(layers) - 1
+
+
+def test_layout_nhwc_on_cpu_nchw_on_request_and_both_verify(cpu_target, tmp_path):
+    """``auto`` tunes convs in NHWC on CPU (output channels innermost), NCHW stays available, and either prepared module
+    builds to a library whose output matches the framework's."""
+    import pytest
+
+    from raydgp.errors import ConfigError
+    from raydgp.models.build import compare, compile_untuned, export, run_library
+    from raydgp.models.importer import load_model
+    from raydgp.models.tasks import extract_layers, prepare, resolve_layout
+    from raydgp.space.workloads import anchor_signature
+
+    assert resolve_layout("auto", cpu_target) == "NHWC"
+    assert resolve_layout("auto", {"kind": "cuda"}) == "NCHW"
+    with pytest.raises(ConfigError, match="layout 'NWHC'"):
+        resolve_layout("NWHC", cpu_target)
+    m = load_model("tiny_cnn")
+    reference = m.reference(list(m.inputs.values()))
+    for layout, tag in (("auto", "nhwc"), ("NCHW", "nchw")):
+        prepared = prepare(m.mod, cpu_target, layout)
+        convs = [l for l in extract_layers(prepared, cpu_target) if l.task.workload.op == "conv2d"]
+        assert len(convs) == 3 and all(f"conv2d_{tag}" in anchor_signature(l.task.mod) for l in convs)
+        lib = export(compile_untuned(prepared, cpu_target), tmp_path / f"{layout}.so")
+        ok, err, msg = compare(run_library(lib, m.inputs, threads=1, repeat=1, min_repeat_ms=1).outputs, reference)
+        assert ok, (layout, err, msg)
+
+
+def test_model_run_rejects_an_unknown_layout(tmp_path):
+    import pytest
+
+    from raydgp.errors import ConfigError
+    from raydgp.pipeline.settings import ModelRun
+
+    with pytest.raises(ConfigError, match="layout 'nhwc'.*NHWC"):
+        ModelRun(model="resnet18", out=tmp_path, layout="nhwc")
