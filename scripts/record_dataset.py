@@ -27,6 +27,8 @@ def main(argv=None) -> int:
     ap.add_argument("--models", default="resnet18,mobilenet_v1")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--layout", default="NCHW", choices=["NCHW", "NHWC"],
+                    help="record the convs in this layout (NHWC: the loop nests `raydgp tune --layout NHWC` tunes)")
     args = ap.parse_args(argv)
 
     from raydgp.measure.local import LocalMeasurer
@@ -42,6 +44,8 @@ def main(argv=None) -> int:
     specs = []
     for m in args.models.split(","):
         for s in MODELS[m]:
+            if args.layout == "NHWC":
+                s = s.replace("conv2d:", "conv2d_nhwc:").replace("depthwise:", "depthwise_nhwc:")
             if s not in specs:
                 specs.append(s)
     have: dict[str, int] = {}

@@ -9,6 +9,9 @@ Workload spec syntax (``kind:comma,separated,ints``):
 * ``conv2d:N,C,H,W,K,R,stride,pad``: NCHW conv2d, K output channels, RxR kernel, + bias + ReLU.
 * ``depthwise:N,C,H,W,R,stride,pad``: depthwise conv2d + bias + ReLU.
 * ``dense:M,K,N``: ``[M,K] x [N,K]^T`` + bias.
+* ``conv2d_nhwc:...`` and ``depthwise_nhwc:...`` (the same numbers): the same layers in NHWC with HWIO weights, built
+  as Relax's legalization builds a model's convs after ``ConvertLayout`` (``topi.nn.conv``, a depthwise conv as a
+  grouped one), so their loop nests are those of a model tuned with ``--layout NHWC``.
 """
 
 from __future__ import annotations
@@ -34,8 +37,9 @@ FEATURE_NAMES = (
     + ("log2_flops", "dtype_bits", "n_blocks", "target_cuda", "num_cores")
 )
 
-_SPEC_ARITY = {"conv2d": 8, "depthwise": 7, "dense": 3}
-SPEC_HELP = "conv2d:N,C,H,W,K,R,stride,pad | depthwise:N,C,H,W,R,stride,pad | dense:M,K,N"
+_SPEC_ARITY = {"conv2d": 8, "depthwise": 7, "dense": 3, "conv2d_nhwc": 8, "depthwise_nhwc": 7}
+SPEC_HELP = ("conv2d:N,C,H,W,K,R,stride,pad | depthwise:N,C,H,W,R,stride,pad | dense:M,K,N "
+             "(conv2d_nhwc: and depthwise_nhwc: take the same numbers)")
 
 
 @dataclass(frozen=True)
@@ -76,7 +80,7 @@ def parse_spec(spec: str) -> tuple[str, tuple[int, ...]]:
         raise ConfigError(f"workload spec {spec!r} has a non-integer field; expected {SPEC_HELP}") from None
     if len(vals) != _SPEC_ARITY[kind]:
         raise ConfigError(f"workload spec {spec!r} has {len(vals)} numbers, {kind} needs {_SPEC_ARITY[kind]}: {SPEC_HELP}")
-    pad_index = {"conv2d": 7, "depthwise": 6}.get(kind)
+    pad_index = {"conv2d": 7, "depthwise": 6, "conv2d_nhwc": 7, "depthwise_nhwc": 6}.get(kind)
     if any(v <= 0 for i, v in enumerate(vals) if i != pad_index) or (pad_index is not None and vals[pad_index] < 0):
         raise ConfigError(f"workload spec {spec!r}: sizes and strides must be positive, padding non-negative")
     return kind, vals
@@ -105,6 +109,21 @@ def build_spec_module(spec: str):
         weight = te.placeholder((c, 1, r, r), name="weight")
         bias = te.placeholder((1, c, 1, 1), name="bias")
         out = topi.nn.relu(topi.add(topi.nn.depthwise_conv2d_nchw(data, weight, stride, pad, 1), bias))
+        args = [data, weight, bias, out]
+    elif kind in ("conv2d_nhwc", "depthwise_nhwc"):
+        if kind == "conv2d_nhwc":
+            n, c, h, w, k, r, stride, pad = v
+            groups = 1
+        else:
+            n, c, h, w, r, stride, pad = v
+            k, groups = c, c
+        if (h + 2 * pad - r) // stride + 1 <= 0 or (w + 2 * pad - r) // stride + 1 <= 0:
+            raise ConfigError(f"workload spec {spec!r}: the kernel does not fit the padded input")
+        data = te.placeholder((n, h, w, c), name="data")
+        weight = te.placeholder((r, r, c // groups, k), name="weight")
+        bias = te.placeholder((1, 1, 1, k), name="bias")
+        conv = topi.nn.conv(data, weight, stride, pad, 1, groups, "NHWC", "HWIO")
+        out = topi.nn.relu(topi.add(conv, bias))
         args = [data, weight, bias, out]
     else:
         m, kk, n = v

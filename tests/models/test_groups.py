@@ -29,3 +29,23 @@ def test_resnet18_has_11_conv_groups_and_siblings_share_configurations(cpu_targe
     cfgs = sa.sample_many(10, np.random.default_rng(0))
     assert all(sb.is_valid(c) for c in cfgs)
     assert a.task.workload.key != b.task.workload.key
+
+
+def test_nhwc_specs_have_the_loop_nests_of_a_model_tuned_in_nhwc(cpu_target):
+    """The ``conv2d_nhwc:`` specs (what the dataset of NHWC history is recorded from) give the same loop-nest shapes
+    as the NHWC convs of the model itself, so a layer finds its shape in that history."""
+    from raydgp.models.importer import load_model
+    from raydgp.models.layer_specs import RESNET18
+    from raydgp.models.tasks import extract_layers, prepare
+    from raydgp.pipeline.history import shape_signature
+    from raydgp.space.workloads import make_task
+
+    layers = extract_layers(prepare(load_model("tiny_cnn").mod, cpu_target, "NHWC"), cpu_target)
+    convs = {shape_signature(l.task.workload) for l in layers if l.task.workload.op == "conv2d"}
+    assert len(convs) == 3
+    # tiny_cnn (raydgp/models/networks.py) on 1x3x64x64: conv 3->16 3x3; depthwise 16 3x3 stride 2; conv 16->64 3x3
+    for spec in ("conv2d_nhwc:1,3,64,64,16,3,1,1", "depthwise_nhwc:1,16,64,64,3,2,1", "conv2d_nhwc:1,16,32,32,64,3,1,1"):
+        task = make_task(spec, cpu_target)
+        assert "conv2d_nhwc" in str(task.mod["main"]) and shape_signature(task.workload) in convs, spec
+    assert shape_signature(make_task(RESNET18[1], cpu_target).workload) != \
+        shape_signature(make_task(RESNET18[1].replace("conv2d:", "conv2d_nhwc:"), cpu_target).workload)
