@@ -93,7 +93,7 @@ def run_models(args) -> None:
             hist = next((ln.split("history:", 1)[1].strip() for ln in p.stderr.splitlines() if "history:" in ln),
                         "none")
             row = {"model": model, "trials": trials, "command": " ".join(cmd[1:]), "exit": p.returncode,
-                   "commit": commit(), "history": hist,
+                   "commit": commit(), "history": hist, "layout": summ.get("layout") or "NCHW",
                    "wall_s": round(wall, 1), "machine": mach, "date": time.strftime("%Y-%m-%d %H:%M"),
                    "tuned_ms": summ.get("end_to_end_ms"), "verified": summ.get("verified"),
                    "pytorch_ms": summ.get("pytorch_ms"), "onnxruntime_ms": summ.get("onnxruntime_ms"),
@@ -303,27 +303,46 @@ def render(args) -> None:
     if data["models"]:
         lines += ["Whole models through `raydgp tune` (DGP, shipped history; batch 1, fp32, all cores). PyTorch eager, "
                   "ONNX Runtime and untuned TVM are timed in the same run, after tuning, in fresh processes.", "",
-                  "| model | trials (done/asked) | mcpu | tuned ms | PyTorch ms | ONNX Runtime ms | untuned ms | "
+                  "Layout: the activation layout the convs were tuned in (`--layout`; every run before NHWC existed "
+                  "is NCHW).", "",
+                  "| model | layout | trials (done/asked) | mcpu | tuned ms | PyTorch ms | ONNX Runtime ms | untuned ms | "
                   "tuned/PyTorch | tuned/ORT | layer-best sum ms | wall (all in) | verified | history | commit |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in data["models"]:
             t, pt, ort = (round(v, 2) if v else v for v in (r.get("tuned_ms"), r.get("pytorch_ms"),
                                                                r.get("onnxruntime_ms")))
             ratio = lambda a, b: f"{a / b:.2f}x" if a and b else "-"  # noqa: E731
-            lines.append(f"| {Path(r['model']).name} | {r['trials_total']}/{r['trials']} | {r['machine']['mcpu']} | {t} | {pt} | "
+            lines.append(f"| {Path(r['model']).name} | {r.get('layout', 'NCHW')} | {r['trials_total']}/{r['trials']} | "
+                         f"{r['machine']['mcpu']} | {t} | {pt} | "
                          f"{ort} | {_r(r.get('untuned_ms'), 0)} | {ratio(t, pt)} | {ratio(t, ort)} | "
                          f"{_r(r.get('layer_best_sum_ms'), 2)} | {r['wall_s']:.0f} s | {r.get('verified')} | "
                          f"{r.get('history', '?')} | {r.get('commit', '?')} |")
         last = data["models"][-1]
         pk = f"{last['peak_gflops']:.0f}" if last.get("peak_gflops") else "?"
-        lines += ["", f"Per layer, last run ({last['model']}, {last['trials']} trials, peak {pk} GFLOP/s sgemm on "
-                  f"{last['machine']['cores']} cores; best = the quiet re-timing where there is one):", "",
-                  "| layer | weight | trials | best ms | GFLOP/s | of peak |", "|---|---|---|---|---|---|"]
-        for l in last["layers"]:
-            pf = f"{100 * l['peak_fraction']:.0f}%" if l.get("peak_fraction") else "-"
-            g = f"{l['gflops']:.0f}" if l.get("gflops") else "-"
-            b = f"{l['best_ms']:.3f}" if l.get("best_ms") else "-"
-            lines.append(f"| {l['name']} | {l['weight']} | {l['trials']} | {b} | {g} | {pf} |")
+        # the last run of each layout of the same model on the same machine kind, side by side
+        runs = {}
+        for r in data["models"]:
+            if r["model"] == last["model"] and r["machine"]["mcpu"] == last["machine"]["mcpu"] and r.get("layers"):
+                runs[r.get("layout", "NCHW")] = r
+        names = list(dict.fromkeys(l["name"] for r in runs.values() for l in r["layers"]))
+        head = " | ".join(f"{lay} trials | {lay} best ms | {lay} GFLOP/s | {lay} of peak" for lay in runs)
+        lines += ["", f"Per layer, the last run of each layout ({Path(last['model']).name} on "
+                  f"{last['machine']['mcpu']}: " + ", ".join(f"{lay} at {r.get('commit', '?')}, {r['trials']} trials"
+                                                             for lay, r in runs.items()) +
+                  f"; peak {pk} GFLOP/s sgemm on {last['machine']['cores']} cores; best = the quiet re-timing where "
+                  "there is one):", "", f"| layer | weight | {head} |", "|---|---|" + "---|" * (4 * len(runs))]
+        for name in names:
+            cells, weight = [], "-"
+            for r in runs.values():
+                l = next((x for x in r["layers"] if x["name"] == name), None)
+                if l is None:
+                    cells += ["-"] * 4
+                    continue
+                weight = l["weight"]
+                cells += [str(l["trials"]), f"{l['best_ms']:.3f}" if l.get("best_ms") else "-",
+                          f"{l['gflops']:.0f}" if l.get("gflops") else "-",
+                          f"{100 * l['peak_fraction']:.0f}%" if l.get("peak_fraction") else "-"]
+            lines.append(f"| {name} | {weight} | " + " | ".join(cells) + " |")
     if data["layers"]:
         lines += ["", "Single layers, equal trials, one after the other; both best schedules re-timed by raydgp's "
                   "measurer (cold caches), interleaved, 5 rounds, medians:", "",
