@@ -128,15 +128,9 @@ def render() -> None:
                          f"{a.get('valid')}/{r['samples']} / {b.get('valid')}/{r['samples']} |")
         lines.append("")
     lines.append(END)
-    bm = ROOT / "BENCHMARKS.md"
-    text = bm.read_text()
-    block = "\n".join(lines)
-    if BEGIN in text:
-        text = text[:text.index(BEGIN)] + block + text[text.index(END) + len(END):]
-    else:
-        anchor = "<!-- bench:begin -->"
-        text = text.replace(anchor, block + "\n\n" + anchor, 1) if anchor in text else text + "\n" + block + "\n"
-    bm.write_text(text)
+    from bench import write_section  # the other benchmark scripts' section writer (scripts/ is on sys.path)
+
+    write_section(ROOT / "BENCHMARKS.md", BEGIN, END, "\n".join(lines))
 
 
 def main() -> None:

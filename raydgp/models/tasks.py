@@ -48,9 +48,12 @@ def resolve_layout(layout: str, target: Mapping) -> str:
 
     ``auto`` is NHWC on CPU targets: there the output channels are the innermost loop, so MetaSchedule's sketches
     vectorize over them with the input read as a broadcast scalar, where in NCHW they vectorize over the output width
-    and a stride-2 conv reads its input with a stride. Measured on 2 Intel AVX-512 cores (emeraldrapids), 30 random
-    configurations of each layout's space: ResNet-18's stem 1.71 vs 2.37 ms, a stride-2 3x3 conv 128->256 0.57 vs
-    1.18 ms (``BENCHMARKS.md`` section 6). GPUs keep NCHW (not measured there).
+    and a stride-2 conv reads its input with a stride. Measured on 2 Intel AVX-512 cores (emeraldrapids): the whole
+    ResNet-18 at the default budget 15.6 ms in NHWC vs 26.1 ms in NCHW, PyTorch eager 25.1 / 26.4 ms in the same runs
+    (``BENCHMARKS.md`` section 6); the best of 30 random configurations of each layout's space: the stem 1.86 vs
+    4.75 ms, a stride-2 3x3 conv 0.69 vs 1.53 ms, a 512-channel 3x3 conv 3.08 vs 3.62 ms, but a 64-channel 3x3 conv
+    at 56x56 4.59 vs 1.77 ms (section 6b; tuned, that layer too is faster in NHWC, section 6). GPUs keep NCHW (not
+    measured there).
     """
     if layout not in LAYOUTS:
         from raydgp.errors import ConfigError
