@@ -37,10 +37,10 @@ class TVMToolchain(Toolchain):
         prepared = prepare(m.mod, target, layout)
         layers = []
         for l in extract_layers(prepared, target):
+            sig = anchor_signature(l.task.mod)  # "none": no anchor loop nest (a transpose), so no siblings
             layers.append(ModelLayer(name=l.name, task=TaskPayload(l.task.workload.key, l.task.mod_json, target),
                                      space=build_space(l.task), weight=l.weight, op=l.task.workload.op,
-                                     flops=l.flops,
-                                     group=f"{l.task.workload.op}:{anchor_signature(l.task.mod)}"))
+                                     flops=l.flops, group="" if sig == "none" else f"{l.task.workload.op}:{sig}"))
         if not layers:
             raise RayDGPError(f"model {m.name!r}: no tunable layers found")
         return LoadedModel(name=m.name, source=m.source, reference_name=m.reference_name, target=target,

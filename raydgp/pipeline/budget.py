@@ -263,7 +263,8 @@ class Budget:
         leader about to get a chunk counts as searching)."""
         n = 0
         for f in self.layers.values():
-            if self._warm(f) and self.following(f):
+            # a follower with nothing left to measure (a one-point space: a transpose) can take no sync
+            if self._warm(f) and self.following(f) and self._cap(f) > 0:
                 lead = self.leader(f)
                 if lead.running or lead is exclude or self._leader_improved(f):
                     n += self.sync_trials

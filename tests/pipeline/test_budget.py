@@ -217,3 +217,19 @@ def test_followers_get_only_syncs_while_the_leader_searches_and_a_different_foll
         b.finish(name, lat, n)
     assert not b.following(b.layers["f2"])
     assert max(given["f2"]) == 8, given["f2"]
+
+
+def test_a_follower_with_a_one_point_space_holds_no_trials_back():
+    """Two transposes of one group (one-point spaces) warmed up at the same time must not keep the last trials of the
+    budget in reserve for syncs they cannot take: the conv gets them (an NHWC model's input and output transposes)."""
+    from raydgp.pipeline.budget import Budget, LayerState
+
+    b = Budget([LayerState("conv", 1, 1e6, untuned_ms=0.05), LayerState("t1", 1, 1, untuned_ms=0.002, group="g"),
+                LayerState("t2", 1, 1, untuned_ms=0.001, group="g")], total_trials=5, chunk=16, warmup=8,
+               cheap_fraction=0.0)
+    out = [b.next_chunk() for _ in range(3)]  # all three warm-ups at once, as with several layers in flight
+    assert sorted(name for name, _ in out) == ["conv", "t1", "t2"]
+    for name, n in out:
+        b.finish(name, [0.05 if name == "conv" else 0.001] * n, n)
+    nxt = b.next_chunk()
+    assert nxt is not None and nxt[0] == "conv" and b.used == 5, nxt  # without the fix: None, 2 trials held back
