@@ -16,7 +16,7 @@ RESNET18_CONV = "conv2d:1,64,56,56,64,3,1,1"
 #: ``raydgp tune`` without --trials and --time-budget: a trial budget it rarely reaches and a time budget that keeps
 #: the whole command (set-up, tuning, build, verification, reference timings) to about 10 minutes on 2 cores.
 DEFAULT_TRIALS = 2000
-DEFAULT_TIME_BUDGET_S = 450.0
+DEFAULT_TIME_BUDGET_S = 400.0
 
 def _layer_parser(sub) -> None:
     p = sub.add_parser("layer", help="tune one layer (a workload spec) through Ray Tune",
