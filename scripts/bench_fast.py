@@ -295,6 +295,46 @@ def _ms_model_main(model: str, trials: int, work_dir: str) -> int:
     return 0
 
 
+def _per_layer(rows: list, model: str, mcpu: str, peak: str, cores: int) -> list[str]:
+    """Per-layer lines for ``model`` on ``mcpu``: the last two runs of different layouts made back to back (the later
+    started within 5 minutes of the earlier's end, so the host was in about the same state), side by side; else the
+    model's last run alone."""
+    from datetime import datetime
+
+    def end(r) -> float:
+        return datetime.strptime(r["date"], "%Y-%m-%d %H:%M").timestamp()
+
+    mine = [r for r in rows if r["model"] == model and r["machine"]["mcpu"] == mcpu and r.get("layers")]
+    if not mine:
+        return []
+    runs = [mine[-1]]
+    for a, b in zip(mine[-2::-1], mine[::-1]):  # (earlier, later) pairs, newest first
+        if a.get("layout", "NCHW") != b.get("layout", "NCHW") and end(b) - b["wall_s"] - end(a) <= 300:
+            runs = [a, b]
+            break
+    names = list(dict.fromkeys(l["name"] for r in runs for l in r["layers"]))
+    tag = lambda r: f"{r.get('layout', 'NCHW')} (ended {r['date']})"  # noqa: E731
+    head = " | ".join(f"{tag(r)} trials | best ms | GFLOP/s | of peak" for r in runs)
+    out = ["", f"Per layer, {Path(model).name} on {mcpu}, " +
+           ("two runs of different layouts made back to back: " if len(runs) == 2 else "its last run: ") +
+           ", ".join(f"{tag(r)} at {r.get('commit', '?')}, {r['trials_total']} trials" for r in runs) +
+           f"; peak {peak} GFLOP/s sgemm on {cores} cores; best = the quiet re-timing where there is one:", "",
+           f"| layer | weight | {head} |", "|---|---|" + "---|" * (4 * len(runs))]
+    for name in names:
+        cells, weight = [], "-"
+        for r in runs:
+            l = next((x for x in r["layers"] if x["name"] == name), None)
+            if l is None:
+                cells += ["-"] * 4
+                continue
+            weight = l["weight"]
+            cells += [str(l["trials"]), f"{l['best_ms']:.3f}" if l.get("best_ms") else "-",
+                      f"{l['gflops']:.0f}" if l.get("gflops") else "-",
+                      f"{100 * l['peak_fraction']:.0f}%" if l.get("peak_fraction") else "-"]
+        out.append(f"| {name} | {weight} | " + " | ".join(cells) + " |")
+    return out
+
+
 def render(args) -> None:
     out = Path(args.out)
     data = _load(out)
@@ -319,30 +359,9 @@ def render(args) -> None:
                          f"{r.get('history', '?')} | {r.get('commit', '?')} |")
         last = data["models"][-1]
         pk = f"{last['peak_gflops']:.0f}" if last.get("peak_gflops") else "?"
-        # the last run of each layout of the same model on the same machine kind, side by side
-        runs = {}
-        for r in data["models"]:
-            if r["model"] == last["model"] and r["machine"]["mcpu"] == last["machine"]["mcpu"] and r.get("layers"):
-                runs[r.get("layout", "NCHW")] = r
-        names = list(dict.fromkeys(l["name"] for r in runs.values() for l in r["layers"]))
-        head = " | ".join(f"{lay} trials | {lay} best ms | {lay} GFLOP/s | {lay} of peak" for lay in runs)
-        lines += ["", f"Per layer, the last run of each layout ({Path(last['model']).name} on "
-                  f"{last['machine']['mcpu']}: " + ", ".join(f"{lay} at {r.get('commit', '?')}, {r['trials']} trials"
-                                                             for lay, r in runs.items()) +
-                  f"; peak {pk} GFLOP/s sgemm on {last['machine']['cores']} cores; best = the quiet re-timing where "
-                  "there is one):", "", f"| layer | weight | {head} |", "|---|---|" + "---|" * (4 * len(runs))]
-        for name in names:
-            cells, weight = [], "-"
-            for r in runs.values():
-                l = next((x for x in r["layers"] if x["name"] == name), None)
-                if l is None:
-                    cells += ["-"] * 4
-                    continue
-                weight = l["weight"]
-                cells += [str(l["trials"]), f"{l['best_ms']:.3f}" if l.get("best_ms") else "-",
-                          f"{l['gflops']:.0f}" if l.get("gflops") else "-",
-                          f"{100 * l['peak_fraction']:.0f}%" if l.get("peak_fraction") else "-"]
-            lines.append(f"| {name} | {weight} | " + " | ".join(cells) + " |")
+        mcpu = last["machine"]["mcpu"]
+        for model in dict.fromkeys(r["model"] for r in data["models"] if r["machine"]["mcpu"] == mcpu):
+            lines += _per_layer(data["models"], model, mcpu, pk, last["machine"]["cores"])
     if data["layers"]:
         lines += ["", "Single layers, equal trials, one after the other; both best schedules re-timed by raydgp's "
                   "measurer (cold caches), interleaved, 5 rounds, medians:", "",

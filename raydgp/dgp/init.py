@@ -18,6 +18,7 @@ Pure torch / gpytorch / BoTorch's fitting routine: no Ray, no TVM.
 
 from __future__ import annotations
 
+import logging
 import warnings
 
 import torch
@@ -27,6 +28,8 @@ from gpytorch.means import ConstantMean
 from gpytorch.mlls import ExactMarginalLogLikelihood
 
 from raydgp.dgp.model import DeepGPSurrogate, lengthscale_prior, noise_prior
+
+log = logging.getLogger("raydgp.dgp")
 
 #: Largest subsample the exact GPs are fitted on (O(n^3): 512 points take well under a second per L-BFGS run).
 MAX_EXACT_POINTS = 512
@@ -57,8 +60,9 @@ def fit_exact_gp(X: torch.Tensor, y: torch.Tensor):
             gp.mean_module.constant.fill_(float(y.mean()))
         try:
             fit_gpytorch_mll(ExactMarginalLogLikelihood(lik, gp), optimizer_kwargs={"options": {"maxiter": 100}})
-        except Exception:  # noqa: BLE001 - a failed fit keeps the prior-mode start, which is still a sane start
-            pass
+        except Exception as e:  # noqa: BLE001 - a failed fit keeps the prior-mode start, which is still a sane start
+            log.info("exact-GP initialisation fit failed (%s: %s); starting from the prior's mode",
+                     type(e).__name__, e)
     gp.eval()
     return gp
 

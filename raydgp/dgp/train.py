@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,8 @@ from gpytorch.mlls import DeepApproximateMLL, VariationalELBO
 from raydgp.dgp.init import initialise_from_exact_gp
 from raydgp.dgp.model import DeepGPSurrogate, DGPSettings
 from raydgp.errors import ConfigError
+
+log = logging.getLogger("raydgp.dgp")
 
 #: Which parameters stage 2 tunes: everything; the output GP layer and the likelihood; the head plus the output GP's
 #: variational distribution q(u) (kernel and inducing locations fixed); or only the "head": the output GP's mean and
@@ -158,8 +161,8 @@ def pretrain(X: torch.Tensor, y: torch.Tensor, settings: DGPSettings = DGPSettin
             model.load_state_dict(state)
             model.eval()
             return Pretrained(model, key, from_cache=True)
-        except Exception:  # noqa: BLE001 - a damaged or foreign cache file is retrained, never trusted
-            pass
+        except Exception as e:  # noqa: BLE001 - a damaged or foreign cache file is retrained, never trusted
+            log.warning("stage-1 cache %s is unreadable (%s: %s); pre-training again", path, type(e).__name__, e)
     initialise_from_exact_gp(model, X, y, seed=seed)
     train_elbo(model, X, y, settings.pretrain_steps, settings.lr, seed=seed, batch_size=settings.batch_size)
     model.num_train.fill_(len(y))

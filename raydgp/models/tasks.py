@@ -43,6 +43,14 @@ class Layer:
 LAYOUTS = ("auto", "NHWC", "NCHW")
 
 
+def check_layout(layout: str) -> None:
+    """Raise :class:`~raydgp.errors.ConfigError` unless ``layout`` is one of :data:`LAYOUTS`."""
+    if layout not in LAYOUTS:
+        from raydgp.errors import ConfigError
+
+        raise ConfigError(f"layout {layout!r}: choose one of {', '.join(LAYOUTS)}")
+
+
 def resolve_layout(layout: str, target: Mapping) -> str:
     """The concrete layout (``NHWC`` or ``NCHW``) for ``layout`` on ``target``.
 
@@ -55,10 +63,7 @@ def resolve_layout(layout: str, target: Mapping) -> str:
     at 56x56 4.59 vs 1.77 ms (section 6b; tuned, that layer too is faster in NHWC, section 6). GPUs keep NCHW (not
     measured there).
     """
-    if layout not in LAYOUTS:
-        from raydgp.errors import ConfigError
-
-        raise ConfigError(f"layout {layout!r}: choose one of {', '.join(LAYOUTS)}")
+    check_layout(layout)
     if layout == "auto":
         return "NHWC" if str(target.get("kind", "llvm")) == "llvm" else "NCHW"
     return layout

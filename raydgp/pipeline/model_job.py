@@ -306,7 +306,7 @@ def _deploy_and_report(run: ModelRun, m: LoadedModel, toolchain: Toolchain, stor
         log.warning("tuning_curves.png not written (%s: %s)", type(e).__name__, e)
     return {
         "model": m.name, "source": m.source, "target": m.target, "searcher": run.searcher,
-        "layout": (m.handle or {}).get("layout") if isinstance(m.handle, dict) else None,
+        "layout": m.handle.get("layout") if isinstance(m.handle, dict) else None,
         "trials_budget": run.trials, "trials_total": sum(s.trials for s in states.values()), "layers": rows,
         "peak_gflops": finite(budget.peak_gflops) if budget.peak_gflops else None,
         "layer_best_sum_ms": finite(sum(l.weight * (best_of(l.name) if use_tuned[l.name] else untuned[l.name])

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from raydgp.errors import ConfigError
 from raydgp.measure.protocol import MeasureSettings
-from raydgp.models.tasks import LAYOUTS
+from raydgp.models.tasks import check_layout
 from raydgp.raytune.trackers import TRACKERS
 
 SEARCHERS = ("dgp", "random", "tpe", "hebo")  # tpe, hebo: Ray Tune's own, for comparisons (one layer)
@@ -120,8 +120,7 @@ class ModelRun:
                 raise ConfigError(f"{name} must be an integer >= 1, got {v!r}")
         if self.chunk < 1 or self.warmup < 1:
             raise ConfigError(f"chunk and warmup must be >= 1, got {self.chunk} and {self.warmup}")
-        if self.layout not in LAYOUTS:
-            raise ConfigError(f"layout {self.layout!r}: choose one of {', '.join(LAYOUTS)}")
+        check_layout(self.layout)
         object.__setattr__(self, "out", Path(self.out))
         object.__setattr__(self, "history", tuple(Path(p) for p in self.history))
         names = tuple(t.strip().lower() for t in self.trackers if t and t.strip())
