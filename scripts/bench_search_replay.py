@@ -88,9 +88,9 @@ def main(argv=None) -> int:
     store = RecordStore(args.history)
     recs = [r for r in store.records() if r.config.sketch >= 0]
     spaces = {k: DesignSpace.from_json(e["space"]) for k, e in store.workload_entries().items() if e.get("space")}
-    from raydgp.datasets import layers_of
+    from raydgp.datasets import layer_spec, layers_of
 
-    spec_of = {r.workload.key: r.tag.split("dataset:", 1)[-1] for r in recs}
+    spec_of = {r.workload.key: layer_spec(r.tag) for r in recs}
     # A layer recorded on two machine kinds has two keys: the target is the one with the most records (the Zen 3
     # recordings), and the history leaves out the layer on every machine.
     key_of = {s: ks[0] for s, ks in layers_of(recs).items()}

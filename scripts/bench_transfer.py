@@ -62,7 +62,9 @@ def main(argv=None) -> int:
     store = RecordStore(args.history)
     recs = [r for r in store.records() if r.config.sketch >= 0]
     spaces = {k: DesignSpace.from_json(e["space"]) for k, e in store.workload_entries().items() if e.get("space")}
-    spec_of = {r.workload.key: r.tag.split("dataset:", 1)[-1] for r in recs}
+    from raydgp.datasets import layer_spec
+
+    spec_of = {r.workload.key: layer_spec(r.tag) for r in recs}
     allowed = None
     if args.source_models:
         allowed = {s for m in args.source_models.split(",") for s in MODELS[m]}

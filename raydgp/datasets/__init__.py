@@ -6,18 +6,30 @@ from collections import Counter
 from typing import Iterable
 
 
-def layers_of(records: Iterable) -> dict[str, list[str]]:
-    """Workload keys per dataset layer spec (a record's ``dataset:<spec>`` tag), most ``ok`` records first.
+def layer_spec(tag: str) -> str:
+    """The layer a dataset record's tag (``dataset:<spec>``) measured, in the NCHW spelling.
 
-    One layer measured on two machine kinds has one key per kind (the key includes the target), so a benchmark that
-    holds a layer out must leave out every key of its spec, and usually targets the key with the most records.
+    The same layer recorded in NHWC (``conv2d_nhwc:...``, ``depthwise_nhwc:...``: another loop nest of the same
+    layer) is the same layer: a benchmark that holds a layer out must hold out both layouts.
+    """
+    spec = tag.split("dataset:", 1)[-1]
+    return spec.replace("conv2d_nhwc:", "conv2d:", 1).replace("depthwise_nhwc:", "depthwise:", 1)
+
+
+def layers_of(records: Iterable) -> dict[str, list[str]]:
+    """Workload keys per dataset layer (:func:`layer_spec` of a record's ``dataset:<spec>`` tag), most ``ok`` records
+    first.
+
+    One layer measured on two machine kinds, or in two layouts, has one key per kind and layout (the key includes the
+    target and the loop nest), so a benchmark that holds a layer out must leave out every key of its spec, and usually
+    targets the key with the most records.
     """
     ok: Counter = Counter()
     keys: dict[str, set] = {}
     for r in records:
         if not r.tag.startswith("dataset:"):
             continue
-        spec = r.tag.split("dataset:", 1)[1]
+        spec = layer_spec(r.tag)
         keys.setdefault(spec, set()).add(r.workload.key)
         ok[r.workload.key] += r.result.ok
     return {s: sorted(ks, key=lambda k: (-ok[k], k)) for s, ks in keys.items()}

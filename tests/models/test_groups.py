@@ -49,3 +49,18 @@ def test_nhwc_specs_have_the_loop_nests_of_a_model_tuned_in_nhwc(cpu_target):
         assert "conv2d_nhwc" in str(task.mod["main"]) and shape_signature(task.workload) in convs, spec
     assert shape_signature(make_task(RESNET18[1], cpu_target).workload) != \
         shape_signature(make_task(RESNET18[1].replace("conv2d:", "conv2d_nhwc:"), cpu_target).workload)
+
+
+def test_the_shipped_history_holds_every_conv_of_resnet18_in_the_cpu_default_layout(cpu_target):
+    """A fresh install tunes ResNet-18's convs in NHWC on CPU: the shipped dataset must hold each of their loop nests,
+    or every conv starts from a random tuning set and the history enters only through the trust mixture."""
+    from raydgp.models.importer import load_model
+    from raydgp.models.tasks import extract_layers, prepare, resolve_layout
+    from raydgp.pipeline.history import history_shapes, shipped_dataset, tuning_set_options
+
+    assert resolve_layout("auto", cpu_target) == "NHWC"
+    shapes = history_shapes([shipped_dataset()])
+    layers = extract_layers(prepare(load_model("resnet18", None, seed=0).mod, cpu_target), cpu_target)
+    convs = [l for l in layers if l.task.workload.op == "conv2d"]
+    assert len(convs) == 18
+    assert all(tuning_set_options((), l.task.workload, shapes) == () for l in convs)

@@ -102,9 +102,11 @@ def test_dataset_layers_list_every_machine_kinds_key_most_records_first():
     recs = RecordStore(shipped_dataset()).records()
     layers = layers_of(recs)
     keys = layers["conv2d:1,64,56,56,64,3,1,1"]
-    assert len(keys) == 2
+    # Zen 3 and Intel AVX-512 in NCHW, and the NHWC loop nest of the same layer on Intel AVX-512: one layer
+    assert len(keys) == 3
+    assert not any("_nhwc:" in spec for spec in layers)
     n = [sum(r.workload.key == k and r.result.ok for r in recs) for k in keys]
-    assert n[0] > n[1] > 0
+    assert n[0] > n[1] > 0 and n[2] > 0
 
 
 def test_donors_of_the_same_shape_on_the_likest_hardware_come_first(small_space):
