@@ -296,30 +296,45 @@ def _ms_model_main(model: str, trials: int, work_dir: str) -> int:
 
 
 def _per_layer(rows: list, model: str, mcpu: str, peak: str, cores: int) -> list[str]:
-    """Per-layer lines for ``model`` on ``mcpu``: the last two runs of different layouts made back to back (the later
-    started within 5 minutes of the earlier's end, so the host was in about the same state), side by side; else the
-    model's last run alone."""
+    """Per-layer lines for ``model`` on ``mcpu``: its latest runs made back to back (each started within 5 minutes of
+    the previous one's end, so the host was in about the same state; up to 3), side by side; and, where they are not
+    among those, the last two runs of different layouts made back to back."""
     from datetime import datetime
 
     def end(r) -> float:
         return datetime.strptime(r["date"], "%Y-%m-%d %H:%M").timestamp()
 
+    def back_to_back(a, b) -> bool:
+        return end(b) - b["wall_s"] - end(a) <= 300
+
     mine = [r for r in rows if r["model"] == model and r["machine"]["mcpu"] == mcpu and r.get("layers")]
     if not mine:
         return []
-    runs = [mine[-1]]
-    for a, b in zip(mine[-2::-1], mine[::-1]):  # (earlier, later) pairs, newest first
-        if a.get("layout", "NCHW") != b.get("layout", "NCHW") and end(b) - b["wall_s"] - end(a) <= 300:
-            runs = [a, b]
+    latest = [mine[-1]]
+    for r in mine[-2::-1]:
+        if len(latest) == 3 or not back_to_back(r, latest[0]):
             break
-    names = list(dict.fromkeys(l["name"] for r in runs for l in r["layers"]))
+        latest.insert(0, r)
+    tables = [(latest, "its latest runs, made back to back" if len(latest) > 1 else "its last run")]
+    for a, b in zip(mine[-2::-1], mine[::-1]):  # (earlier, later) pairs, newest first
+        if a.get("layout", "NCHW") != b.get("layout", "NCHW") and back_to_back(a, b):
+            if not (any(a is r for r in latest) and any(b is r for r in latest)):
+                tables.append(([a, b], "two runs of different layouts made back to back"))
+            break
+    out = []
+    for runs, what in tables:
+        out += _layer_table(runs, what, model, mcpu, peak, cores)
+    return out
+
+
+def _layer_table(runs: list, what: str, model: str, mcpu: str, peak: str, cores: int) -> list[str]:
     tag = lambda r: f"{r.get('layout', 'NCHW')} (ended {r['date']})"  # noqa: E731
     head = " | ".join(f"{tag(r)} trials | best ms | GFLOP/s | of peak" for r in runs)
-    out = ["", f"Per layer, {Path(model).name} on {mcpu}, " +
-           ("two runs of different layouts made back to back: " if len(runs) == 2 else "its last run: ") +
+    out = ["", f"Per layer, {Path(model).name} on {mcpu}, {what}: " +
            ", ".join(f"{tag(r)} at {r.get('commit', '?')}, {r['trials_total']} trials" for r in runs) +
            f"; peak {peak} GFLOP/s sgemm on {cores} cores; best = the quiet re-timing where there is one:", "",
            f"| layer | weight | {head} |", "|---|---|" + "---|" * (4 * len(runs))]
+    names = list(dict.fromkeys(l["name"] for r in runs for l in r["layers"]))
     for name in names:
         cells, weight = [], "-"
         for r in runs:
