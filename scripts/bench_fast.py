@@ -269,7 +269,7 @@ def _ms_model_main(model: str, trials: int, work_dir: str) -> int:
     from raydgp.models.build import compare, compile_tuned, export, run_library
     from raydgp.models.importer import load_model
     from raydgp.models.run_reference import time_reference
-    from raydgp.models.tasks import fuse, prepare
+    from raydgp.models.tasks import fuse, prepare, resolve_layout
     from raydgp.space.metaschedule import host_target, make_target
     from raydgp.tvm_loader import import_tvm, load_intrinsics
 
@@ -291,7 +291,7 @@ def _ms_model_main(model: str, trials: int, work_dir: str) -> int:
     refs = time_reference(model, None, 0, threads) or {}
     print(json.dumps({"tuned_ms": run.median_ms if ok else None, "verified": ok, "max_abs_err": err,
                       "verify_message": msg, "tuning_wall_s": round(tune_s, 1), "pytorch_ms": refs.get("pytorch"),
-                      "onnxruntime_ms": refs.get("onnxruntime")}))
+                      "onnxruntime_ms": refs.get("onnxruntime"), "layout": resolve_layout("auto", target)}))
     return 0
 
 
