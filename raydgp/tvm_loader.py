@@ -51,3 +51,17 @@ def load_intrinsics(target_kind: str) -> None:
         return
     __import__(f"{_INTRIN_PKG}.{module}")
     _loaded_intrins.add(module)
+
+
+def ms_pool_worker_init() -> None:
+    """Initializer for MetaSchedule's own builder and runner pool workers (``LocalBuilder(initializer=...)``,
+    ``LocalRunner(initializer=...)``): TVM imported as raydgp imports it, before the worker unpickles its first job.
+
+    A stock worker imports ``tvm.s_tir.meta_schedule`` and with it every backend's tensor intrinsics (about 50 s on a
+    2-core machine). MetaSchedule's builder kills a worker after 30 s and starts a fresh one, which imports again: on
+    an Intel emeraldrapids 2-core VM every build of ``tune_tir`` / ``tune_relax`` timed out that way (a schedule that
+    ``tvm.compile`` builds in 0.3 s in-process took 51 s through a stock ``LocalBuilder``). The benchmarks give
+    MetaSchedule this initializer so that it is compared on its search, not on its workers' start-up.
+    """
+    import_tvm()
+    load_intrinsics("llvm")

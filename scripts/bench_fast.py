@@ -187,6 +187,17 @@ def _best_record(store_dir: Path) -> dict | None:
     return {"trace": space.trace_json(r.config), "ms": r.result.median_ms}
 
 
+def _ms_pools(ms) -> dict:
+    """MetaSchedule's stock local builder and runner (default timeouts and evaluator), whose pool workers import TVM
+    as raydgp does (:func:`raydgp.tvm_loader.ms_pool_worker_init`): a stock worker spends about 50 s importing every
+    backend's tensor intrinsics, longer than the builder's 30 s timeout on some 2-core machines, so every build
+    failed there."""
+    from raydgp.tvm_loader import ms_pool_worker_init
+
+    return {"builder": ms.builder.LocalBuilder(initializer=ms_pool_worker_init),
+            "runner": ms.runner.LocalRunner(initializer=ms_pool_worker_init)}
+
+
 def _ms_main(spec: str, trials: int, work_dir: str, seed: int | None = None) -> int:
     """MetaSchedule's own tuning of one task (a subprocess: its builder/runner pools stay out of this process)."""
     from raydgp.space.metaschedule import host_target, make_target
@@ -200,7 +211,7 @@ def _ms_main(spec: str, trials: int, work_dir: str, seed: int | None = None) -> 
     target = host_target("llvm", os.cpu_count())
     task = make_task(spec, target)  # the weight (and bias) layout-free, as raydgp's own task
     ms.tune_tir(task.mod, make_target(target), work_dir=work_dir, max_trials_global=trials,
-                num_trials_per_iter=min(64, trials), seed=seed)
+                num_trials_per_iter=min(64, trials), seed=seed, **_ms_pools(ms))
     return 0
 
 
@@ -283,7 +294,7 @@ def _ms_model_main(model: str, trials: int, work_dir: str) -> int:
     prepared = prepare(m.mod, target)
     t0 = time.monotonic()
     ms.relax_integration.tune_relax(fuse(prepared, target), {}, make_target(target), work_dir=work_dir,
-                                    max_trials_global=trials, num_trials_per_iter=8)
+                                    max_trials_global=trials, num_trials_per_iter=8, **_ms_pools(ms))
     tune_s = time.monotonic() - t0
     lib = export(compile_tuned(prepared, target, work_dir), Path(work_dir) / f"{m.name}.so")
     run = run_library(lib, m.inputs, threads=threads)
