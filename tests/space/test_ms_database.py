@@ -140,3 +140,23 @@ def test_import_rejects_a_directory_that_is_not_a_database(tmp_path):
 
     with pytest.raises(ConfigError, match="not a MetaSchedule database"):
         import_from_metaschedule(tmp_path, RecordStore(tmp_path / "x"))
+
+
+def test_metaschedule_builder_with_the_worker_initializer_builds_within_its_own_timeout(small_task, cpu_target):
+    """The benchmarks' MetaSchedule baselines use its stock LocalBuilder (30 s timeout) with
+    :func:`raydgp.tvm_loader.ms_pool_worker_init`: the build succeeds (a stock worker, importing every backend's
+    tensor intrinsics first, timed out on every build on a 2-core emeraldrapids VM)."""
+    from raydgp.space.metaschedule import make_target
+    from raydgp.tvm_loader import import_tvm, load_intrinsics, ms_pool_worker_init
+
+    import_tvm()
+    load_intrinsics("llvm")
+    from tvm.s_tir import meta_schedule as ms
+
+    tgt = make_target(cpu_target)
+    ctx = ms.TuneContext(mod=small_task.mod, target=tgt, space_generator="post-order-apply",
+                         search_strategy="evolutionary", task_name="t", num_threads=1)
+    sch = ctx.generate_design_space()[0]
+    builder = ms.builder.LocalBuilder(initializer=ms_pool_worker_init)
+    res = builder.build([ms.builder.BuilderInput(sch.mod, tgt)])
+    assert res[0].error_msg is None and res[0].artifact_path
