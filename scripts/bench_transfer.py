@@ -58,12 +58,11 @@ def main(argv=None) -> int:
     from raydgp.records import RecordStore
     from raydgp.space.design_space import DesignSpace
     from raydgp.models.layer_specs import MODELS
+    from raydgp.datasets import layer_spec, layers_of
 
     store = RecordStore(args.history)
     recs = [r for r in store.records() if r.config.sketch >= 0]
     spaces = {k: DesignSpace.from_json(e["space"]) for k, e in store.workload_entries().items() if e.get("space")}
-    from raydgp.datasets import layer_spec
-
     spec_of = {r.workload.key: layer_spec(r.tag) for r in recs}
     allowed = None
     if args.source_models:
@@ -79,10 +78,9 @@ def main(argv=None) -> int:
         return np.stack([spaces[r.workload.key].encode(r.config) for r in rs])
 
     rows = []
+    layers = layers_of(recs)
     for spec in targets:
-        from raydgp.datasets import layers_of
-
-        tkey = layers_of(recs).get(spec, [None])[0]  # the layer's key with the most records
+        tkey = layers.get(spec, [None])[0]  # the layer's key with the most records
         if tkey is None:
             print(f"skip {spec}: not in the dataset", file=sys.stderr)
             continue
