@@ -37,6 +37,10 @@ def _layer_parser(sub) -> None:
     p.add_argument("--target", default="llvm", choices=["llvm", "cuda"], help="llvm = this CPU; cuda = a GPU per trial")
     p.add_argument("--cpus-per-trial", type=int, default=None,
                    help="cores a trial owns and times with (default: all cores of this machine)")
+    p.add_argument("--in-flight", type=int, default=None,
+                   help="trials running at once (default: 2 on a CPU: the next one builds and the searcher refits "
+                        "while one is timed, timings stay exclusive; one per GPU with --target cuda); 1: one after "
+                        "another")
     p.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or a local Ray)")
     p.add_argument("--build-timeout", type=float, default=60.0, help="seconds (default 60)")
     p.add_argument("--run-timeout", type=float, default=30.0, help="seconds (default 30)")
@@ -142,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
                 workload=args.workload, out=args.out, trials=args.trials, searcher=args.searcher, seed=args.seed,
                 target_kind=args.target, cpus_per_trial=cores, address=args.address,
                 history=tuple(args.history or ()), search_options=tuple(args.search_option or ()),
+                in_flight=args.in_flight,
                 measure=MeasureSettings(build_timeout_s=args.build_timeout, run_timeout_s=args.run_timeout,
                                         num_threads=cores, device="cuda" if args.target == "cuda" else "cpu")))
         return 0

@@ -109,8 +109,9 @@ def run_models(args) -> None:
                   f"wall {row['wall_s']} s", flush=True)
 
 
-def _time_both(spec: str, ours: dict, theirs_db: Path, rounds: int = 5) -> tuple[list, list]:
-    """Re-time raydgp's best configuration and MetaSchedule's best schedule with one measurer, interleaved."""
+def _time_all(spec: str, ours: list, theirs_db: Path, rounds: int = 5) -> tuple[list, list]:
+    """Re-time raydgp's best configurations (one per run) and MetaSchedule's best schedule with one measurer,
+    interleaved round by round; returns each raydgp run's latencies (ms, None where it failed) and MetaSchedule's."""
     import tvm
     from tvm.s_tir import meta_schedule as ms
 
@@ -122,14 +123,18 @@ def _time_both(spec: str, ours: dict, theirs_db: Path, rounds: int = 5) -> tuple
     target = host_target("llvm", os.cpu_count())
     task = make_task(spec, target)
     payload = TaskPayload(task.workload.key, task.mod_json, target)
-    db = ms.database.JSONDatabase(work_dir=str(theirs_db))
-    sch = ms.tir_integration.compile_tir(db, task.mod, make_target(target))
-    theirs_mod = tvm.ir.save_json(sch.mod) if sch is not None else None
-    a, b = [], []
+    theirs_mod = None
+    if theirs_db is not None:
+        db = ms.database.JSONDatabase(work_dir=str(theirs_db))
+        sch = ms.tir_integration.compile_tir(db, task.mod, make_target(target))
+        theirs_mod = tvm.ir.save_json(sch.mod) if sch is not None else None
+    a, b = [[] for _ in ours], []
     with LocalMeasurer(MeasureSettings(num_threads=os.cpu_count())) as m:
         for _ in range(rounds):
-            ra = m.measure(payload, ours["trace"]).result
-            a.append(ra.median_ms if ra.ok else None)
+            for i, o in enumerate(ours):
+                if o is not None:
+                    ra = m.measure(payload, o["trace"]).result
+                    a[i].append(ra.median_ms if ra.ok else None)
             if theirs_mod:
                 rb = m.measure(payload, None, theirs_mod).result
                 b.append(rb.median_ms if rb.ok else None)
@@ -137,22 +142,29 @@ def _time_both(spec: str, ours: dict, theirs_db: Path, rounds: int = 5) -> tuple
 
 
 def run_layers(args) -> None:
+    """raydgp layer (DGP, shipped history; once per ``--in-flight`` value) and MetaSchedule tune_tir on each
+    workload, one after the other, then every best schedule re-timed together."""
     import statistics
 
     out, data, mach = _begin(args)
+    widths = [int(w) for w in str(args.in_flight).split(",") if w.strip()]
+    med = lambda v: statistics.median([x for x in v if x]) if any(v) else None  # noqa: E731
     for spec in args.workloads.split(";"):
         tag = spec.replace(":", "_").replace(",", "_")
-        # raydgp layer: DGP with the shipped history (the layer itself is never in it)
-        run = out / f"layer-{tag}-{time.strftime('%H%M%S')}"
-        env = dict(os.environ, RAYDGP_HOME=str(out / "home-layers"))
-        cmd = [sys.executable, "-m", "raydgp", "layer", "--workload", spec, "--trials", str(args.trials), "--out",
-               str(run), "--searcher", "dgp", "--history", str(ROOT / "raydgp" / "datasets" / "shipped")]
-        t0 = time.monotonic()
-        p = subprocess.run(cmd, cwd=ROOT, env=env, text=True, capture_output=True)
-        ours_wall = time.monotonic() - t0
-        (run.parent / f"{run.name}.log").write_text(p.stdout + "\n--- stderr ---\n" + p.stderr)
-        summ = json.loads((run / "summary.json").read_text()) if (run / "summary.json").exists() else {}
-        best = _best_record(run / "records")
+        runs = []
+        for width in widths:
+            # raydgp layer: DGP with the shipped history (the layer itself is never in it)
+            run = out / f"layer-{tag}-{time.strftime('%H%M%S')}"
+            env = dict(os.environ, RAYDGP_HOME=str(out / "home-layers"))
+            cmd = [sys.executable, "-m", "raydgp", "layer", "--workload", spec, "--trials", str(args.trials),
+                   "--out", str(run), "--searcher", "dgp", "--history", str(ROOT / "raydgp" / "datasets" / "shipped"),
+                   "--in-flight", str(width)]
+            t0 = time.monotonic()
+            p = subprocess.run(cmd, cwd=ROOT, env=env, text=True, capture_output=True)
+            wall = time.monotonic() - t0
+            (run.parent / f"{run.name}.log").write_text(p.stdout + "\n--- stderr ---\n" + p.stderr)
+            summ = json.loads((run / "summary.json").read_text()) if (run / "summary.json").exists() else {}
+            runs.append((width, p.returncode, wall, summ, _best_record(run / "records")))
         # MetaSchedule tune_tir, weight layout-free, same trial count
         msdir = out / f"ms-{tag}-{time.strftime('%H%M%S')}"
         t0 = time.monotonic()
@@ -160,17 +172,19 @@ def run_layers(args) -> None:
                            cwd=ROOT, text=True, capture_output=True)
         ms_wall = time.monotonic() - t0
         (out / f"{msdir.name}.log").write_text(q.stdout + "\n--- stderr ---\n" + q.stderr)
-        a, b = _time_both(spec, best, msdir) if best and q.returncode == 0 else ([], [])
-        med = lambda v: statistics.median([x for x in v if x]) if any(v) else None  # noqa: E731
-        row = {"workload": spec, "trials": args.trials, "machine": mach, "date": time.strftime("%Y-%m-%d %H:%M"),
-               "commit": commit(),
-               "raydgp": {"best_ms_during_search": summ.get("best_ms"), "wall_s": round(ours_wall, 1),
-                          "retimed_ms": a, "retimed_median_ms": med(a), "exit": p.returncode},
-               "metaschedule": {"wall_s": round(ms_wall, 1), "retimed_ms": b, "retimed_median_ms": med(b),
-                                "exit": q.returncode}}
-        data["layers"].append(row)
+        ours, theirs = _time_all(spec, [r[4] for r in runs], msdir if q.returncode == 0 else None)
+        for (width, rc, wall, summ, _), a in zip(runs, ours):
+            row = {"workload": spec, "trials": args.trials, "machine": mach, "date": time.strftime("%Y-%m-%d %H:%M"),
+                   "commit": commit(), "in_flight": width,
+                   "raydgp": {"best_ms_during_search": summ.get("best_ms"), "wall_s": round(wall, 1),
+                              "search_wall_s": summ.get("search_wall_s"),
+                              "median_trial_interval_s": summ.get("median_trial_interval_s"),
+                              "retimed_ms": a, "retimed_median_ms": med(a), "exit": rc},
+                   "metaschedule": {"wall_s": round(ms_wall, 1), "retimed_ms": theirs,
+                                    "retimed_median_ms": med(theirs), "exit": q.returncode}}
+            data["layers"].append(row)
+            print(json.dumps(row), flush=True)
         _save(out, data)
-        print(json.dumps(row), flush=True)
 
 
 def _best_record(store_dir: Path) -> dict | None:
@@ -391,13 +405,17 @@ def render(args) -> None:
     if data["layers"]:
         lines += ["", "Single layers, equal trials, one after the other; both best schedules re-timed by raydgp's "
                   "measurer (cold caches), interleaved, 5 rounds, medians:", "",
-                  "| workload | trials | mcpu | raydgp ms | raydgp wall | MetaSchedule ms | MetaSchedule wall | "
-                  "raydgp/MS |", "|---|---|---|---|---|---|---|---|"]
+                  "| workload | trials | mcpu | raydgp in flight | raydgp ms | raydgp wall | s per trial (median) | "
+                  "MetaSchedule ms | MetaSchedule wall | raydgp/MS latency | raydgp/MS wall |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in data["layers"]:
             a, b = r["raydgp"]["retimed_median_ms"], r["metaschedule"]["retimed_median_ms"]
-            lines.append(f"| `{r['workload']}` | {r['trials']} | {r['machine']['mcpu']} | "
-                         f"{a:.3f} | {r['raydgp']['wall_s']:.0f} s | " + (f"{b:.3f}" if b else "-") +
-                         f" | {r['metaschedule']['wall_s']:.0f} s | " + (f"{a / b:.2f}" if a and b else "-") + " |")
+            wa, wb = r["raydgp"]["wall_s"], r["metaschedule"]["wall_s"]
+            iv = r["raydgp"].get("median_trial_interval_s")
+            lines.append(f"| `{r['workload']}` | {r['trials']} | {r['machine']['mcpu']} | {r.get('in_flight', 1)} | "
+                         + (f"{a:.3f}" if a else "-") + f" | {wa:.0f} s | " + (f"{iv:.2f}" if iv else "-") + " | "
+                         + (f"{b:.3f}" if b else "-") + f" | {wb:.0f} s | " + (f"{a / b:.2f}" if a and b else "-")
+                         + f" | {wa / wb:.2f} |")
     lines += ["", "Raw results: `bench/bench_fast.json`.", "", END]
     bm = ROOT / "BENCHMARKS.md"
     text = bm.read_text()
@@ -428,6 +446,8 @@ def main(argv=None) -> int:
     l = sub.add_parser("layers")
     l.add_argument("--workloads", default="conv2d:1,160,14,14,320,3,1,1", help="';'-separated specs")
     l.add_argument("--trials", type=int, default=64)
+    l.add_argument("--in-flight", default="2", help="comma-separated raydgp layer --in-flight values, one run each "
+                   "(default 2, the CLI's CPU default); e.g. 2,1")
     l.add_argument("--out", default="bench")
     mm = sub.add_parser("ms-model")
     mm.add_argument("--model", default="resnet18")

@@ -39,10 +39,11 @@ def test_layer_command_end_to_end(tmp_path):
     assert p.returncode == 0, p.stderr[-3000:]
     s = json.loads((out / "summary.json").read_text())
     assert s["trials"] == 4 and s["untuned_ms"] > 0
+    assert s["in_flight"] == 2  # the CPU default: one trial timed while the next builds
     from raydgp.records import RecordStore
 
     recs = RecordStore(out / "records").records()
-    assert len(recs) == 4
+    assert len(recs) == 4 and len({r.config for r in recs}) == 4  # two in flight, no configuration twice
     if s["ok"]:
         assert s["best_ms"] == min(r.result.median_ms for r in recs)
         assert (out / "ms_database" / "database_tuning_record.json").stat().st_size > 0
@@ -61,6 +62,24 @@ def test_a_bad_search_option_is_one_line(tmp_path, cmd, opt, msg):
     p = run(cmd, *extra, "--search-option", opt, "--out", str(tmp_path / "o"), timeout=120)
     lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
     assert p.returncode == 2 and len(lines) == 1 and msg in lines[0], p.stderr[-1500:]
+
+
+def test_trials_in_flight_default_and_bad_values():
+    from raydgp.errors import ConfigError
+    from raydgp.pipeline.settings import CPU_IN_FLIGHT, LayerRun
+
+    assert LayerRun(workload="dense:1,8,8", out="o").width == CPU_IN_FLIGHT == 2
+    assert LayerRun(workload="dense:1,8,8", out="o", target_kind="cuda").width is None  # one per GPU of the cluster
+    assert LayerRun(workload="dense:1,8,8", out="o", in_flight=1).width == 1
+    for bad in (0, -1, 1.5):
+        with pytest.raises(ConfigError, match="in_flight"):
+            LayerRun(workload="dense:1,8,8", out="o", in_flight=bad)
+
+
+def test_bad_in_flight_is_one_line(tmp_path):
+    p = run("layer", "--in-flight", "0", "--out", str(tmp_path / "o"), timeout=120)
+    lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
+    assert p.returncode == 2 and len(lines) == 1 and "--in-flight" in lines[0], p.stderr[-1500:]
 
 
 def test_search_options_reach_the_dgp_searchers_settings():

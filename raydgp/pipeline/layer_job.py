@@ -75,9 +75,14 @@ def run_layer(run: LayerRun) -> dict:
     console(f"untuned schedule: {untuned_ms:.3f} ms" if untuned.ok else f"untuned schedule failed: {untuned.message}")
 
     init_ray(address=run.address)
+    width = run.width
+    # On a CPU the trials in flight share the cores Ray-wise (each still times on all of them, alone: the node's
+    # timing lock), so that the next one builds while one is timed; on a GPU each trial has its own GPU.
+    cpus = cores if gpu or not width else cores / width
     res = tune_layer(payload, space, searcher_obj, trials=trials, store=store, settings=settings,
-                     storage_path=out / "ray", name=task.name, cpus_per_trial=cores,
-                     gpus_per_trial=1 if gpu else 0, baseline_ms=untuned_ms if untuned.ok else None, tag=searcher)
+                     storage_path=out / "ray", name=task.name, cpus_per_trial=cpus,
+                     gpus_per_trial=1 if gpu else 0, max_concurrent=width,
+                     baseline_ms=untuned_ms if untuned.ok else None, tag=searcher)
     n_exported = export_to_metaschedule(store, out / "ms_database")
     best = res.best
     trial_s = [r.result.build_s + r.result.run_s for r in res.records]
@@ -88,7 +93,7 @@ def run_layer(run: LayerRun) -> dict:
     inside = [float(r.metrics["trial_s"]) for r in (res.results or []) if r.metrics and "trial_s" in r.metrics]
     summary = {
         "workload": workload, "workload_key": task.workload.key, "target": target, "searcher": searcher,
-        "trials": len(res.records), "ok": len(res.ok),
+        "in_flight": width, "trials": len(res.records), "ok": len(res.ok),
         "status_counts": {s: sum(r.result.status == s for r in res.records) for s in
                           sorted({r.result.status for r in res.records})},
         "best_ms": best.result.median_ms if best else None, "best_config": best.config.to_json() if best else None,

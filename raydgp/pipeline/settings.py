@@ -15,6 +15,8 @@ from raydgp.raytune.trackers import TRACKERS
 
 SEARCHERS = ("dgp", "random", "tpe", "hebo")  # tpe, hebo: Ray Tune's own, for comparisons (one layer)
 TARGETS = ("llvm", "cuda")
+#: Trials of a one-layer CPU run in flight by default: one timed while the next builds and the searcher refits.
+CPU_IN_FLIGHT = 2
 
 
 def _search_options(options, searcher: str) -> tuple:
@@ -159,6 +161,12 @@ class LayerRun:
         measure: measurement settings (None: defaults on ``cpus_per_trial`` threads).
         history: record stores whose other workloads pre-train the DGP.
         search_options: :class:`~raydgp.search.SearchSettings` fields for the dgp searcher (as in :class:`ModelRun`).
+        in_flight: trials running at once (None: 2 on a CPU, one per GPU on ``cuda``). On a CPU every trial still
+            times on all ``cpus_per_trial`` cores and timings stay exclusive (the node's timing lock; builds and the
+            searcher's refits pause while a kernel is timed), so a second trial in flight only lets the next
+            configuration build, and the searcher refit and propose (from its background queue, believing the
+            running trial), while one is timed; 1: strictly one after another, each proposal from a model refitted
+            on every earlier result.
     """
 
     workload: str
@@ -172,11 +180,14 @@ class LayerRun:
     measure: MeasureSettings | None = None
     history: tuple[Path, ...] = field(default_factory=tuple)
     search_options: tuple = ()
+    in_flight: int | None = None
 
     def __post_init__(self):
         _check_common(self.searcher, self.trials, self.target_kind)
         if self.cpus_per_trial is not None and self.cpus_per_trial < 1:
             raise ConfigError(f"cpus_per_trial must be >= 1, got {self.cpus_per_trial}")
+        if self.in_flight is not None and (not isinstance(self.in_flight, int) or self.in_flight < 1):
+            raise ConfigError(f"in_flight (--in-flight) must be an integer >= 1, got {self.in_flight!r}")
         object.__setattr__(self, "out", Path(self.out))
         object.__setattr__(self, "history", tuple(Path(p) for p in self.history))
         object.__setattr__(self, "search_options", _search_options(self.search_options, self.searcher))
@@ -184,6 +195,13 @@ class LayerRun:
     @property
     def cores(self) -> int:
         return int(self.cpus_per_trial or os.cpu_count() or 1)
+
+    @property
+    def width(self) -> int | None:
+        """Trials in flight (None on ``cuda`` without ``in_flight``: one per GPU of the cluster)."""
+        if self.in_flight is not None:
+            return self.in_flight
+        return None if self.target_kind == "cuda" else CPU_IN_FLIGHT
 
     @property
     def measure_settings(self) -> MeasureSettings:

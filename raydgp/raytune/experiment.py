@@ -69,7 +69,7 @@ def default_width(cpus_per_trial: float, gpus_per_trial: float) -> int:
 
 def tune_layer(task: TaskPayload, space: DesignSpace, searcher, *, trials: int, store: RecordStore,
                settings: MeasureSettings, storage_path: str | os.PathLike, name: str,
-               cpus_per_trial: int = 1, gpus_per_trial: int = 0, max_concurrent: int | None = None,
+               cpus_per_trial: float = 1, gpus_per_trial: int = 0, max_concurrent: int | None = None,
                baseline_ms: float | None = None, callbacks: list | None = None, show_progress: bool = True,
                tag: str = "", measurer: Measurer | None = None) -> LayerResult:
     """Run one layer's search as its own Ray Tune experiment.
