@@ -91,6 +91,9 @@ def _tune_parser(sub) -> None:
     p.add_argument("--search-option", action="append", default=None, metavar="KEY=VALUE",
                    help="a SearchSettings field of the dgp searcher, e.g. random_interleave=0.2 or cold_start=off "
                         "(repeatable; raydgp.search.settings lists them)")
+    p.add_argument("--no-reference", action="store_true",
+                   help="do not time PyTorch eager / ONNX Runtime after tuning (the tuned library is still verified "
+                        "against the framework's output and timed once)")
     p.add_argument("--layout", default="auto", choices=["auto", "NHWC", "NCHW"],
                    help="activation layout the convolutions are tuned and built in (default auto: NHWC on CPU, "
                         "where the output channels are vectorized; NCHW on GPU)")
@@ -130,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
                 input_shape=parse_shape(args.input_shape), history=tuple(args.history or ()),
                 default_history=not args.no_default_history, cpus_per_trial=args.cpus_per_trial, threads=threads,
                 address=args.address, max_concurrent_layers=args.max_concurrent_layers,
-                search_options=tuple(args.search_option or ()),
+                search_options=tuple(args.search_option or ()), compare_reference=not args.no_reference,
                 measure=MeasureSettings(build_timeout_s=args.build_timeout, run_timeout_s=args.run_timeout,
                                         num_threads=threads, device="cuda" if args.target == "cuda" else "cpu"),
                 chunk=args.chunk, warmup=args.warmup, storage=args.storage,

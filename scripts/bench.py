@@ -64,7 +64,7 @@ MODES = {
                   "variants": {"dgp": {}}},
         "replay": {"runs": [{"name": "loto", "targets": ["conv2d:1,64,56,56,64,3,1,1", "dense:1,512,1000"],
                              "seeds": 1, "budget": 12, "random_seeds": 5, "max_history": 600,
-                             "methods": "cold,dgp,sgp,rgpe"}]},
+                             "methods": "cold,dgp,sgp,rgpe", "split": 2}]},
         "layers": None,
         "e2e": None,
     },
@@ -358,16 +358,50 @@ def run_replay(cfg: dict, out: Path, results: dict) -> None:
         elif run.get("every"):
             argv += ["--shard", f"0/{run['every']}"]
         log = out.parent / f"bench_replay_{name}.log"
-        cmd = [sys.executable, str(ROOT / "scripts" / "bench_search_replay.py"), *argv]
-        procs.append((run, js, png, argv, time.monotonic(),
-                      subprocess.Popen(cmd, cwd=ROOT, stdout=open(log, "w"), stderr=subprocess.STDOUT,
-                                       env=dict(os.environ, OMP_NUM_THREADS="1"))))
+        script = str(ROOT / "scripts" / "bench_search_replay.py")
+        env = dict(os.environ, OMP_NUM_THREADS="1")
+        split = int(run.get("split", 1))
+        if split > 1 and run.get("targets") and not cfg.get("only"):
+            # its targets in `split` processes side by side (one core each), merged into one result when all end
+            shards = [run["targets"][i::split] for i in range(split)]
+            parts = [js.with_name(f"{js.stem}.part{i}.json") for i in range(len(shards))]
+            drop = {"--out", "--plot", "--targets"}  # each shard's own
+            base = [a for i, a in enumerate(argv) if a not in drop and (i == 0 or argv[i - 1] not in drop)]
+            children = [subprocess.Popen([sys.executable, script, *base, "--targets", ";".join(t), "--out", str(pj)],
+                                         cwd=ROOT, stdout=open(log.with_suffix(f".part{i}.log"), "w"),
+                                         stderr=subprocess.STDOUT, env=env)
+                        for i, (t, pj) in enumerate(zip(shards, parts))]
+            proc = _Merged(children, [sys.executable, script, "--merge", *map(str, parts), "--out", str(js),
+                                      "--plot", str(png)], log, env)
+        else:
+            proc = subprocess.Popen([sys.executable, script, *argv], cwd=ROOT, stdout=open(log, "w"),
+                                    stderr=subprocess.STDOUT, env=env)
+        procs.append((run, js, png, argv, time.monotonic(), proc))
         if len(procs) >= int(cfg.get("parallel", 2)):
             _finish_replay(procs.pop(0), part)
             _save(out, results)
     while procs:
         _finish_replay(procs.pop(0), part)
         _save(out, results)
+
+
+class _Merged:
+    """A replay run split into processes (``wait()`` like a Popen): waits for every shard, then merges them."""
+
+    def __init__(self, children: list, merge_cmd: list, log: Path, env: dict):
+        self.children, self.merge_cmd, self.log, self.env = children, merge_cmd, log, env
+
+    def wait(self) -> int:
+        codes = [c.wait() for c in self.children]
+        if any(codes):
+            return next(c for c in codes if c)
+        with open(self.log, "w") as f:
+            rc = subprocess.run(self.merge_cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, env=self.env).returncode
+        if rc == 0:  # merged: the shards' JSON is in the run's own (their logs stay)
+            for a, b in zip(self.merge_cmd, self.merge_cmd[1:]):
+                if a != "--out" and b.endswith(".json") and ".part" in b:
+                    Path(b).unlink(missing_ok=True)
+        return rc
 
 
 def _finish_replay(item, part: dict) -> None:

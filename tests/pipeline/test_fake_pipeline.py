@@ -58,10 +58,11 @@ def test_whole_model_with_history_reports_the_trust_in_it(tmp_path):
     summary still adds the counts up (it did not: a whole-model run crashed after building its library)."""
     first, _ = run_fake(tmp_path / "first", trials=16, searcher="random", chunk=4, warmup=4, seed=2)
     assert first["summary"]["trials_total"] == 16
-    got, _ = run_fake(tmp_path / "run", trials=45, searcher="dgp", chunk=8, warmup=8, seed=1,
+    # 3 layers: a warm-up of 8 each, then one chunk of 8 proposed by the model with its trust members
+    got, _ = run_fake(tmp_path / "run", trials=32, searcher="dgp", chunk=8, warmup=8, seed=1,
                       history=[str(tmp_path / "first" / "records")])
     s = got["summary"]
-    assert s["verified"] and s["trials_total"] == 45 and s["proposals"]["total"] == 45, s["proposals"]
+    assert s["verified"] and s["trials_total"] == 32 and s["proposals"]["total"] == 32, s["proposals"]
     trusts = [l["proposals"]["trust"] for l in s["layers"] if "trust" in l["proposals"]]
     assert trusts and all(set(t) >= {"transfer", "cold"} for t in trusts), [l["proposals"] for l in s["layers"]]
     assert not any(isinstance(v, dict) for v in s["proposals"].values())  # the totals are counts only

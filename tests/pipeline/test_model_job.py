@@ -69,11 +69,12 @@ def test_torch_factory_input_end_to_end(tmp_path):
     out = tmp_path / "run"
     p = cli("tune", "--model", "raydgp.models.networks:TinyCNN", "--input-shape", "1,3,32,32", "--trials", "6",
             "--searcher", "random", "--no-default-history", "--warmup", "1", "--chunk", "2", "--out", str(out),
-            env=_env(tmp_path))
+            "--no-reference", env=_env(tmp_path))
     assert p.returncode == 0, p.stderr[-3000:] + p.stdout[-3000:]
     s = json.loads((out / "summary.json").read_text())
     assert s["verified"] is True and s["source"] == "torch" and s["model"] == "TinyCNN"
-    assert s["trials_total"] == 6
+    assert s["trials_total"] == 6 and s["end_to_end_ms"] > 0
+    assert s["pytorch_ms"] is None and "no reference timed" in s["timing"]  # --no-reference: verified, not raced
 
 
 @pytest.mark.slow
@@ -82,7 +83,7 @@ def test_resume_after_sigkill_loses_and_repeats_nothing(tmp_path):
 
     out = tmp_path / "run"
     args = [sys.executable, "-m", "raydgp", "tune", "--model", "tiny_cnn", "--trials", "16", "--searcher", "random",
-            "--no-default-history", "--warmup", "2", "--chunk", "3", "--out", str(out)]
+            "--no-default-history", "--warmup", "2", "--chunk", "3", "--out", str(out), "--no-reference"]
     env = dict(os.environ, RAY_AUTH_MODE="disabled", **_env(tmp_path))
     proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)

@@ -11,6 +11,17 @@ from raydgp.search.trust import TrustTracker, pair_accuracy
 FAST = SearchSettings(n_init=4, pool_size=150, refit_steps=5, cold_steps=10, seed=3, evolve_generations=1,
                       evolve_population=16)
 
+#: Stage-1 weights cached for the whole module: the searches here pre-train on the same few histories (the same data
+#: and seed give the same weights, so a cached model is the one each search would train).
+_CACHE: dict = {}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _pretrained_cache(tmp_path_factory):
+    _CACHE["dir"] = str(tmp_path_factory.mktemp("pretrained"))
+    yield
+    _CACHE.clear()
+
 
 def test_pair_accuracy_counts_ordered_pairs_and_skips_ties():
     assert pair_accuracy(1.0, np.array([0.0, 0.5]), 2.0, np.array([1.0, 1.5])) == 1.0
@@ -63,7 +74,8 @@ def _search(history: History, n: int, **kw):
     from raydgp.testing import fake_latency_ms, fake_space
 
     sp = fake_space("trust", (64, 32))
-    s = DGPSearch(sp, SearchSettings(**(FAST.__dict__ | kw)), history=history(sp) if history else None)
+    s = DGPSearch(sp, SearchSettings(**(FAST.__dict__ | kw)), history=history(sp) if history else None,
+                  cache_dir=_CACHE.get("dir"))
     for _ in range(n):
         c = s.suggest()
         s.observe(c, fake_latency_ms("trust", sp.trace_json(c)))
@@ -132,7 +144,7 @@ def test_the_cold_start_counts_pending_picks_in_batches():
     from raydgp.testing import fake_latency_ms, fake_space
 
     sp = fake_space("trust", (64, 32))
-    s = DGPSearch(sp, FAST, history=_history(sp, True))
+    s = DGPSearch(sp, FAST, history=_history(sp, True), cache_dir=_CACHE.get("dir"))
     seen = []
     while len(s.observed) < 20:
         batch = s.suggest_batch(3)
@@ -226,7 +238,7 @@ def _sketch_search(misleading: bool, n: int = 24):
         hist_lat = [lat(c) for c in hist_cfg]
     y, _ = standardised_targets(["h"] * len(hist_cfg), ["ok"] * len(hist_cfg), np.array(hist_lat))
     s = DGPSearch(sp, SearchSettings(**(FAST.__dict__ | {"sketch_min": 4})),
-                  history=History(sp.encode_many(hist_cfg), y))
+                  history=History(sp.encode_many(hist_cfg), y), cache_dir=_CACHE.get("dir"))
     seen = []
     for _ in range(n):
         c = s.suggest()
