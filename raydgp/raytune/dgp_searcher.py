@@ -182,7 +182,8 @@ class DGPSearcher(JsonStateMixin, Searcher):
                                                                                      self._width // 2)
             self._queue = ProposalQueue(self._core, batch_size=self._width, max_staleness=staleness,
                                         wait_s=0.05 if self._width > 1 else 30.0,
-                                        serial=self._width == 1, running=list(self._live.values()))
+                                        serial=self._width == 1, running=list(self._live.values()),
+                                        max_batch=s.queue_max_batch)
         return self._queue
 
     def close(self) -> None:

@@ -9,7 +9,9 @@ microseconds. No Ray, no TVM here: the Ray Tune adapter (:mod:`raydgp.raytune.dg
 Freshness. Every proposal carries the number of results its model had seen (the *version*), and every batch replaces
 the queue. Run wide, ``suggest()`` hands out proposals of the newest batch (or of one at most ``max_staleness`` results
 behind): the model is never more than one batch computation behind the results, and the thread starts the next batch as
-soon as a result arrives. Run serially, it hands out only proposals at most ``max_staleness`` results behind and
+soon as a result arrives. When a batch takes longer to compute than the interval between results (a refit slower than
+a trial), a batch holds the results expected meanwhile, plus one (``max_batch``), so the workers do not wait for the
+model. Run serially, it hands out only proposals at most ``max_staleness`` results behind and
 otherwise waits or answers "not ready" (None). ``max_staleness=0`` with one trial at a time is fully
 deterministic for a seed: each proposal comes from the model refitted on every earlier result.
 
@@ -23,6 +25,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import logging
+import math
 import threading
 import time
 from typing import Hashable
@@ -44,12 +47,19 @@ class ProposalQueue:
             batch is always fresh enough (results that arrive while the next batch is computed cannot starve the
             workers; the model is then at most one batch computation behind).
         running: configurations already running (e.g. trials restored from a checkpoint): never proposed, believed.
+        max_batch: wide only: when computing a batch takes longer than the interval between results, a batch of
+            ``batch_size`` is used up (and each result supersedes it) long before the next one is ready, and the
+            workers wait for the model: then a batch holds as many proposals as results are expected while the next
+            one is computed (the last batch's time over the median interval between the recent results, plus one),
+            up to ``max_batch``. None or at most ``batch_size``: always ``batch_size``.
     """
 
     def __init__(self, search, batch_size: int = 8, max_staleness: int = 0, wait_s: float = 0.0,
-                 serial: bool = False, running=()):
+                 serial: bool = False, running=(), max_batch: int | None = None):
         self.search = search
         self.batch_size = max(1, int(batch_size))
+        self.max_batch = max(self.batch_size, int(max_batch or 0))
+        self._arrivals: collections.deque = collections.deque(maxlen=9)  # monotonic times of the latest results
         self.max_staleness = max(0, int(max_staleness))
         self.wait_s = float(wait_s)
         self.serial = serial
@@ -65,7 +75,7 @@ class ProposalQueue:
         self._stop = False
         self._error: BaseException | None = None
         self.stats = {"batches": 0, "proposed": 0, "handed": 0, "stale_dropped": 0, "superseded": 0,
-                      "not_ready": 0, "batch_failures": 0, "fallback": 0}
+                      "not_ready": 0, "batch_failures": 0, "fallback": 0, "largest_batch": 0}
         self.timings: dict[str, list[float]] = {"suggest": [], "batch": []}
         self._thread = threading.Thread(target=self._run, name="raydgp-proposer", daemon=True)
         self._thread.start()
@@ -113,6 +123,7 @@ class ProposalQueue:
             self._running.discard(config)
             self._handed.add(config)
             self._received += 1
+            self._arrivals.append(time.monotonic())
             self._cv.notify_all()
 
     @contextlib.contextmanager
@@ -170,18 +181,20 @@ class ProposalQueue:
                 inbox, self._inbox = self._inbox, []
                 version = self._received
                 pending = list(self._running)
+                q = self._next_batch_size()
                 self._busy = True
             self._apply(inbox)
             t0 = time.perf_counter()
             try:
-                batch = self.search.suggest_batch(self.batch_size, pending=pending)
+                batch = self.search.suggest_batch(q, pending=pending)
+                self.stats["largest_batch"] = max(self.stats["largest_batch"], len(batch))
             except Exception as e:  # noqa: BLE001 - a model failure must not stall the search: random, counted
                 self.stats["batch_failures"] += 1
                 self._error = e
                 if self.stats["batch_failures"] == 1 or self.stats["batch_failures"] % 10 == 0:
                     log.warning("proposal batch failed (%s: %s); proposing at random (%d so far)",
                                 type(e).__name__, e, self.stats["batch_failures"])
-                batch = self.search.space.sample_many(self.batch_size, self.search.rng,
+                batch = self.search.space.sample_many(q, self.search.rng,
                                                       exclude=self.search.seen | set(pending))
                 self.stats["fallback"] += len(batch)
             self.timings["batch"].append(time.perf_counter() - t0)
@@ -195,6 +208,19 @@ class ProposalQueue:
                 self._exhausted = not self._queue
                 self._busy = False
                 self._cv.notify_all()
+
+    def _next_batch_size(self) -> int:
+        """``batch_size``, or (wide, with ``max_batch``) the results expected while the next batch is computed, plus
+        one, when that is more. Called under the lock."""
+        if self.serial or self.max_batch <= self.batch_size or not self.timings["batch"] or len(self._arrivals) < 3:
+            return self.batch_size
+        t = list(self._arrivals)
+        gaps = sorted(b - a for a, b in zip(t, t[1:]))
+        interval = gaps[len(gaps) // 2]
+        if interval <= 0:
+            return self.max_batch
+        expected = self.timings["batch"][-1] / interval
+        return int(min(self.max_batch, max(self.batch_size, math.ceil(expected) + 1)))
 
     def _apply(self, inbox) -> None:
         for cfg, metric, status in inbox:

@@ -89,6 +89,63 @@ def test_many_fast_trials_no_duplicate_no_lost_result():
     assert not q.running
 
 
+class _SlowSearch(_FakeSearch):
+    """A model whose batches take ``batch_s`` (a refit slower than a trial)."""
+
+    def __init__(self, space, batch_s: float):
+        super().__init__(space)
+        self.batch_s = batch_s
+        self.sizes: list[int] = []
+
+    def suggest_batch(self, q, pending=()):
+        self.sizes.append(q)
+        time.sleep(self.batch_s)
+        return super().suggest_batch(q, pending)
+
+
+def _two_workers(max_batch, trials: int = 24, trial_s: float = 0.02, batch_s: float = 0.12):
+    sp = _space(400)
+    slow = _SlowSearch(sp, batch_s)
+    q = ProposalQueue(slow, batch_size=2, max_staleness=1, wait_s=0.005, max_batch=max_batch)
+    handed, lock = [], threading.Lock()
+
+    def worker():
+        while True:
+            with lock:
+                if len(handed) >= trials:
+                    return
+            c = q.suggest()
+            if c is None:
+                continue
+            with lock:
+                handed.append(c)
+            time.sleep(trial_s)
+            q.observe(c, 1.0)
+
+    t0 = time.monotonic()
+    threads = [threading.Thread(target=worker) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    wall = time.monotonic() - t0
+    q.drain()
+    q.close()
+    assert len(handed) == len(set(handed)) and set(slow.observed) == set(handed)  # no duplicate, nothing lost
+    return slow.sizes, q.stats, wall
+
+
+def test_batches_grow_when_the_model_is_slower_than_the_trials():
+    """Two workers, trials of 20 ms, batches of 120 ms: fixed batches of 2 are superseded before they are used and
+    the workers wait for the model; adaptive batches hold the results expected meanwhile, up to max_batch."""
+    fixed_sizes, fixed, fixed_wall = _two_workers(max_batch=None)
+    sizes, stats, wall = _two_workers(max_batch=8)
+    assert set(fixed_sizes) == {2} and fixed["largest_batch"] == 2
+    assert max(sizes) > 2 and max(sizes) <= 8 and stats["largest_batch"] == max(sizes)
+    assert sizes[0] == 2  # nothing measured yet: as wide as the search
+    assert wall < 0.8 * fixed_wall, (wall, fixed_wall)
+
+
 def test_serial_queue_is_deterministic_and_matches_refit_on_every_result():
     def run():
         s = DGPSearch(_space(), FAST)
