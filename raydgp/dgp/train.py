@@ -22,6 +22,7 @@ from gpytorch.mlls import DeepApproximateMLL, VariationalELBO
 from raydgp.dgp.init import initialise_from_exact_gp
 from raydgp.dgp.model import DeepGPSurrogate, DGPSettings
 from raydgp.errors import ConfigError
+from raydgp.pause import pause_point
 
 log = logging.getLogger("raydgp.dgp")
 
@@ -85,6 +86,7 @@ def train_elbo(model: DeepGPSurrogate, X: torch.Tensor, y: torch.Tensor, steps: 
         torch.manual_seed(seed)
         with gpytorch.settings.num_likelihood_samples(model.settings.num_samples):
             for _ in range(steps):
+                pause_point()  # a kernel timing on this node may go first (raydgp.pause)
                 idx = torch.randint(n, (bs,), generator=g) if bs < n else slice(None)
                 out = model(X[idx])
                 loss = -mll(out, y[idx])

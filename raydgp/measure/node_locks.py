@@ -85,6 +85,7 @@ class _ProcessHold:
         self.fds: tuple[int, int] | None = None
         self.cond = threading.Condition()
         self.forced_joins = 0  # joins past a waiting timing after grace_s (a holder was waiting for the joiner)
+        self.yields = 0  # holds released at a pause point for a waiting timing (yield_to_timing)
 
     def _timing_waits(self) -> bool:
         gate = self.fds[0]
@@ -119,6 +120,25 @@ class _ProcessHold:
                 os.close(gate)
                 raise
             self.fds, self.count = (gate, builds), 1
+
+    def yield_to_timing(self) -> bool:
+        """Called by the only thread of this process inside the hold (a model fit between two steps): when a timing
+        waits, release the hold, wait until the timing is done, and take it again. Returns whether it stepped aside.
+        With other threads of the process inside the hold it cannot release it, and does nothing."""
+        with self.cond:
+            if self.count != 1 or self.fds is None or not self._timing_waits():
+                return False
+            gate, builds = self.fds
+            self.fds, self.count = None, 0
+            try:
+                fcntl.flock(builds, fcntl.LOCK_UN)
+            finally:
+                os.close(builds)
+                os.close(gate)
+                self.cond.notify_all()
+            self.yields += 1
+        self.enter()  # behind the waiting timing (it holds the gate while it times)
+        return True
 
     def exit(self) -> None:
         with self.cond:
@@ -163,12 +183,28 @@ def building(path: str | None, exclusive: bool = True) -> Iterator[None]:
         hold.exit()
 
 
+def yield_to_timing(path: str | None) -> bool:
+    """At a pause point inside :func:`building`: step aside for a timing that waits (see
+    :meth:`_ProcessHold.yield_to_timing`). Returns whether it did."""
+    if not path:
+        return False
+    with _HOLDS_MUTEX:
+        hold = _HOLDS.get(path)
+    return bool(hold and hold.yield_to_timing())
+
+
 class NodeComputeGuard:
     """A picklable ``guard()`` -> context manager for other heavy computation on the node (a searcher's model fits
-    and scoring): it takes the build lock, so it pauses while a kernel is timed and a timing waits for it."""
+    and scoring): it takes the build lock, so it pauses while a kernel is timed and a timing waits for it. Inside it the
+    fits' pause points (:mod:`raydgp.pause`, between optimiser steps) let a timing that arrives go first, so a
+    timing waits for one step of a fit, not the whole of it."""
 
     def __init__(self, path: str):
         self.path = path
 
+    @contextlib.contextmanager
     def __call__(self):
-        return building(self.path)
+        from raydgp.pause import pausing
+
+        with building(self.path), pausing(lambda: yield_to_timing(self.path)):
+            yield

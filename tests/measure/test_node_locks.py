@@ -99,3 +99,42 @@ def test_a_holder_waiting_for_another_thread_of_its_process_does_not_deadlock_a_
     t.join(10.0)
     assert not t.is_alive(), "the timing never got the node"
     assert order == ["refit", "holder", "timing"], order
+
+
+def _fit_then_time(path, guard_cm, fit_s: float = 1.5):
+    """A 'fit' of 10 ms steps with a pause point between them holds ``guard_cm`` for ``fit_s``; a timing arrives
+    0.2 s in. Returns how long the timing waited and whether the fit ran every step."""
+    from raydgp.pause import pause_point
+
+    steps = []
+
+    def fit():
+        with guard_cm():
+            end = time.monotonic() + fit_s
+            while time.monotonic() < end:
+                pause_point()
+                time.sleep(0.01)
+                steps.append(1)
+
+    t = threading.Thread(target=fit)
+    t.start()
+    time.sleep(0.2)
+    t0 = time.monotonic()
+    with TimingLock(path):
+        waited = time.monotonic() - t0
+        time.sleep(0.1)  # the timing
+    t.join()
+    return waited, len(steps)
+
+
+def test_a_fit_under_the_compute_guard_steps_aside_for_a_timing_at_its_next_pause_point(tmp_path):
+    """A surrogate refit holds the node's compute guard for seconds; with pause points a timing that arrives waits for
+    one step, not for the whole fit (without them, the whole fit: the control)."""
+    from raydgp.measure.node_locks import NodeComputeGuard, _HOLDS
+
+    path = str(tmp_path / "t.lock")
+    waited, steps = _fit_then_time(path, NodeComputeGuard(path))
+    assert waited < 0.3 and steps > 50, (waited, steps)
+    assert _HOLDS[path].yields >= 1 and _HOLDS[path].count == 0
+    waited_plain, _ = _fit_then_time(path, lambda: building(path))  # the guard without pause callbacks
+    assert waited_plain > 1.0, waited_plain
