@@ -58,12 +58,12 @@ PARTS = ("depth", "searchers", "replay", "layers", "e2e")
 #: 75 min; e2e about 60 min; searchers about 15).
 MODES = {
     "quick": {
-        "searchers": {"problems": ["mixed6"], "speeds": {"fast": 0.0}, "seeds": 2, "trials": 12,
-                      "methods": ["dgp", "random", "tpe"], "budgets": [6, 12]},
-        "depth": {"targets": ["conv2d:1,64,56,56,64,3,1,1"], "max_history": 600, "steps": 60,
+        "searchers": {"problems": ["mixed6"], "speeds": {"fast": 0.0}, "seeds": 2, "trials": 8,
+                      "methods": ["dgp", "random", "tpe"], "budgets": [4, 8]},
+        "depth": {"targets": ["conv2d:1,64,56,56,64,3,1,1"], "max_history": 600, "steps": 30,
                   "variants": {"dgp": {}}},
         "replay": {"runs": [{"name": "loto", "targets": ["conv2d:1,64,56,56,64,3,1,1", "dense:1,512,1000"],
-                             "seeds": 1, "budget": 12, "random_seeds": 5, "max_history": 600,
+                             "seeds": 1, "budget": 8, "random_seeds": 5, "max_history": 600,
                              "methods": "cold,dgp,sgp,rgpe", "split": 2}]},
         "layers": None,
         "e2e": None,

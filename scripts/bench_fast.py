@@ -406,8 +406,8 @@ def render(args) -> None:
         lines += ["", "Single layers, equal trials, one after the other; both best schedules re-timed by raydgp's "
                   "measurer (cold caches), interleaved, 5 rounds, medians:", "",
                   "| workload | trials | mcpu | raydgp in flight | raydgp ms | raydgp wall | s per trial (median) | "
-                  "MetaSchedule ms | MetaSchedule wall | raydgp/MS latency | raydgp/MS wall |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "MetaSchedule ms | MetaSchedule wall | raydgp/MS latency | raydgp/MS wall | commit |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in data["layers"]:
             a, b = r["raydgp"]["retimed_median_ms"], r["metaschedule"]["retimed_median_ms"]
             wa, wb = r["raydgp"]["wall_s"], r["metaschedule"]["wall_s"]
@@ -415,7 +415,7 @@ def render(args) -> None:
             lines.append(f"| `{r['workload']}` | {r['trials']} | {r['machine']['mcpu']} | {r.get('in_flight', 1)} | "
                          + (f"{a:.3f}" if a else "-") + f" | {wa:.0f} s | " + (f"{iv:.2f}" if iv else "-") + " | "
                          + (f"{b:.3f}" if b else "-") + f" | {wb:.0f} s | " + (f"{a / b:.2f}" if a and b else "-")
-                         + f" | {wa / wb:.2f} |")
+                         + f" | {wa / wb:.2f} | {r.get('commit', '-')} |")
     lines += ["", "Raw results: `bench/bench_fast.json`.", "", END]
     bm = ROOT / "BENCHMARKS.md"
     text = bm.read_text()
