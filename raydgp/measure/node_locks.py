@@ -128,14 +128,8 @@ class _ProcessHold:
         with self.cond:
             if self.count != 1 or self.fds is None or not self._timing_waits():
                 return False
-            gate, builds = self.fds
-            self.fds, self.count = None, 0
-            try:
-                fcntl.flock(builds, fcntl.LOCK_UN)
-            finally:
-                os.close(builds)
-                os.close(gate)
-                self.cond.notify_all()
+            self.count = 0
+            self._release()
             self.yields += 1
         self.enter()  # behind the waiting timing (it holds the gate while it times)
         return True
@@ -143,16 +137,19 @@ class _ProcessHold:
     def exit(self) -> None:
         with self.cond:
             self.count -= 1
-            if self.count:
-                return
-            gate, builds = self.fds
-            self.fds = None
-            try:
-                fcntl.flock(builds, fcntl.LOCK_UN)
-            finally:
-                os.close(builds)
-                os.close(gate)
-                self.cond.notify_all()
+            if not self.count:
+                self._release()
+
+    def _release(self) -> None:
+        """Give the node's build lock back (under ``cond``, with no thread of the process left inside the hold)."""
+        gate, builds = self.fds
+        self.fds = None
+        try:
+            fcntl.flock(builds, fcntl.LOCK_UN)
+        finally:
+            os.close(builds)
+            os.close(gate)
+            self.cond.notify_all()
 
 
 _HOLDS: dict[str, _ProcessHold] = {}
