@@ -129,7 +129,8 @@ class TVMToolchain(Toolchain):
                           timing=(f"tuned library and {m.reference_name} in alternating fresh processes, "
                                   f"{rounds} rounds of {TIMING_REPEAT} medians of >= 50 ms each, pooled")
                           if compare_reference else
-                          f"tuned library alone (no reference timed), {TIMING_REPEAT} medians of >= 50 ms")
+                          f"tuned library alone (no reference timed), {rounds} round(s) of {TIMING_REPEAT} medians "
+                          f"of >= 50 ms each")
 
 
 def _replace_dir(new: Path, dst: Path) -> None:
