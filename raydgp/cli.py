@@ -78,6 +78,10 @@ def _tune_parser(sub) -> None:
                    help="Ray CPUs a trial requests (default 1: builds overlap; timings are exclusive per node)")
     p.add_argument("--max-concurrent-layers", type=int, default=None,
                    help="layer experiments at once (default: cluster CPUs / cpus-per-trial, or GPUs)")
+    p.add_argument("--in-flight", type=int, default=None,
+                   help="trials in flight per layer experiment (default: 2 on a CPU: the next one builds and the "
+                        "searcher refits while one is timed, timings stay exclusive; the cluster's GPUs with "
+                        "--target cuda); 1: each layer's trials one after another")
     p.add_argument("--chunk", type=int, default=16, help="trials per scheduler chunk (default 16)")
     p.add_argument("--warmup", type=int, default=8, help="every layer's first trials (default 8)")
     p.add_argument("--storage", default=None, help="Ray Tune storage_path (path or bucket URI; default OUT/ray)")
@@ -136,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
                 search_options=tuple(args.search_option or ()), compare_reference=not args.no_reference,
                 measure=MeasureSettings(build_timeout_s=args.build_timeout, run_timeout_s=args.run_timeout,
                                         num_threads=threads, device="cuda" if args.target == "cuda" else "cpu"),
-                chunk=args.chunk, warmup=args.warmup, storage=args.storage,
+                chunk=args.chunk, warmup=args.warmup, storage=args.storage, in_flight=args.in_flight,
                 trackers=tuple(c for c in args.callbacks.split(",") if c.strip()), layout=args.layout)
             summary = run_model(run)
             return 0 if summary.get("verified") else 3

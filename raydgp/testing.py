@@ -46,14 +46,27 @@ class FakeMeasurer(Measurer):
 
     Args:
         fail_every: every ``fail_every``-th distinct configuration (by hash) is a ``build_error`` (0: none).
+        delay_s: seconds each measurement of a configuration takes (a sleep; 0: none).
+        log_path: a file each measurement of a configuration appends ``task key, start, end`` (``time.time()``) to,
+            as one JSON line (None: none): what tests read to see which trials overlapped.
     """
 
-    def __init__(self, fail_every: int = 0):
+    def __init__(self, fail_every: int = 0, delay_s: float = 0.0, log_path: str | None = None):
         self.fail_every = int(fail_every)
+        self.delay_s = float(delay_s)
+        self.log_path = log_path
         self.calls = 0
 
     def measure(self, task: TaskPayload, trace: list | None) -> Outcome:
         self.calls += 1
+        if trace is not None and (self.delay_s or self.log_path):
+            import time
+
+            t0 = time.time()
+            time.sleep(self.delay_s)
+            if self.log_path:
+                with open(self.log_path, "a") as f:
+                    f.write(json.dumps([task.key, t0, time.time()]) + "\n")
         if trace is not None and self.fail_every:
             h = int(hashlib.sha1(json.dumps(trace[1]).encode()).hexdigest()[:8], 16)
             if h % self.fail_every == 0:
@@ -79,10 +92,12 @@ class FakeToolchain(Toolchain):
     ``crash_library``, reports a library that did not run (``verified`` False), as the TVM toolchain does.
     """
 
-    def __init__(self, layers: int = 3, crash_library: bool = False, fail_every: int = 0):
+    def __init__(self, layers: int = 3, crash_library: bool = False, fail_every: int = 0, delay_s: float = 0.0,
+                 log_path: str | None = None):
         self.n_layers = int(layers)
         self.crash_library = crash_library
         self.fail_every = fail_every
+        self.delay_s, self.log_path = delay_s, log_path
 
     def load(self, model: str, input_shape, seed: int, target_kind: str, threads: int,
              layout: str = "auto") -> LoadedModel:
@@ -102,7 +117,7 @@ class FakeToolchain(Toolchain):
         return FakeMeasurer(self.fail_every)
 
     def trial_measurer(self) -> FakeMeasurer:
-        return FakeMeasurer(self.fail_every)
+        return FakeMeasurer(self.fail_every, self.delay_s, self.log_path)
 
     def deploy(self, model: LoadedModel, store: RecordStore, tuned_keys: set, out, threads: int,
                compare_reference: bool, log: Callable[[str], Any]) -> Deployment:

@@ -101,7 +101,8 @@ def run_models(args) -> None:
                    "trials_total": summ.get("trials_total"), "tuning_wall_s": summ.get("tuning_wall_s"),
                    "peak_gflops": summ.get("peak_gflops"),
                    "layer_best_sum_ms": summ.get("layer_best_sum_ms") or round(est, 4),
-                   "sibling_groups": summ.get("sibling_groups"), "proposals": summ.get("proposals"), "layers": layers}
+                   "sibling_groups": summ.get("sibling_groups"), "proposals": summ.get("proposals"), "layers": layers,
+                   "in_flight": summ.get("in_flight_per_layer")}
             data["models"].append(row)
             _save(out, data)
             print(f"{model} {trials} trials: tuned {row['tuned_ms']} ms (verified {row['verified']}), PyTorch "
@@ -385,14 +386,19 @@ def render(args) -> None:
                   "ONNX Runtime and untuned TVM are timed in the same run, after tuning, in fresh processes.", "",
                   "Layout: the activation layout the convs were tuned in (`--layout`; every run before NHWC existed "
                   "is NCHW).", "",
-                  "| model | layout | trials (done/asked) | mcpu | tuned ms | PyTorch ms | ONNX Runtime ms | untuned ms | "
-                  "tuned/PyTorch | tuned/ORT | layer-best sum ms | wall (all in) | verified | history | commit |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "In flight: trials in flight per layer experiment (`--in-flight`; 1 in every run before it existed).",
+                  "",
+                  "| model | layout | in flight | trials (done/asked) | mcpu | tuned ms | PyTorch ms | ONNX Runtime ms | "
+                  "untuned ms | tuned/PyTorch | tuned/ORT | layer-best sum ms | wall (all in) | verified | history | "
+                  "commit |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in data["models"]:
             t, pt, ort = (round(v, 2) if v else v for v in (r.get("tuned_ms"), r.get("pytorch_ms"),
                                                                r.get("onnxruntime_ms")))
             ratio = lambda a, b: f"{a / b:.2f}x" if a and b else "-"  # noqa: E731
-            lines.append(f"| {Path(r['model']).name} | {r.get('layout', 'NCHW')} | {r['trials_total']}/{r['trials']} | "
+            flight = "-" if "MetaSchedule" in r["model"] else r.get("in_flight") or 1
+            lines.append(f"| {Path(r['model']).name} | {r.get('layout', 'NCHW')} | {flight} | "
+                         f"{r['trials_total']}/{r['trials']} | "
                          f"{r['machine']['mcpu']} | {t} | {pt} | "
                          f"{ort} | {_r(r.get('untuned_ms'), 0)} | {ratio(t, pt)} | {ratio(t, ort)} | "
                          f"{_r(r.get('layer_best_sum_ms'), 2)} | {r['wall_s']:.0f} s | {r.get('verified')} | "

@@ -76,8 +76,25 @@ def test_trials_in_flight_default_and_bad_values():
             LayerRun(workload="dense:1,8,8", out="o", in_flight=bad)
 
 
-def test_bad_in_flight_is_one_line(tmp_path):
-    p = run("layer", "--in-flight", "0", "--out", str(tmp_path / "o"), timeout=120)
+def test_model_runs_trials_in_flight_per_layer_default_and_bad_values():
+    from raydgp.errors import ConfigError
+    from raydgp.pipeline.settings import CPU_IN_FLIGHT, ModelRun
+
+    r = ModelRun(model="resnet18", out="o")
+    # two layers at once (2 CPUs / 1 per layer), each with two trials in flight sharing its CPU
+    assert r.chunk_width == CPU_IN_FLIGHT == 2 and r.chunk_cpus_per_trial == 0.5
+    one = ModelRun(model="resnet18", out="o", in_flight=1, cpus_per_trial=2.0)
+    assert one.chunk_width == 1 and one.chunk_cpus_per_trial == 2.0
+    gpu = ModelRun(model="resnet18", out="o", target_kind="cuda")
+    assert gpu.chunk_width is None and gpu.chunk_cpus_per_trial == 1.0  # one GPU per trial, the cluster's width
+    for bad in (0, -2, 1.5):
+        with pytest.raises(ConfigError, match="in_flight"):
+            ModelRun(model="resnet18", out="o", in_flight=bad)
+
+
+@pytest.mark.parametrize("cmd", ["layer", "tune"])
+def test_bad_in_flight_is_one_line(tmp_path, cmd):
+    p = run(cmd, "--in-flight", "0", "--out", str(tmp_path / "o"), timeout=120)
     lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
     assert p.returncode == 2 and len(lines) == 1 and "--in-flight" in lines[0], p.stderr[-1500:]
 

@@ -215,17 +215,20 @@ class Budget:
         return self.group_weight(l) * l.estimate_ms() * self.expected_gain(l)
 
     # -- decisions -----------------------------------------------------------------------------------------------------
-    def next_chunk(self) -> tuple[str, int] | None:
+    def next_chunk(self, max_trials: int | None = None) -> tuple[str, int] | None:
         """The next (layer, trials) to run, or None when nothing is left to hand out now.
 
         Warm-up first (largest weight x latency first), then a follower's sync when its group's leader improved, then
-        by priority. Chunks are never larger than what is left of the budget or of the layer's space. Returns None
-        also while every candidate layer already has trials running, or while a pending warm-up may matter more.
+        by priority. Chunks are never larger than what is left of the budget or of the layer's space, nor than
+        ``max_trials`` (what fits in the time left; at least 1). Returns None also while every candidate layer already
+        has trials running, or while a pending warm-up may matter more.
         """
         pick = self._pick()
         if pick is None:
             return None
         l, n, sync = pick
+        if max_trials is not None:
+            n = max(1, min(n, int(max_trials)))
         if sync or (self.following(l) and math.isfinite(self.leader(l).best_ms)):
             l.synced_at = self.leader(l).best_ms  # its chunk starts from the leader's best (the pipeline seeds it)
         return self._hand_out(l, n)

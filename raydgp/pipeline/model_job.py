@@ -103,7 +103,8 @@ def run_model(run: ModelRun, callbacks: list | None = None, toolchain: Toolchain
     runner = ChunkRunner(run.address, run.gpu, run.cpus_per_trial, run.max_concurrent_layers,
                          env=tracker_env(run.trackers, str(out.resolve())), callbacks=callbacks,
                          service=toolchain.trial_measurer() is None)
-    log.info(runner.describe)
+    log.info("%s; %d layer experiments at once, %s", runner.describe, runner.width,
+             f"{run.chunk_width} trials in flight each" if run.chunk_width else "a trial per GPU in flight")
     hist = _stage1(run, m, history_paths, store) if run.searcher == "dgp" else None
     runner.share_history(hist)
     prior = _prior_records(store, m)
@@ -212,12 +213,18 @@ def _tune_layers(run: ModelRun, m: LoadedModel, store: RecordStore, budget: Budg
     proposals: dict[str, dict] = {}
     estimate = [(budget.finished, budget.model_estimate_ms())]
     n_chunks, stopped_by_time = 0, False
+    chunk_s: list[float] = []  # seconds per trial of each finished chunk, all in (its experiment's start included)
     run_id = time.strftime("%Y%m%d-%H%M%S")  # a resumed run never reuses an experiment directory
     while True:
         out_of_time = run.time_budget_s is not None and time.monotonic() - t_start > run.time_budget_s
         stopped_by_time = stopped_by_time or out_of_time
         while not out_of_time and runner.has_room():
-            nxt = budget.next_chunk()
+            # near the time budget a chunk holds what its slot can measure in the time left, so that the run does not
+            # end on one long chunk while the other slots idle
+            left = run.time_budget_s - (time.monotonic() - t_start) if run.time_budget_s is not None else None
+            per_trial = sorted(chunk_s)[len(chunk_s) // 2] if chunk_s else None
+            fits = max(2, int(left / per_trial)) if left is not None and per_trial else None
+            nxt = budget.next_chunk(max_trials=fits)
             if nxt is None:
                 break
             name, n = nxt
@@ -240,7 +247,8 @@ def _tune_layers(run: ModelRun, m: LoadedModel, store: RecordStore, budget: Budg
                 name=name, experiment=experiment_name(f"{name}.t{st.trials}.{run_id}"), task=l.task, space=l.space,
                 searcher=run.searcher, seed=run.seed * 100003 + n_chunks, trials=n,
                 store_path=str(run.out / "records"), storage_path=storage_path, settings=run.measure_settings,
-                cpus_per_trial=run.cpus_per_trial, gpus_per_trial=1 if run.gpu else 0,
+                cpus_per_trial=run.chunk_cpus_per_trial, gpus_per_trial=1 if run.gpu else 0,
+                max_concurrent=run.chunk_width,
                 prior=tuple((l.space.to_params(r.config), r.result.status,
                              r.result.median_ms if r.result.ok else None) for r in recs if r.config.sketch >= 0),
                 cache_dir=cache_dir, pretrain_seed=run.seed, trackers=run.trackers, model=m.name,
@@ -256,6 +264,8 @@ def _tune_layers(run: ModelRun, m: LoadedModel, store: RecordStore, budget: Budg
                 lats = [r.result.median_ms if r.result.ok else math.nan for r in store.records()
                         if r.workload.key == by_name[name].key][len(budget.layers[name].curve):]
             budget.finish(name, lats, n)
+            if res.wall_s and lats:
+                chunk_s.append(res.wall_s / len(lats))
             agg = proposals.setdefault(name, {})
             for k, v in res.proposals.items():  # counts add up over chunks; a weight or a summary is the latest
                 agg[k] = v if isinstance(v, (float, dict)) else agg.get(k, 0) + int(v)
@@ -323,7 +333,8 @@ def _deploy_and_report(run: ModelRun, m: LoadedModel, toolchain: Toolchain, stor
         "onnxruntime_ms": finite(dep.reference_ms.get("onnxruntime")) if dep.reference_ms.get("onnxruntime") else None,
         "max_abs_err": finite(dep.max_abs_err) if dep.max_abs_err is not None else None,
         "tolerance": {"rtol": 1e-3, "atol": "1e-4 * max|reference|"},
-        "threads": run.n_threads, "load_avg_1min_before_timing": round(load_1min, 2),
+        "threads": run.n_threads, "in_flight_per_layer": run.chunk_width,
+        "load_avg_1min_before_timing": round(load_1min, 2),
         "timing": dep.timing,
         "library": dep.library,
         "ms_database": dep.ms_database, "library_build_s": round(dep.build_s, 2),

@@ -71,6 +71,12 @@ class ModelRun:
         threads: threads of a timing and of the final model (None: all cores of this machine).
         address: Ray cluster address (None: ``RAY_ADDRESS`` or an embedded local Ray).
         max_concurrent_layers: layer experiments at once (None: cluster CPUs / cpus_per_trial, or GPUs).
+        in_flight: trials in flight per layer experiment (None: 2 on a CPU, the cluster's GPUs on ``cuda``). On a CPU
+            each layer experiment's trials share its ``cpus_per_trial`` Ray-wise, every trial still times on all
+            ``threads`` and timings stay exclusive (the node's timing lock): a second trial in flight lets the next
+            configuration build, and the searcher refit and propose (from its background queue, counting the running
+            trial as pending), while one is timed; 1: each layer's trials one after another, each proposal from a
+            model refitted on every earlier result of the chunk.
         measure: measurement settings (None: defaults on ``threads`` threads).
         chunk: trials per scheduler chunk; warmup: every layer's first chunk.
         retime: after tuning, re-time each layer's best candidates (its own and its siblings') on the quiet node and
@@ -107,6 +113,7 @@ class ModelRun:
     retime: bool = True
     search_options: tuple = ()
     layout: str = "auto"
+    in_flight: int | None = None
 
     def __post_init__(self):
         if not self.model:
@@ -116,6 +123,8 @@ class ModelRun:
             raise ConfigError(f"time budget must be > 0 seconds, got {self.time_budget_s}")
         if not self.cpus_per_trial > 0:
             raise ConfigError(f"cpus_per_trial must be > 0, got {self.cpus_per_trial}")
+        if self.in_flight is not None and (not isinstance(self.in_flight, int) or self.in_flight < 1):
+            raise ConfigError(f"in_flight (--in-flight) must be an integer >= 1, got {self.in_flight!r}")
         for name in ("threads", "max_concurrent_layers"):
             v = getattr(self, name)
             if v is not None and (not isinstance(v, int) or v < 1):
@@ -139,6 +148,20 @@ class ModelRun:
     @property
     def gpu(self) -> bool:
         return self.target_kind == "cuda"
+
+    @property
+    def chunk_width(self) -> int | None:
+        """Trials in flight per layer experiment (None on ``cuda`` without ``in_flight``: the cluster's GPUs)."""
+        if self.in_flight is not None:
+            return self.in_flight
+        return None if self.gpu else CPU_IN_FLIGHT
+
+    @property
+    def chunk_cpus_per_trial(self) -> float:
+        """Ray CPUs one trial of a layer experiment requests: on a CPU the experiment's trials in flight share its
+        ``cpus_per_trial`` (so the layers at once stay cluster CPUs / ``cpus_per_trial``)."""
+        w = self.chunk_width
+        return self.cpus_per_trial if self.gpu or not w else self.cpus_per_trial / w
 
     @property
     def measure_settings(self) -> MeasureSettings:

@@ -49,24 +49,30 @@ class ChunkSpec:
     seeds: tuple = ()
     measurer: Measurer | None = None
     search_options: tuple = ()
+    max_concurrent: int | None = None
 
 
 @dataclass(frozen=True)
 class ChunkResult:
     """What a chunk measured: latencies (ms, NaN = failed) in completion order, and its searcher's proposal stats.
-    ``error`` is set (one line) when the experiment itself failed."""
+    ``error`` is set (one line) when the experiment itself failed; ``wall_s`` is the experiment's wall time, all in
+    (searcher set-up and Tune's start included), seconds."""
 
     latencies_ms: list = field(default_factory=list)
     proposals: dict = field(default_factory=dict)
     error: str | None = None
+    wall_s: float | None = None
 
 
 def run_chunk(spec: ChunkSpec, history=None, callbacks=None) -> ChunkResult:
     """One layer chunk as its own Ray Tune experiment (runs inside a Ray task)."""
+    import time
+
     from raydgp.raytune.experiment import tune_layer
     from raydgp.raytune.searchers import make_searcher
     from raydgp.raytune.trackers import tracker_callbacks
 
+    t0 = time.monotonic()
     searcher = make_searcher(spec.searcher, spec.space, spec.seed, history, pretrain_seed=spec.pretrain_seed,
                              cache_dir=spec.cache_dir, points_to_evaluate=list(spec.seeds), settings=spec.settings,
                              search_options=spec.search_options)
@@ -75,11 +81,16 @@ def run_chunk(spec: ChunkSpec, history=None, callbacks=None) -> ChunkResult:
     res = tune_layer(spec.task, spec.space, searcher, trials=spec.trials, store=RecordStore(spec.store_path),
                      settings=spec.settings, storage_path=spec.storage_path, name=spec.experiment,
                      cpus_per_trial=spec.cpus_per_trial, gpus_per_trial=spec.gpus_per_trial, show_progress=False,
+                     max_concurrent=spec.max_concurrent,
                      tag=spec.name, measurer=spec.measurer,
                      callbacks=list(callbacks or []) + tracker_callbacks(
                          spec.trackers, f"raydgp-{spec.model}", {"layer": spec.name, "chunk": spec.experiment}))
     # Tune drives this very searcher object (it pickles it only into its experiment state): its stats are the run's.
-    return ChunkResult([r.result.median_ms if r.result.ok else math.nan for r in res.records], searcher.stats)
+    stats = searcher.stats
+    if hasattr(searcher, "close"):
+        searcher.close()  # its background proposer (a thread) ends with the chunk
+    return ChunkResult([r.result.median_ms if r.result.ok else math.nan for r in res.records], stats,
+                       wall_s=time.monotonic() - t0)
 
 
 class ChunkRunner:

@@ -39,6 +39,18 @@ def test_scheduler_warms_up_biggest_first_and_keeps_the_budget():
     assert s.layers["one"].trials == 1
 
 
+def test_a_chunk_holds_no_more_than_fits_in_the_time_left():
+    from raydgp.pipeline.budget import Budget
+
+    s = Budget(_states([("a", 1, 1e6, 5.0), ("b", 1, 1e6, 4.0)]), total_trials=100, chunk=16, warmup=8)
+    assert s.next_chunk(max_trials=3) == ("a", 3)  # warm-up of 8, cut to what fits
+    assert s.layers["a"].running == 3
+    assert s.next_chunk(max_trials=0) == ("b", 1)  # always at least one trial
+    s.finish("a", [1.0] * 3, 3)
+    s.finish("b", [1.0], 1)
+    assert s.next_chunk() == ("a", 5)  # uncapped: the rest of its warm-up
+
+
 def test_scheduler_prefers_the_layer_that_still_improves():
     from raydgp.pipeline.budget import Budget
 

@@ -18,7 +18,8 @@ RUN = textwrap.dedent("""
     from raydgp.pipeline.settings import ModelRun
     from raydgp.testing import FakeToolchain
     args = json.loads(sys.argv[1])
-    tc = FakeToolchain(layers=3, crash_library=args.pop("crash", False))
+    tc = FakeToolchain(layers=args.pop("layers", 3), crash_library=args.pop("crash", False),
+                       delay_s=args.pop("delay", 0.0), log_path=args.pop("log", None))
     s = run_model(ModelRun(model="fake", compare_reference=False, default_history=False, **args), toolchain=tc)
     print("RESULT " + json.dumps({"summary": s, "tvm_imported": "tvm" in sys.modules}))
 """)
@@ -142,3 +143,35 @@ def test_retime_takes_own_and_sibling_candidates_and_the_build_prefers_them(tmp_
     assert len(re_a) == 5
     assert store.best("a", prefer_tag=RETIME_TAG).tag == RETIME_TAG  # the lucky 0.01 ms no longer decides
     assert store.best("a").result.median_ms == 0.01
+
+
+def _overlaps(log_path) -> dict[str, int]:
+    """Per layer (task key), how many of its measurements started while another of the same layer was running."""
+    spans = [json.loads(l) for l in open(log_path).read().splitlines()]
+    n: dict[str, int] = {}
+    for key, a0, a1 in spans:
+        n.setdefault(key, 0)
+        n[key] += any(k == key and b0 < a0 < b1 for k, b0, b1 in spans)
+    return n
+
+
+@pytest.mark.parametrize("in_flight", [2, 1])
+def test_each_layer_experiment_runs_its_trials_in_flight(tmp_path, in_flight):
+    """With in_flight 2 a layer's trials overlap inside its own experiment (the DGP proposes from its queue, counting
+    the running trial as pending; no configuration twice); with 1 they never do. One layer experiment at a time, so
+    any overlap is within an experiment."""
+    out, log = tmp_path / "run", tmp_path / "spans.jsonl"
+    got, _ = run_fake(out, trials=12, searcher="dgp", chunk=6, warmup=6, seed=3, layers=2, delay=0.4, log=str(log),
+                      in_flight=in_flight, max_concurrent_layers=1)
+    s = got["summary"]
+    assert s["trials_total"] == 12 and s["in_flight_per_layer"] == in_flight
+    overlaps = _overlaps(log)
+    assert len(overlaps) == 2
+    if in_flight == 2:
+        assert all(v >= 2 for v in overlaps.values()), overlaps
+        assert all("queue" in l["proposals"] for l in s["layers"]), [l["proposals"] for l in s["layers"]]
+    else:
+        assert not any(overlaps.values()), overlaps
+    recs = [json.loads(l) for l in (out / "records" / "records.jsonl").read_text().splitlines()]
+    trials = [(r["workload"]["key"], json.dumps(r["config"], sort_keys=True)) for r in recs if r.get("tag") != "retime"]
+    assert len(trials) == 12 and len(set(trials)) == 12  # no configuration measured twice
