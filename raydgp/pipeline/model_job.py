@@ -214,6 +214,7 @@ def _tune_layers(run: ModelRun, m: LoadedModel, store: RecordStore, budget: Budg
     estimate = [(budget.finished, budget.model_estimate_ms())]
     n_chunks, stopped_by_time = 0, False
     chunk_s: list[float] = []  # seconds per trial of each finished chunk, all in (its experiment's start included)
+    chunk_log: list[dict] = []  # each finished chunk's costs (written to out/chunks.json)
     run_id = time.strftime("%Y%m%d-%H%M%S")  # a resumed run never reuses an experiment directory
     while True:
         out_of_time = run.time_budget_s is not None and time.monotonic() - t_start > run.time_budget_s
@@ -248,7 +249,7 @@ def _tune_layers(run: ModelRun, m: LoadedModel, store: RecordStore, budget: Budg
                 searcher=run.searcher, seed=run.seed * 100003 + n_chunks, trials=n,
                 store_path=str(run.out / "records"), storage_path=storage_path, settings=run.measure_settings,
                 cpus_per_trial=run.chunk_cpus_per_trial, gpus_per_trial=1 if run.gpu else 0,
-                max_concurrent=run.chunk_width,
+                max_concurrent=run.chunk_width, submitted_at=time.time(),
                 prior=tuple((l.space.to_params(r.config), r.result.status,
                              r.result.median_ms if r.result.ok else None) for r in recs if r.config.sketch >= 0),
                 cache_dir=cache_dir, pretrain_seed=run.seed, trackers=run.trackers, model=m.name,
@@ -266,12 +267,22 @@ def _tune_layers(run: ModelRun, m: LoadedModel, store: RecordStore, budget: Budg
             budget.finish(name, lats, n)
             if res.wall_s and lats:
                 chunk_s.append(res.wall_s / len(lats))
+                chunk_log.append({"layer": name, "trials": len(lats), "wall_s": round(res.wall_s, 2),
+                                  "setup_s": round(res.setup_s or 0.0, 2),
+                                  "first_result_s": round(res.first_result_s, 2) if res.first_result_s else None,
+                                  "start_delay_s": round(res.start_delay_s, 2) if res.start_delay_s else None})
             agg = proposals.setdefault(name, {})
             for k, v in res.proposals.items():  # counts add up over chunks; a weight or a summary is the latest
                 agg[k] = v if isinstance(v, (float, dict)) else agg.get(k, 0) + int(v)
             estimate.append((budget.finished, budget.model_estimate_ms()))
         progress.show(budget.used, budget.layers_done(), budget.model_estimate_ms(), [r[0] for r in runner.running])
     progress.show(budget.used, len(m.layers), budget.model_estimate_ms(), [], final=True)
+    if chunk_log:
+        write_json_atomic(run.out / "chunks.json", chunk_log, indent=1)
+        med = lambda k: sorted(c[k] or 0.0 for c in chunk_log)[len(chunk_log) // 2]  # noqa: E731
+        log.info("%d layer chunks: median %.1f s from submission to the Ray task's start, %.1f s in it, of which "
+                 "%.1f s making the searcher and %.1f s until the first result (each chunk: %s)", len(chunk_log),
+                 med("start_delay_s"), med("wall_s"), med("setup_s"), med("first_result_s"), run.out / "chunks.json")
     if stopped_by_time:
         log.info("time budget of %.0f s reached: no new chunks were started after it", run.time_budget_s)
     return stopped_by_time, proposals, estimate

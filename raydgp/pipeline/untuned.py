@@ -39,13 +39,15 @@ def measure_untuned(layers, make_measurer: Callable[[MeasureSettings], Measurer]
     Args:
         layers: :class:`~raydgp.models.base.ModelLayer` objects.
         make_measurer: builds the measurer (the toolchain's).
-        settings: measurement settings (repeats are cut to 3 short ones: a baseline, not a tuning result).
+        settings: measurement settings (cut to one timed repeat of at least 5 ms, or one cold run: a baseline, not a
+            tuning result; an untuned conv takes 0.1-0.7 s per call, and the whole model's took 44 s to measure with
+            three).
         cache: ``untuned.json``, written atomically after every layer.
     """
     known = read_cache(cache)
     todo = [l for l in layers if l.key not in known]
     if todo:
-        quick = replace(settings, repeat=3, min_repeat_ms=5.0, warmup=0, flush_repeat=3)
+        quick = replace(settings, repeat=1, min_repeat_ms=5.0, warmup=0, flush_repeat=1)
         t0 = time.monotonic()
         with make_measurer(quick) as m:
             for l in todo:

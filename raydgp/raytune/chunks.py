@@ -50,18 +50,24 @@ class ChunkSpec:
     measurer: Measurer | None = None
     search_options: tuple = ()
     max_concurrent: int | None = None
+    submitted_at: float | None = None  # time.time() when the driver submitted it
 
 
 @dataclass(frozen=True)
 class ChunkResult:
     """What a chunk measured: latencies (ms, NaN = failed) in completion order, and its searcher's proposal stats.
-    ``error`` is set (one line) when the experiment itself failed; ``wall_s`` is the experiment's wall time, all in
-    (searcher set-up and Tune's start included), seconds."""
+    ``error`` is set (one line) when the experiment itself failed; ``wall_s`` is the chunk's wall time in its Ray task,
+    all in, ``setup_s`` the part spent making its searcher (model and history loaded, earlier results added) and
+    ``first_result_s`` the time until its first trial's result reached the driver's record writer, ``start_delay_s``
+    the time from its submission to its Ray task's start (a worker process started or freed), seconds."""
 
     latencies_ms: list = field(default_factory=list)
     proposals: dict = field(default_factory=dict)
     error: str | None = None
     wall_s: float | None = None
+    setup_s: float | None = None
+    first_result_s: float | None = None
+    start_delay_s: float | None = None
 
 
 def run_chunk(spec: ChunkSpec, history=None, callbacks=None) -> ChunkResult:
@@ -72,12 +78,13 @@ def run_chunk(spec: ChunkSpec, history=None, callbacks=None) -> ChunkResult:
     from raydgp.raytune.searchers import make_searcher
     from raydgp.raytune.trackers import tracker_callbacks
 
-    t0 = time.monotonic()
+    t0, wall0 = time.monotonic(), time.time()
     searcher = make_searcher(spec.searcher, spec.space, spec.seed, history, pretrain_seed=spec.pretrain_seed,
                              cache_dir=spec.cache_dir, points_to_evaluate=list(spec.seeds), settings=spec.settings,
                              search_options=spec.search_options)
     for params, status, value in spec.prior:
         searcher.add_evaluated_record(params, status, value)
+    setup_s = time.monotonic() - t0
     res = tune_layer(spec.task, spec.space, searcher, trials=spec.trials, store=RecordStore(spec.store_path),
                      settings=spec.settings, storage_path=spec.storage_path, name=spec.experiment,
                      cpus_per_trial=spec.cpus_per_trial, gpus_per_trial=spec.gpus_per_trial, show_progress=False,
@@ -89,8 +96,11 @@ def run_chunk(spec: ChunkSpec, history=None, callbacks=None) -> ChunkResult:
     stats = searcher.stats
     if hasattr(searcher, "close"):
         searcher.close()  # its background proposer (a thread) ends with the chunk
+    first = min((r.time for r in res.records), default=None)
     return ChunkResult([r.result.median_ms if r.result.ok else math.nan for r in res.records], stats,
-                       wall_s=time.monotonic() - t0)
+                       wall_s=time.monotonic() - t0, setup_s=setup_s,
+                       first_result_s=first - wall0 if first is not None else None,
+                       start_delay_s=wall0 - spec.submitted_at if spec.submitted_at else None)
 
 
 class ChunkRunner:
