@@ -79,9 +79,9 @@ def _tune_parser(sub) -> None:
     p.add_argument("--max-concurrent-layers", type=int, default=None,
                    help="layer experiments at once (default: cluster CPUs / cpus-per-trial, or GPUs)")
     p.add_argument("--in-flight", type=int, default=None,
-                   help="trials in flight per layer experiment (default: 2 on a CPU: the next one builds and the "
-                        "searcher refits while one is timed, timings stay exclusive; the cluster's GPUs with "
-                        "--target cuda); 1: each layer's trials one after another")
+                   help="trials in flight per layer experiment (default 1 on a CPU, where two layer experiments "
+                        "run at once; 2: the next one builds and the searcher refits from its queue while one is "
+                        "timed, timings stay exclusive; default with --target cuda: the cluster's GPUs)")
     p.add_argument("--chunk", type=int, default=16, help="trials per scheduler chunk (default 16)")
     p.add_argument("--warmup", type=int, default=8, help="every layer's first trials (default 8)")
     p.add_argument("--storage", default=None, help="Ray Tune storage_path (path or bucket URI; default OUT/ray)")

@@ -78,13 +78,13 @@ def test_trials_in_flight_default_and_bad_values():
 
 def test_model_runs_trials_in_flight_per_layer_default_and_bad_values():
     from raydgp.errors import ConfigError
-    from raydgp.pipeline.settings import CPU_IN_FLIGHT, ModelRun
+    from raydgp.pipeline.settings import MODEL_CPU_IN_FLIGHT, ModelRun
 
     r = ModelRun(model="resnet18", out="o")
+    assert r.chunk_width == MODEL_CPU_IN_FLIGHT == 1 and r.chunk_cpus_per_trial == 1.0
+    two = ModelRun(model="resnet18", out="o", in_flight=2)
     # two layers at once (2 CPUs / 1 per layer), each with two trials in flight sharing its CPU
-    assert r.chunk_width == CPU_IN_FLIGHT == 2 and r.chunk_cpus_per_trial == 0.5
-    one = ModelRun(model="resnet18", out="o", in_flight=1, cpus_per_trial=2.0)
-    assert one.chunk_width == 1 and one.chunk_cpus_per_trial == 2.0
+    assert two.chunk_width == 2 and two.chunk_cpus_per_trial == 0.5
     gpu = ModelRun(model="resnet18", out="o", target_kind="cuda")
     assert gpu.chunk_width is None and gpu.chunk_cpus_per_trial == 1.0  # one GPU per trial, the cluster's width
     for bad in (0, -2, 1.5):

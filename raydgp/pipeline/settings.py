@@ -17,6 +17,10 @@ SEARCHERS = ("dgp", "random", "tpe", "hebo")  # tpe, hebo: Ray Tune's own, for c
 TARGETS = ("llvm", "cuda")
 #: Trials of a one-layer CPU run in flight by default: one timed while the next builds and the searcher refits.
 CPU_IN_FLIGHT = 2
+#: Trials in flight per layer experiment of a whole-model run on a CPU. One: two layer experiments already run at once
+#: there, and on 2 cores their searchers' refits are what bounds the throughput; two in flight each measured 150
+#: trials in the README's 400 s against 200 (BENCHMARKS.md section 6).
+MODEL_CPU_IN_FLIGHT = 1
 
 
 def _search_options(options, searcher: str) -> tuple:
@@ -71,12 +75,13 @@ class ModelRun:
         threads: threads of a timing and of the final model (None: all cores of this machine).
         address: Ray cluster address (None: ``RAY_ADDRESS`` or an embedded local Ray).
         max_concurrent_layers: layer experiments at once (None: cluster CPUs / cpus_per_trial, or GPUs).
-        in_flight: trials in flight per layer experiment (None: 2 on a CPU, the cluster's GPUs on ``cuda``). On a CPU
+        in_flight: trials in flight per layer experiment (None: 1 on a CPU, the cluster's GPUs on ``cuda``). On a CPU
             each layer experiment's trials share its ``cpus_per_trial`` Ray-wise, every trial still times on all
             ``threads`` and timings stay exclusive (the node's timing lock): a second trial in flight lets the next
             configuration build, and the searcher refit and propose (from its background queue, counting the running
             trial as pending), while one is timed; 1: each layer's trials one after another, each proposal from a
-            model refitted on every earlier result of the chunk.
+            model refitted on every earlier result of the chunk. Two layer experiments run at once on a 2-core node
+            by default (``max_concurrent_layers``), so one's trial runs while the other's searcher refits.
         measure: measurement settings (None: defaults on ``threads`` threads).
         chunk: trials per scheduler chunk; warmup: every layer's first chunk.
         retime: after tuning, re-time each layer's best candidates (its own and its siblings') on the quiet node and
@@ -154,7 +159,7 @@ class ModelRun:
         """Trials in flight per layer experiment (None on ``cuda`` without ``in_flight``: the cluster's GPUs)."""
         if self.in_flight is not None:
             return self.in_flight
-        return None if self.gpu else CPU_IN_FLIGHT
+        return None if self.gpu else MODEL_CPU_IN_FLIGHT
 
     @property
     def chunk_cpus_per_trial(self) -> float:
