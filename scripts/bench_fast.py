@@ -102,7 +102,8 @@ def run_models(args) -> None:
                    "peak_gflops": summ.get("peak_gflops"),
                    "layer_best_sum_ms": summ.get("layer_best_sum_ms") or round(est, 4),
                    "sibling_groups": summ.get("sibling_groups"), "proposals": summ.get("proposals"), "layers": layers,
-                   "in_flight": summ.get("in_flight_per_layer")}
+                   "in_flight": summ.get("in_flight_per_layer"),
+                   "layer_experiments": summ.get("layer_experiments_at_once")}
             data["models"].append(row)
             _save(out, data)
             print(f"{model} {trials} trials: tuned {row['tuned_ms']} ms (verified {row['verified']}), PyTorch "
@@ -386,7 +387,8 @@ def render(args) -> None:
                   "ONNX Runtime and untuned TVM are timed in the same run, after tuning, in fresh processes.", "",
                   "Layout: the activation layout the convs were tuned in (`--layout`; every run before NHWC existed "
                   "is NCHW).", "",
-                  "In flight: trials in flight per layer experiment (`--in-flight`; 1 in every run before it existed).",
+                  "In flight: layer experiments at once x trials in flight in each (`--max-concurrent-layers`, "
+                  "default the node's cores; `--in-flight`, 1 in every run before it existed).",
                   "",
                   "| model | layout | in flight | trials (done/asked) | mcpu | tuned ms | PyTorch ms | ONNX Runtime ms | "
                   "untuned ms | tuned/PyTorch | tuned/ORT | layer-best sum ms | wall (all in) | verified | history | "
@@ -396,7 +398,10 @@ def render(args) -> None:
             t, pt, ort = (round(v, 2) if v else v for v in (r.get("tuned_ms"), r.get("pytorch_ms"),
                                                                r.get("onnxruntime_ms")))
             ratio = lambda a, b: f"{a / b:.2f}x" if a and b else "-"  # noqa: E731
-            flight = "-" if "MetaSchedule" in r["model"] else r.get("in_flight") or 1
+            cmd = r.get("command", "").split()
+            at_once = cmd[cmd.index("--max-concurrent-layers") + 1] if "--max-concurrent-layers" in cmd else \
+                r.get("layer_experiments") or r["machine"].get("cores", 2)
+            flight = "-" if "MetaSchedule" in r["model"] else f"{at_once} x {r.get('in_flight') or 1}"
             lines.append(f"| {Path(r['model']).name} | {r.get('layout', 'NCHW')} | {flight} | "
                          f"{r['trials_total']}/{r['trials']} | "
                          f"{r['machine']['mcpu']} | {t} | {pt} | "

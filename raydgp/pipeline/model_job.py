@@ -142,7 +142,7 @@ def run_model(run: ModelRun, callbacks: list | None = None, toolchain: Toolchain
     # -- model out: tuned library, verified and timed -----------------------------------------------------------------
     summary = _deploy_and_report(run, m, toolchain, store, budget, untuned, proposals, estimate, retimed)
     summary.update(tuning_wall_s=round(tune_wall, 2), wall_s=round(time.monotonic() - t_start, 2),
-                   stopped_by_time_budget=stopped_by_time)
+                   stopped_by_time_budget=stopped_by_time, layer_experiments_at_once=runner.width)
     write_json_atomic(out / "summary.json", summary, indent=2)
     for line in table(summary):
         console(line)

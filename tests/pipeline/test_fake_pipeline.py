@@ -164,7 +164,7 @@ def test_each_layer_experiment_runs_its_trials_in_flight(tmp_path, in_flight):
     got, _ = run_fake(out, trials=12, searcher="dgp", chunk=6, warmup=6, seed=3, layers=2, delay=0.4, log=str(log),
                       in_flight=in_flight, max_concurrent_layers=1)
     s = got["summary"]
-    assert s["trials_total"] == 12 and s["in_flight_per_layer"] == in_flight
+    assert s["trials_total"] == 12 and s["in_flight_per_layer"] == in_flight and s["layer_experiments_at_once"] == 1
     overlaps = _overlaps(log)
     assert len(overlaps) == 2
     if in_flight == 2:
