@@ -54,15 +54,13 @@ def retime_best(layers, store: RecordStore, make_measurer: Callable[[MeasureSett
                 group_k: int = 2, workers: int = 2) -> dict[str, float]:
     """Re-time the best candidates of every layer that is at least ``min_share`` of the model's estimated latency.
 
-    ``workers`` measurers (each its own worker process) take the candidates from one queue, so that one builds while
-    the other times; timings stay exclusive (the node's timing lock, which every measurer's worker takes).
+    ``workers`` measurers at once (:func:`~raydgp.measure.parallel.measure_groups`: one builds while the other times,
+    timings stay exclusive; a layer's candidates all go to one of them).
 
     Returns:
         ``{layer name: best re-timed ms}`` for the layers re-timed (NaN where every candidate failed).
     """
-    import queue
-    import threading
-
+    from raydgp.measure.parallel import measure_groups
     from raydgp.space.design_space import config_from_applied
 
     records = store.records()
@@ -76,43 +74,24 @@ def retime_best(layers, store: RecordStore, make_measurer: Callable[[MeasureSett
     if not todo:
         return out
     t0 = time.monotonic()
-    jobs: queue.Queue = queue.Queue()
+    groups = []
     for l in todo:
         out[l.name] = math.nan
         sibs = [o for o in layers if l.group and o.group == l.group and o.key != l.key]
-        for cfg in candidates(l, records, sibs, own_k, group_k):
-            jobs.put((l, cfg))
-    n = jobs.qsize()
-    lock = threading.Lock()
-    errors: list[BaseException] = []
+        groups.append((l, candidates(l, records, sibs, own_k, group_k)))
 
-    def work() -> None:
-        try:
-            with make_measurer(settings) as m:
-                while True:
-                    try:
-                        l, cfg = jobs.get_nowait()
-                    except queue.Empty:
-                        return
-                    res = m.measure(l.task, l.space.trace_json(cfg))
-                    applied = config_from_applied(l.space, cfg.sketch, res.applied) if res.applied else cfg
-                    with lock:  # each result is in the store as soon as it is measured
-                        store.append(Record.now(l.space.workload, target, applied, res.result, tag=RETIME_TAG))
-                        if res.result.ok and not res.result.median_ms >= out[l.name]:
-                            out[l.name] = res.result.median_ms
-        except BaseException as e:  # noqa: BLE001 - raised on the calling thread below
-            errors.append(e)
+    def save(i: int, j: int, res) -> None:  # each result is in the store as soon as it is measured
+        l, cfg = groups[i][0], groups[i][1][j]
+        applied = config_from_applied(l.space, cfg.sketch, res.applied) if res.applied else cfg
+        store.append(Record.now(l.space.workload, target, applied, res.result, tag=RETIME_TAG))
+        if res.result.ok and not res.result.median_ms >= out[l.name]:
+            out[l.name] = res.result.median_ms
 
-    threads = [threading.Thread(target=work, name=f"raydgp-retime-{i}", daemon=True)
-               for i in range(max(1, min(int(workers), n)))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    if errors:
-        raise errors[0]
+    used = measure_groups([(l.task, [l.space.trace_json(c) for c in cands]) for l, cands in groups], make_measurer,
+                          settings, save, workers=workers)
+    n = sum(len(c) for _, c in groups)
     log.info("re-timed %d candidates of %d layers on the quiet node in %.0f s (%d measurers)", n, len(todo),
-             time.monotonic() - t0, len(threads))
+             time.monotonic() - t0, used)
     return out
 
 

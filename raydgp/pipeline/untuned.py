@@ -12,6 +12,7 @@ from typing import Callable
 
 from raydgp.atomic import write_json_atomic
 from raydgp.measure.base import Measurer
+from raydgp.measure.parallel import measure_groups
 from raydgp.measure.protocol import MeasureSettings
 
 log = logging.getLogger("raydgp.pipeline")
@@ -33,7 +34,7 @@ def read_cache(path: Path) -> dict:
 
 
 def measure_untuned(layers, make_measurer: Callable[[MeasureSettings], Measurer], settings: MeasureSettings,
-                    cache: Path) -> dict[str, float]:
+                    cache: Path, workers: int = 2) -> dict[str, float]:
     """Untuned latency (ms, NaN if it failed) of every layer, by name; each measurement is saved as it finishes.
 
     Args:
@@ -43,16 +44,18 @@ def measure_untuned(layers, make_measurer: Callable[[MeasureSettings], Measurer]
             tuning result; an untuned conv takes 0.1-0.7 s per call, and the whole model's took 44 s to measure with
             three).
         cache: ``untuned.json``, written atomically after every layer.
+        workers: measurers at once (:func:`~raydgp.measure.parallel.measure_groups`: one builds while another times).
     """
     known = read_cache(cache)
     todo = [l for l in layers if l.key not in known]
     if todo:
         quick = replace(settings, repeat=1, min_repeat_ms=5.0, warmup=0, flush_repeat=1)
         t0 = time.monotonic()
-        with make_measurer(quick) as m:
-            for l in todo:
-                r = m.measure(l.task, None).result
-                known[l.key] = r.median_ms if r.ok else None
-                write_json_atomic(cache, known)
-        log.info("untuned layers measured in %.0f s", time.monotonic() - t0)
+        def save(i: int, j: int, outcome) -> None:  # saved as each finishes: a kill loses none of them
+            r = outcome.result
+            known[todo[i].key] = r.median_ms if r.ok else None
+            write_json_atomic(cache, known)
+
+        used = measure_groups([(l.task, [None]) for l in todo], make_measurer, quick, save, workers=workers)
+        log.info("untuned layers measured in %.0f s (%d measurers)", time.monotonic() - t0, used)
     return {l.name: (known[l.key] if known.get(l.key) is not None else math.nan) for l in layers}
