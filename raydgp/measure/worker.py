@@ -1,13 +1,15 @@
 """The measurement worker: a warm process that builds, checks and times configurations, one request at a time.
 
-Started by :class:`raydgp.measure.local.LocalMeasurer` as ``python -m raydgp.measure.worker``. It imports TVM once and keeps,
-per task, the parsed module, MetaSchedule's postprocessors, the random inputs and the reference output (the untouched
-task compiled as is, run once). Requests arrive as JSON lines on stdin; progress events and the result leave as JSON lines
-on a private copy of stdout (fd 1 itself is pointed at stderr, so nothing TVM prints can corrupt the protocol).
+Started by :class:`raydgp.measure.local.LocalMeasurer` as ``python -m raydgp.measure.worker``. It imports TVM once and
+keeps, per task, the parsed module, MetaSchedule's postprocessors, the random inputs and the reference output (the
+untouched task compiled as is, run once; for a request of the untuned task itself, that request's own output).
+Requests arrive as JSON lines on stdin; progress events and the result leave as JSON lines on a private copy of stdout
+(fd 1 itself is pointed at stderr, so nothing TVM prints can corrupt the protocol).
 
-Events, in order: ``prepared`` (reference ready), ``built`` (schedule applied and compiled), ``timing`` (the node's timing
-lock is held; the run timeout starts), ``result``. If the process dies or stops answering, the parent turns that into a
-result with a status; the worker itself reports every error it can catch as a result.
+Events, in order: ``prepared`` (task ready, with its reference output unless the request is the untuned task itself),
+``built`` (schedule applied and compiled), ``timing`` (the node's timing lock is held; the run timeout starts),
+``result``. If the process dies or stops answering, the parent turns that into a result with a status; the worker
+itself reports every error it can catch as a result.
 """
 
 from __future__ import annotations
@@ -79,42 +81,51 @@ class Worker:
 
     # -- per task ------------------------------------------------------------------------------------------------------
     def prepare(self, req) -> _TaskState:
-        key = req["key"]
-        if key in self.tasks:
-            return self.tasks[key]
-        from raydgp.space.metaschedule import make_target, tune_context
-        from tvm.s_tir.meta_schedule.arg_info import ArgInfo
+        """The task's state: module, target, inputs, and (once a configuration is to be checked) the reference output.
 
+        A request for the untuned task itself needs no separate reference run: its own output is the reference
+        (:meth:`measure` keeps it), which saves one compile and one run of the slowest kernel of all.
+        """
+        key = req["key"]
         settings = req["settings"]
-        mod = self.tvm.ir.load_json(req["mod"])
-        target = make_target(req["target"])
-        postprocs = list(tune_context(mod, req["target"]).space_generator.postprocs) if req.get("trace") else []
-        rng = np.random.default_rng(0)
-        inputs = []
-        for info in ArgInfo.from_prim_func(mod["main"]):
-            shape = [int(x) for x in info.shape]
-            dtype = str(info.dtype)
-            if "float" in dtype:
-                inputs.append(rng.uniform(-1.0, 1.0, size=shape).astype(dtype))
-            elif "int" in dtype:
-                inputs.append(rng.integers(0, 8, size=shape).astype(dtype))
-            else:
-                inputs.append(np.zeros(shape, dtype=dtype))
-        with self.building(settings):
-            untuned = self.tvm.compile(mod, target=target)
-        dev = self.device(settings)
-        self.lock(settings)
-        try:
-            args = [self.tvm.runtime.tensor(a, dev) for a in inputs]
-            untuned["main"](*args)
-            dev.sync()
-            reference = [a.numpy() for a in args]
-        finally:
-            self.unlock()
-        shapes = [(list(a.shape), str(a.dtype)) for a in inputs]
-        state = _TaskState(key, mod, target, postprocs, inputs, reference, shapes)
-        self.tasks[key] = state
-        return state
+        untuned = req.get("trace") is None and not req.get("candidate_mod")
+        st = self.tasks.get(key)
+        if st is None:
+            from raydgp.space.metaschedule import make_target
+            from tvm.s_tir.meta_schedule.arg_info import ArgInfo
+
+            mod = self.tvm.ir.load_json(req["mod"])
+            rng = np.random.default_rng(0)
+            inputs = []
+            for info in ArgInfo.from_prim_func(mod["main"]):
+                shape = [int(x) for x in info.shape]
+                dtype = str(info.dtype)
+                if "float" in dtype:
+                    inputs.append(rng.uniform(-1.0, 1.0, size=shape).astype(dtype))
+                elif "int" in dtype:
+                    inputs.append(rng.integers(0, 8, size=shape).astype(dtype))
+                else:
+                    inputs.append(np.zeros(shape, dtype=dtype))
+            shapes = [(list(a.shape), str(a.dtype)) for a in inputs]
+            st = _TaskState(key, mod, make_target(req["target"]), None, inputs, None, shapes)
+            self.tasks[key] = st
+        if st.postprocs is None and req.get("trace"):
+            from raydgp.space.metaschedule import tune_context
+
+            st.postprocs = list(tune_context(st.mod, req["target"]).space_generator.postprocs)
+        if st.reference is None and not untuned:
+            with self.building(settings):
+                plain = self.tvm.compile(st.mod, target=st.target)
+            dev = self.device(settings)
+            self.lock(settings)
+            try:
+                args = [self.tvm.runtime.tensor(a, dev) for a in st.inputs]
+                plain["main"](*args)
+                dev.sync()
+                st.reference = [a.numpy() for a in args]
+            finally:
+                self.unlock()
+        return st
 
     # -- one request ---------------------------------------------------------------------------------------------------
     def measure(self, req) -> dict:
@@ -139,7 +150,7 @@ class Worker:
                 elif req.get("trace") is None:
                     sched_mod = st.mod
                 else:
-                    sch, applied = apply_config(st.mod, req["trace"], st.postprocs)
+                    sch, applied = apply_config(st.mod, req["trace"], st.postprocs or [])
                     sched_mod = sch.mod
                 dev = self.device(settings)
                 kernel = split_and_build(sched_mod, st.shapes, st.target, dev)
@@ -161,6 +172,8 @@ class Worker:
             except Exception as e:  # noqa: BLE001
                 return dict(status="run_error", message=_first_line(e), build_s=build_s,
                             run_s=time.perf_counter() - t1, applied=applied)
+            if st.reference is None:  # the untuned task itself (see prepare): its output is the reference
+                st.reference = [a.numpy() for a in args]
             got_out, ref = args[-1].numpy(), st.reference[-1]
             scale = max(1.0, float(np.max(np.abs(ref)))) if ref.size else 1.0
             if not np.allclose(got_out, ref, rtol=settings["rtol"], atol=settings["atol"] * scale, equal_nan=False):

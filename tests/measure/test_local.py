@@ -41,6 +41,29 @@ def test_untuned_task_is_measured(measurer, small_payload):
     assert out.result.ok and out.result.median_ms > 0
 
 
+def test_the_untuned_task_first_is_its_own_reference_and_later_candidates_are_still_checked(
+        tmp_path, cpu_target, small_space, small_payload):
+    """A fresh worker whose first request is the untuned task keeps that output as the reference (no separate
+    reference run): a wrong candidate after it is still caught, a right one passes, and a real conv's configurations
+    after its untuned run still get MetaSchedule's postprocessors (they build, run and pass the check)."""
+    import tvm
+
+    task = _payload(testing.copy_task_module(), cpu_target, "copy-task-untuned-first")
+    settings = MeasureSettings(num_threads=2, repeat=2, min_repeat_ms=1, timing_lock=str(tmp_path / "timing.lock"))
+    with LocalMeasurer(settings) as m:
+        first = m.measure(task, None)
+        assert first.result.ok, first.result.message
+        wrong = m.measure(task, None, tvm.ir.save_json(testing.wrong_result_module()))
+        assert wrong.result.status == "wrong_result", wrong.result.message
+        right = m.measure(task, None, tvm.ir.save_json(testing.copy_task_module()))
+        assert right.result.ok, right.result.message
+        assert m.measure(small_payload, None).result.ok
+        outs = [m.measure(small_payload, small_space.trace_json(c))
+                for c in small_space.sample_many(4, np.random.default_rng(1))]
+        assert all(o.result.status in ("ok", "invalid") for o in outs), [o.result.message for o in outs]
+        assert any(o.result.ok and o.applied is not None for o in outs)
+
+
 def test_invalid_configuration_is_a_result(measurer, small_space, small_payload):
     c = small_space.sample(np.random.default_rng(0))
     trace = small_space.trace_json(c)
