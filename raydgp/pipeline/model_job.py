@@ -9,6 +9,7 @@ Output directory layout (``out``)::
     <model>.so          the tuned library (tvm.runtime.load_module + relax.VirtualMachine)
     ray/                Ray Tune experiment state, one experiment per layer chunk (``<layer>.t<trials-before>.<run>``)
     tuning_curves.png   the model's estimated latency vs trials, and the layers that weigh most
+    chunks.json         each finished layer chunk's costs: wall, searcher set-up, time to its first result (seconds)
     summary.json        see :func:`run_model` (written atomically)
 
 Re-running the same command after a kill (even SIGKILL, at any moment) continues from ``records/``: finished
