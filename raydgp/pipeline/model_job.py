@@ -9,7 +9,7 @@ Output directory layout (``out``)::
     <model>.so          the tuned library (tvm.runtime.load_module + relax.VirtualMachine)
     ray/                Ray Tune experiment state, one experiment per layer chunk (``<layer>.t<trials-before>.<run>``)
     tuning_curves.png   the model's estimated latency vs trials, and the layers that weigh most
-    chunks.json         each finished layer chunk's costs: wall, searcher set-up, time to its first result (seconds)
+    chunks.json         each finished layer chunk's costs: wall, start delay, time to its first result (seconds)
     summary.json        see :func:`run_model` (written atomically)
 
 Re-running the same command after a kill (even SIGKILL, at any moment) continues from ``records/``: finished
@@ -214,7 +214,6 @@ def _tune_layers(run: ModelRun, m: LoadedModel, store: RecordStore, budget: Budg
     proposals: dict[str, dict] = {}
     estimate = [(budget.finished, budget.model_estimate_ms())]
     n_chunks, stopped_by_time = 0, False
-    chunk_s: list[float] = []  # seconds per trial of each finished chunk, all in (its experiment's start included)
     chunk_log: list[dict] = []  # each finished chunk's costs (written to out/chunks.json)
     run_id = time.strftime("%Y%m%d-%H%M%S")  # a resumed run never reuses an experiment directory
     while True:
@@ -224,7 +223,9 @@ def _tune_layers(run: ModelRun, m: LoadedModel, store: RecordStore, budget: Budg
             # near the time budget a chunk holds what its slot can measure in the time left, so that the run does not
             # end on one long chunk while the other slots idle
             left = run.time_budget_s - (time.monotonic() - t_start) if run.time_budget_s is not None else None
-            per_trial = sorted(chunk_s)[len(chunk_s) // 2] if chunk_s else None
+            # seconds per trial of the finished chunks, all in (each experiment's start included)
+            rates = sorted(c["wall_s"] / c["trials"] for c in chunk_log)
+            per_trial = rates[len(rates) // 2] if rates else None
             fits = max(2, int(left / per_trial)) if left is not None and per_trial else None
             nxt = budget.next_chunk(max_trials=fits)
             if nxt is None:
@@ -267,9 +268,7 @@ def _tune_layers(run: ModelRun, m: LoadedModel, store: RecordStore, budget: Budg
                         if r.workload.key == by_name[name].key][len(budget.layers[name].curve):]
             budget.finish(name, lats, n)
             if res.wall_s and lats:
-                chunk_s.append(res.wall_s / len(lats))
                 chunk_log.append({"layer": name, "trials": len(lats), "wall_s": round(res.wall_s, 2),
-                                  "setup_s": round(res.setup_s or 0.0, 2),
                                   "first_result_s": round(res.first_result_s, 2) if res.first_result_s else None,
                                   "start_delay_s": round(res.start_delay_s, 2) if res.start_delay_s else None})
             agg = proposals.setdefault(name, {})
@@ -282,8 +281,9 @@ def _tune_layers(run: ModelRun, m: LoadedModel, store: RecordStore, budget: Budg
         write_json_atomic(run.out / "chunks.json", chunk_log, indent=1)
         med = lambda k: sorted(c[k] or 0.0 for c in chunk_log)[len(chunk_log) // 2]  # noqa: E731
         log.info("%d layer chunks: median %.1f s from submission to the Ray task's start, %.1f s in it, of which "
-                 "%.1f s making the searcher and %.1f s until the first result (each chunk: %s)", len(chunk_log),
-                 med("start_delay_s"), med("wall_s"), med("setup_s"), med("first_result_s"), run.out / "chunks.json")
+                 "%.1f s until the first result (Tune's start, the searcher's first fit, one measurement; each chunk: "
+                 "%s)", len(chunk_log), med("start_delay_s"), med("wall_s"), med("first_result_s"),
+                 run.out / "chunks.json")
     if stopped_by_time:
         log.info("time budget of %.0f s reached: no new chunks were started after it", run.time_budget_s)
     return stopped_by_time, proposals, estimate

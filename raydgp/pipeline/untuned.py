@@ -51,6 +51,7 @@ def measure_untuned(layers, make_measurer: Callable[[MeasureSettings], Measurer]
     if todo:
         quick = replace(settings, repeat=1, min_repeat_ms=5.0, warmup=0, flush_repeat=1)
         t0 = time.monotonic()
+
         def save(i: int, j: int, outcome) -> None:  # saved as each finishes: a kill loses none of them
             r = outcome.result
             known[todo[i].key] = r.median_ms if r.ok else None

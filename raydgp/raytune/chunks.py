@@ -57,15 +57,14 @@ class ChunkSpec:
 class ChunkResult:
     """What a chunk measured: latencies (ms, NaN = failed) in completion order, and its searcher's proposal stats.
     ``error`` is set (one line) when the experiment itself failed; ``wall_s`` is the chunk's wall time in its Ray task,
-    all in, ``setup_s`` the part spent making its searcher (model and history loaded, earlier results added) and
-    ``first_result_s`` the time until its first trial's result reached the driver's record writer, ``start_delay_s``
-    the time from its submission to its Ray task's start (a worker process started or freed), seconds."""
+    all in, ``first_result_s`` the time until its first trial's result reached the record writer (Tune's start, the
+    searcher's first fit and one measurement), ``start_delay_s`` the time from its submission to its Ray task's start
+    (a worker process started or freed), seconds."""
 
     latencies_ms: list = field(default_factory=list)
     proposals: dict = field(default_factory=dict)
     error: str | None = None
     wall_s: float | None = None
-    setup_s: float | None = None
     first_result_s: float | None = None
     start_delay_s: float | None = None
 
@@ -84,7 +83,6 @@ def run_chunk(spec: ChunkSpec, history=None, callbacks=None) -> ChunkResult:
                              search_options=spec.search_options)
     for params, status, value in spec.prior:
         searcher.add_evaluated_record(params, status, value)
-    setup_s = time.monotonic() - t0
     res = tune_layer(spec.task, spec.space, searcher, trials=spec.trials, store=RecordStore(spec.store_path),
                      settings=spec.settings, storage_path=spec.storage_path, name=spec.experiment,
                      cpus_per_trial=spec.cpus_per_trial, gpus_per_trial=spec.gpus_per_trial, show_progress=False,
@@ -98,7 +96,7 @@ def run_chunk(spec: ChunkSpec, history=None, callbacks=None) -> ChunkResult:
         searcher.close()  # its background proposer (a thread) ends with the chunk
     first = min((r.time for r in res.records), default=None)
     return ChunkResult([r.result.median_ms if r.result.ok else math.nan for r in res.records], stats,
-                       wall_s=time.monotonic() - t0, setup_s=setup_s,
+                       wall_s=time.monotonic() - t0,
                        first_result_s=first - wall0 if first is not None else None,
                        start_delay_s=wall0 - spec.submitted_at if spec.submitted_at else None)
 

@@ -52,6 +52,8 @@ def test_whole_model_on_the_fake_toolchain_with_the_dgp(tmp_path):
     assert s["retimed_layers"] >= 1 and any(r.get("tag") == "retime" for r in recs)  # then the quiet re-timing
     assert (out / "tuning_curves.png").stat().st_size > 10_000
     assert json.loads((out / "untuned.json").read_text())  # cached baselines
+    chunks = json.loads((out / "chunks.json").read_text())  # every chunk's costs, its trials adding up to the budget
+    assert sum(c["trials"] for c in chunks) == 20 and all(c["wall_s"] > 0 for c in chunks)
 
 
 def test_whole_model_with_history_reports_the_trust_in_it(tmp_path):
