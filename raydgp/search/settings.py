@@ -33,7 +33,13 @@ class SearchSettings:
             the target: measured best, BENCHMARKS.md section 2), ``head`` (output mean, output scale, noise),
             ``output`` (the whole output GP layer + likelihood) or ``all`` parameters are fine-tuned.
         refit_steps: Adam steps of a warm-started refit when new results arrived.
-        cold_steps: Adam steps of a from-scratch fit without history.
+        cold_steps: Adam steps of a from-scratch fit without history (after its exact-GP start).
+        cold_member_steps: Adam steps of the cold member's fresh fit beside a history (``trust``; after the same
+            exact-GP start). Measured in the replay (8 layers, 2 seeds, budget 40, BENCHMARKS.md section 7.2): 20 steps
+            instead of 50 left the transfer search's median trials to 5% at 20 (mean 19.2 -> 18.4) and halved its
+            wall (118 -> 61 s per target, median), while the search *without* history lost with 20 (median best
+            after 40 trials 1.14 -> 1.27 of the best): there the cold model is the only model, here the mixture's
+            other members carry the search while it is young.
         cold_refresh: with ``trust``, the cold member is fitted afresh (inducing points on the data, exact-GP start,
             ``cold_steps``) once the target's data grew by this fraction since its last fresh fit, and warm-started
             (``refit_steps``) in between. 0 (the default): afresh on every refit while the data fit in the inducing
@@ -134,6 +140,7 @@ class SearchSettings:
     finetune_scope: str = "variational"
     refit_steps: int = 30
     cold_steps: int = 50
+    cold_member_steps: int = 20
     cold_refresh: float = 0.0
     dgp: DGPSettings = field(default_factory=DGPSettings)
     seed: int = 0
@@ -182,6 +189,8 @@ class SearchSettings:
             raise ConfigError(f"sketch_min_when={self.sketch_min_when!r}: choose one of {SKETCH_MIN_WHEN}")
         if self.sketch_min < 0:
             raise ConfigError(f"sketch_min={self.sketch_min}: must be >= 0 (0: off)")
+        if self.cold_steps < 0 or self.cold_member_steps < 0 or self.refit_steps < 0:
+            raise ConfigError("cold_steps, cold_member_steps and refit_steps must be >= 0")
         if self.cold_refresh < 0:
             raise ConfigError(f"cold_refresh={self.cold_refresh}: must be >= 0 (0: a fresh cold fit on every result)")
         if self.max_staleness < 0:

@@ -205,6 +205,22 @@ def test_cold_refresh_sets_how_often_the_cold_member_is_fitted_afresh(refresh, m
         SearchSettings(cold_refresh=-0.1)
 
 
+def test_the_cold_member_fits_with_its_own_steps_and_the_search_without_history_with_cold_steps(monkeypatch):
+    import raydgp.search.loop as loop
+
+    steps = []
+    real_fit = loop.fit_dgp
+    monkeypatch.setattr(loop, "fit_dgp", lambda X, y, st, steps_=None, **k: steps.append(k.get("steps"))
+                        or real_fit(X, y, st, **k))
+    _search(lambda sp: _history(sp, True), 10, cold_steps=11, cold_member_steps=7)
+    assert steps and set(steps) == {7}, steps  # beside a history: the cold member's fresh fits only
+    steps.clear()
+    _search(None, 8, cold_steps=11, cold_member_steps=7)
+    assert steps and set(steps) == {11}, steps
+    with pytest.raises(Exception, match="cold_member_steps"):
+        SearchSettings(cold_member_steps=-1)
+
+
 @pytest.mark.parametrize("inverted", [False, True])
 def test_the_stacked_member_fits_the_slope_to_what_the_history_is_worth(inverted):
     from raydgp.dgp.stacked import StackedSurrogate
