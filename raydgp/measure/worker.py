@@ -116,11 +116,12 @@ class Worker:
         if st.reference is None and not untuned:
             with self.building(settings):
                 plain = self.tvm.compile(st.mod, target=st.target)
+                plain_main = plain["main"]  # the LLVM code is generated at the first lookup: here, not in the lock
             dev = self.device(settings)
             self.lock(settings)
             try:
                 args = [self.tvm.runtime.tensor(a, dev) for a in st.inputs]
-                plain["main"](*args)
+                plain_main(*args)
                 dev.sync()
                 st.reference = [a.numpy() for a in args]
             finally:
