@@ -35,14 +35,14 @@ class SearchSettings:
         refit_steps: Adam steps of a warm-started refit when new results arrived.
         cold_steps: Adam steps of a from-scratch fit without history (after its exact-GP start).
         cold_member_steps: Adam steps of the cold member's fresh fit beside a history (``trust``; after the same
-            exact-GP start). Measured in the replay (8 layers, 2 seeds, budget 40, BENCHMARKS.md section 7.2): 20 steps
-            instead of 50 left the transfer search's median trials to 5% at 20 (mean 19.2 -> 18.4) and halved its
-            wall (118 -> 61 s per target, median), while the search *without* history lost with 20 (median best
-            after 40 trials 1.14 -> 1.27 of the best): there the cold model is the only model, here the mixture's
-            other members carry the search while it is young.
+            exact-GP start). Measured in the replay (8 layers, 2 seeds, budget 40; BENCHMARKS.md section 3, "What a
+            proposal costs"): 20 steps instead of 50 left the transfer search's median trials to 5% at 20 (mean 19.2
+            -> 18.4) and halved its wall (118 -> 60 s per target, median), while the search *without* history
+            lost with 20 (median best after 40 trials 1.14 -> 1.27 of the best): there the cold model is the only
+            model, here the mixture's other members carry the search while it is young.
         cold_refresh: with ``trust``, the cold member is fitted afresh (inducing points on the data, exact-GP start,
-            ``cold_steps``) once the target's data grew by this fraction since its last fresh fit, and warm-started
-            (``refit_steps``) in between. 0 (the default): afresh on every refit while the data fit in the inducing
+            ``cold_member_steps``) once the target's data grew by this fraction since its last fresh fit, and
+            warm-started (``refit_steps``) in between. 0 (the default): afresh on every refit while the data fit in the inducing
             points, as the search without history fits itself (measured live on two unseen convs, BENCHMARKS.md 7.3:
             better than 0.25 in 3 of 4 searches, medians 1.00 vs 1.11 ms and 3.15 vs 3.98 ms, at 15-30% more wall).
         dgp: the deep GP's own settings.
@@ -190,7 +190,8 @@ class SearchSettings:
         if self.sketch_min < 0:
             raise ConfigError(f"sketch_min={self.sketch_min}: must be >= 0 (0: off)")
         if self.cold_steps < 0 or self.cold_member_steps < 0 or self.refit_steps < 0:
-            raise ConfigError("cold_steps, cold_member_steps and refit_steps must be >= 0")
+            raise ConfigError(f"cold_steps={self.cold_steps}, cold_member_steps={self.cold_member_steps}, "
+                              f"refit_steps={self.refit_steps}: each must be >= 0")
         if self.cold_refresh < 0:
             raise ConfigError(f"cold_refresh={self.cold_refresh}: must be >= 0 (0: a fresh cold fit on every result)")
         if self.max_staleness < 0:
