@@ -1,9 +1,9 @@
 #!/usr/bin/env python
 """What one proposal of a transfer search costs on this machine, and what each speed-up took off it.
 
-One target layer of the shipped dataset is the target (its TVM design space: the random pool, the evolutionary
-search, the failure model, as a live search proposes); every other layer (on every machine it was recorded on) is the history (4,000 rows, as ``raydgp
-tune`` subsamples it). The metric is a smooth function of the configuration's encoding (the cost of a proposal does
+One layer of the shipped dataset is the target (its TVM design space: the random pool, the evolutionary search, the
+failure model, as a live search proposes); every other layer (on every machine it was recorded on) is the history
+(4,000 rows, as ``raydgp tune`` subsamples it). The metric is a smooth function of the configuration's encoding (the cost of a proposal does
 not depend on the values). Variants, each its own search with the same seed, advanced one proposal each in turn so
 that the machine's load drifts over all alike:
 
@@ -14,8 +14,8 @@ that the machine's load drifts over all alike:
 * ``default``: today's defaults (``fast_shapes`` and ``cold_member_steps=20``).
 
 Reports per variant the median ``suggest()`` seconds after the tuning set (each refits the members on the newest
-result: the transferred model's MAP refit, the cold member's fresh fit), the seconds spent fitting models over the whole search,
-and the ratio to ``before``. One torch thread, as the search uses.
+result: the transferred model's MAP refit, the cold member's fresh fit), the seconds spent fitting models over the
+whole search, and the ratio to ``before``. One torch thread, as the search uses.
 
     python scripts/bench_proposal.py --proposals 40 --out bench/bench_proposal.json
 """

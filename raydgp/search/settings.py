@@ -42,9 +42,10 @@ class SearchSettings:
             model, here the mixture's other members carry the search while it is young.
         cold_refresh: with ``trust``, the cold member is fitted afresh (inducing points on the data, exact-GP start,
             ``cold_member_steps``) once the target's data grew by this fraction since its last fresh fit, and
-            warm-started (``refit_steps``) in between. 0 (the default): afresh on every refit while the data fit in the inducing
-            points, as the search without history fits itself (measured live on two unseen convs, BENCHMARKS.md 7.3:
-            better than 0.25 in 3 of 4 searches, medians 1.00 vs 1.11 ms and 3.15 vs 3.98 ms, at 15-30% more wall).
+            warm-started (``refit_steps``) in between. 0 (the default): afresh on every refit while the data fit in
+            the inducing points, as the search without history fits itself (measured live on two unseen convs,
+            BENCHMARKS.md 7.3: better than 0.25 in 3 of 4 searches, medians 1.00 vs 1.11 ms and 3.15 vs 3.98 ms, at
+            15-30% more wall).
         dgp: the deep GP's own settings.
         seed: seed of everything random in the search.
         pretrain_seed: seed of stage 1 (None: ``seed``). Searchers that share a history and this seed share one cached
