@@ -4,8 +4,8 @@
 One layer of the shipped dataset is the target (its TVM design space: the random pool, the evolutionary search, the
 failure model, as a live search proposes); every other layer (on every machine it was recorded on) is the history
 (4,000 rows, as ``raydgp tune`` subsamples it). The metric is a smooth function of the configuration's encoding
-(the cost of a proposal does not depend on the values). Variants, each its own search with the same seed, advanced one proposal each in turn so
-that the machine's load drifts over all alike:
+(the cost of a proposal does not depend on the values). Variants, each its own search with the same seed, advanced
+one proposal each in turn so that the machine's load drifts over all alike:
 
 * ``before``: torch's own ``broadcast_shapes`` and the cold member's fresh fits at 50 Adam steps (the defaults
   before 2026-12-05);
