@@ -7,11 +7,14 @@ failure model, as a live search proposes); every other layer (on every machine i
 (the cost of a proposal does not depend on the values). Variants, each its own search with the same seed, advanced
 one proposal each in turn so that the machine's load drifts over all alike:
 
-* ``before``: torch's own ``broadcast_shapes`` and the cold member's fresh fits at 50 Adam steps (the defaults
-  before 2026-12-05);
+* ``before``: torch's own ``broadcast_shapes``, the cold member's fresh fits at 50 Adam steps and every member
+  refitted on every result (the defaults before 2026-12-05);
 * ``fast_shapes``: :mod:`raydgp.dgp.fast_shapes` installed (same results: the script checks the proposals are
   identical to ``before``'s);
-* ``default``: today's defaults (``fast_shapes`` and ``cold_member_steps=20``).
+* ``cm20``: ``fast_shapes`` and ``cold_member_steps=20`` (the defaults at the start of 2026-12-05's second
+  session);
+* ``default``: today's defaults (``cm20`` and a member under trust weight ``idle_member_weight`` refitted every
+  ``idle_member_every`` results only).
 
 Reports per variant the median ``suggest()`` seconds after the tuning set (each refits the members on the newest
 result: the transferred model's MAP refit, the cold member's fresh fit), the seconds spent fitting models over the
@@ -76,8 +79,9 @@ def main(argv=None) -> int:
         return float(np.exp(0.3 * np.tanh(sp.encode_many([c])[0] @ w / 5)))
 
     cache = args.cache or tempfile.mkdtemp(prefix="raydgp-proposal-")
-    variants = {"before": (False, {"cold_member_steps": 50}), "fast_shapes": (True, {"cold_member_steps": 50}),
-                "default": (True, {})}
+    eager = {"idle_member_weight": 0.0}
+    variants = {"before": (False, {"cold_member_steps": 50, **eager}),
+                "fast_shapes": (True, {"cold_member_steps": 50, **eager}), "cm20": (True, eager), "default": (True, {})}
     searches, rows = {}, {}
     for name, (fast, kw) in variants.items():
         searches[name] = DGPSearch(sp, SearchSettings(seed=args.seed, pretrain_seed=0, **kw), history=hist,
@@ -110,6 +114,8 @@ def main(argv=None) -> int:
         base = base or med
         out["variants"][name] = {"suggest_median_s": round(med, 3), "ratio_to_before": round(med / base, 3),
                                  "fit_s_total": round(sum(s.timings["fit"]), 1),
+                                 "stats": {k: s.stats[k] for k in ("model", "cold_led", "transfer_weight",
+                                                                    "idle_refits_skipped") if k in s.stats},
                                  "suggest_s": [round(x, 3) for x in rows[name]["suggest_s"]]}
     out["fast_shapes_same_proposals"] = rows["before"]["configs"] == rows["fast_shapes"]["configs"]
     print(json.dumps({k: v for k, v in out.items() if k != "variants"}, indent=1))

@@ -23,7 +23,9 @@ default: every task in turn is the target), or only ResNet-18's layers with Mobi
 * ``cold_cs20``: ``cold`` with 20 Adam steps instead of 50 after its fits' exact-GP start (``cold_steps=20``);
   ``dgp_cm50``: ``dgp`` with the cold member's fresh fits at 50 steps instead of 20 (``cold_member_steps=50``, the
   default before 2026-12-05: the fresh fit was most of a proposal's time); ``dgp_rs15``: ``dgp`` with 15 Adam steps
-  per warm-started refit instead of 30 (``refit_steps=15``);
+  per warm-started refit instead of 30 (``refit_steps=15``); ``dgp_idle0``: ``dgp`` refitting every member on every
+  result (``idle_member_weight=0``, the default before 2026-12-05: a member under weight 0.2 is now refitted every
+  4th result);
 * ``dgp_h03``: ``dgp`` with the hidden GPs' output scale starting at 0.3 instead of 0.01 (``hidden_noise``);
 * ``mtgp``, ``rgpe``, ``fsbo``: the transfer peers of ``scripts/transfer_peers.py`` (BoTorch ``MultiTaskGP``, the
   RGPE ranking-weighted ensemble, an FSBO deep-kernel GP) on the same history, candidates and budget;
@@ -48,13 +50,15 @@ import json
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 
 from transfer_peers import PEERS, peer_search
 
 METHODS = ("random", "cold", "dgp", "dgp_rand", "dgp_zs", "exact_gp", "dgp_notrust", "sgp", "dgp_h03", "mtgp", "rgpe",
-           "fsbo", "dgp_ri", "dgp_nozs", "dgp_nocs", "dgp_sm", "dgp_mp", "cold_add", "dgp_add", "cold_cs20", "dgp_cm50", "dgp_rs15")
+           "fsbo", "dgp_ri", "dgp_nozs", "dgp_nocs", "dgp_sm", "dgp_mp", "cold_add", "dgp_add", "cold_cs20", "dgp_cm50", "dgp_rs15",
+           "dgp_idle0")
 
 
 def main(argv=None) -> int:
@@ -89,6 +93,9 @@ def main(argv=None) -> int:
     from raydgp.space.design_space import DesignSpace
     from raydgp.models.layer_specs import MODELS
 
+    if not any((Path(args.history) / f).is_file() for f in ("records.jsonl", "records.jsonl.gz")):
+        ap.error(f"--history {args.history}: no record store there (a relative path is taken from the working "
+                 "directory: run from the repository root, or give the path)")
     store = RecordStore(args.history)
     recs = [r for r in store.records() if r.config.sketch >= 0]
     spaces = {k: DesignSpace.from_json(e["space"]) for k, e in store.workload_entries().items() if e.get("space")}
@@ -226,6 +233,8 @@ def _run(method, sp, lat, hist, seed, budget, cache) -> list:
         kw = {"cold_member_steps": 50}
     elif method == "dgp_rs15":
         kw = {"refit_steps": 15}
+    elif method == "dgp_idle0":
+        kw = {"idle_member_weight": 0.0}
     # The candidates are the recorded configurations: no evolution (bred children would have no recorded latency).
     st = SearchSettings(seed=seed, init="random" if method == "dgp_rand" else "dgp", pool_size=len(lat),
                         pool_refresh=1.0, pretrain_seed=0, evolve_generations=0, **kw)

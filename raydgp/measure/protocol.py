@@ -41,6 +41,9 @@ class MeasureSettings:
             are timed instead of ``repeat`` runs of ``min_repeat_ms``. Warm-cache timings of large-weight layers
             (512-channel convs, dense) came out 1.3-4x faster than the same kernels inside the model.
         flush_repeat: single cold runs timed per measurement when ``flush_cache``.
+        reference_dir: a directory where workers keep each task's reference output and read it from, so it is
+            computed once per run instead of once per worker process (:mod:`raydgp.measure.references`); None: each
+            worker computes its own. The model and layer jobs set it to ``<out>/references``.
         pause_builds: on a CPU node, builds (and surrogate refits that take the node's build lock) wait while a kernel
             is timed, so a timing shares its cores with nothing raydgp runs (:mod:`raydgp.measure.node_locks`).
     """
@@ -61,6 +64,7 @@ class MeasureSettings:
     pause_builds: bool = True
     flush_cache: bool = True
     flush_repeat: int = 15
+    reference_dir: str | None = None
 
     def __post_init__(self):
         for name in ("build_timeout_s", "run_timeout_s", "prepare_timeout_s", "lock_timeout_s"):

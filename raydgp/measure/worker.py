@@ -2,7 +2,8 @@
 
 Started by :class:`raydgp.measure.local.LocalMeasurer` as ``python -m raydgp.measure.worker``. It imports TVM once and
 keeps, per task, the parsed module, MetaSchedule's postprocessors, the random inputs and the reference output (the
-untouched task compiled as is, run once; for a request of the untuned task itself, that request's own output).
+untouched task compiled as is, run once; for a request of the untuned task itself, that request's own output; read
+from ``reference_dir`` where another worker kept it, :mod:`raydgp.measure.references`).
 Requests arrive as JSON lines on stdin; progress events and the result leave as JSON lines on a private copy of stdout
 (fd 1 itself is pointed at stderr, so nothing TVM prints can corrupt the protocol).
 
@@ -114,6 +115,8 @@ class Worker:
 
             st.postprocs = list(tune_context(st.mod, req["target"]).space_generator.postprocs)
         if st.reference is None and not untuned:
+            st.reference = self._cached_reference(req, st)
+        if st.reference is None and not untuned:
             with self.building(settings):
                 plain = self.tvm.compile(st.mod, target=st.target)
                 plain_main = plain["main"]  # the LLVM code is generated at the first lookup: here, not in the lock
@@ -126,7 +129,29 @@ class Worker:
                 st.reference = [a.numpy() for a in args]
             finally:
                 self.unlock()
+            self._keep_reference(req, st)
         return st
+
+    def _reference_file(self, req):
+        from raydgp.measure.references import reference_path
+
+        d = req["settings"].get("reference_dir")
+        return reference_path(d, req["key"], req["target"], self.tvm.__version__) if d else None
+
+    def _cached_reference(self, req, st):
+        """``[output]`` from ``reference_dir`` (:mod:`raydgp.measure.references`), or None."""
+        from raydgp.measure.references import load_reference
+
+        path = self._reference_file(req)
+        ref = load_reference(path, *st.shapes[-1]) if path is not None else None
+        return [ref] if ref is not None else None
+
+    def _keep_reference(self, req, st):
+        from raydgp.measure.references import save_reference
+
+        path = self._reference_file(req)
+        if path is not None and st.reference is not None:
+            save_reference(path, st.reference[-1])
 
     # -- one request ---------------------------------------------------------------------------------------------------
     def measure(self, req) -> dict:
@@ -175,6 +200,7 @@ class Worker:
                             run_s=time.perf_counter() - t1, applied=applied)
             if st.reference is None:  # the untuned task itself (see prepare): its output is the reference
                 st.reference = [a.numpy() for a in args]
+                self._keep_reference(req, st)
             got_out, ref = args[-1].numpy(), st.reference[-1]
             scale = max(1.0, float(np.max(np.abs(ref)))) if ref.size else 1.0
             if not np.allclose(got_out, ref, rtol=settings["rtol"], atol=settings["atol"] * scale, equal_nan=False):

@@ -5,7 +5,7 @@ Python API alike (:func:`raydgp.pipeline.model_job.tune_model` takes keyword arg
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from raydgp.errors import ConfigError
@@ -170,7 +170,9 @@ class ModelRun:
 
     @property
     def measure_settings(self) -> MeasureSettings:
-        return self.measure or MeasureSettings(num_threads=self.n_threads, device="cuda" if self.gpu else "cpu")
+        """``measure`` (or the defaults on ``n_threads`` threads), keeping the reference outputs in ``out``."""
+        return _with_references(self.measure or MeasureSettings(num_threads=self.n_threads,
+                                                                device="cuda" if self.gpu else "cpu"), self.out)
 
 
 @dataclass(frozen=True)
@@ -233,5 +235,14 @@ class LayerRun:
 
     @property
     def measure_settings(self) -> MeasureSettings:
-        return self.measure or MeasureSettings(num_threads=self.cores,
-                                               device="cuda" if self.target_kind == "cuda" else "cpu")
+        """``measure`` (or the defaults on ``cores`` threads), keeping the reference outputs in ``out``."""
+        return _with_references(self.measure or MeasureSettings(
+            num_threads=self.cores, device="cuda" if self.target_kind == "cuda" else "cpu"), self.out)
+
+
+def _with_references(settings: MeasureSettings, out) -> MeasureSettings:
+    """``settings`` with ``reference_dir`` at ``<out>/references`` unless it names one (absolute: the workers' working
+    directory may differ)."""
+    if settings.reference_dir is not None:
+        return settings
+    return replace(settings, reference_dir=str((Path(out) / "references").resolve()))

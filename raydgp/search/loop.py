@@ -88,7 +88,9 @@ class DGPSearch:
         self._cold: DeepGPSurrogate | None = None  # the cold member beside a transferred model (settings.trust)
         self._cold_fresh_n = 0  # target points at the cold member's last fresh fit
         self._stacked: StackedSurrogate | None = None  # the stacked member (settings.stacked_member)
-        self._trained: set = set()  # the configurations the current models were fitted on
+        #: per member, the configurations its current fit was trained on, and how many results it was fitted on
+        self._trained: dict[str, set] = {}
+        self._fit_n: dict[str, int] = {}
         self._additive: AdditiveSurrogate | None = None  # the additive member (settings.additive_member)
         groups = getattr(space, "column_groups", None)
         mode = settings.additive_member
@@ -204,6 +206,7 @@ class DGPSearch:
         base = self.pretrained()  # stage 1 always in the caller's thread
         if self.trusting or self._groups:
             self._update_trust(X, y, configs)
+        due = self._refit_due(len(y))
         s = self.settings
         if self._model is not None and s.async_refit:
             # Refit copies in the background and score with the current models meanwhile, but never from a model
@@ -218,28 +221,47 @@ class DGPSearch:
                 torch.set_num_threads(s.torch_threads)  # the worker thread shares the process setting
                 work = (copy.deepcopy(self._model), copy.deepcopy(self._cold), self._stacked, self._additive)
                 self._refit_thread = threading.Thread(target=self._refit_in_background,
-                                                      args=(work, X, y, configs, base), daemon=True,
+                                                      args=(work, X, y, configs, base, due), daemon=True,
                                                       name="raydgp-refit")
                 self._refit_thread.start()
                 if len(y) - self._fitted_on > s.max_staleness:
                     self._refit_thread.join()
                     self.stats["refit_waits"] = self.stats.get("refit_waits", 0) + 1
             return self._model
-        self._model, self._cold, self._stacked, self._additive = self._refit_members(
-            (self._model, self._cold, self._stacked, self._additive), X, y, base, configs)
-        self._fitted_on, self._trained = len(y), set(configs)
+        new, fitted = self._refit_members((self._model, self._cold, self._stacked, self._additive), X, y, base,
+                                          configs, due)
+        self._install(new, fitted, configs)
         return self._model
 
-    def _refit_in_background(self, models, X, y, configs, base) -> None:
+    def _install(self, models, fitted, configs) -> None:
+        """Make refitted ``models`` current; ``fitted``: the members that were fitted on ``configs`` (the others
+        keep what they were trained on)."""
+        (self._model, self._cold, self._stacked, self._additive) = models
+        for name in fitted:
+            self._trained[name], self._fit_n[name] = set(configs), len(configs)
+        self._fitted_on = len(configs)
+
+    def _refit_due(self, n: int) -> dict[str, bool]:
+        """Which of the transferred and the cold member a refit on ``n`` results fits (``idle_member_weight``): a
+        member under the weight only once ``idle_member_every`` results arrived since its last fit; every member
+        without a fit yet, and every member while there is no cold one to weigh against."""
+        s = self.settings
+        names = (self._base_lead, "cold") if self.history is not None else (self._base_lead,)
+        if not (self.trusting and self._cold is not None and s.idle_member_weight > 0):
+            return {m: True for m in names}
+        w = self.trust_weights()
+        return {m: w.get(m, 1.0) >= s.idle_member_weight or n - self._fit_n.get(m, -n) >= s.idle_member_every
+                for m in names}
+
+    def _refit_in_background(self, models, X, y, configs, base, due) -> None:
         try:
             with self._guard():
-                new = self._refit_members(models, X, y, base, configs)
+                new, fitted = self._refit_members(models, X, y, base, configs, due)
         except Exception as e:  # noqa: BLE001 - a failed refit keeps the previous model (counted and logged)
             self.stats["refit_failures"] += 1
             log.warning("background refit failed (%s: %s); proposing with the previous model", type(e).__name__, e)
             return
-        (self._model, self._cold, self._stacked, self._additive), self._fitted_on, self._trained = \
-            new, len(y), set(configs)
+        self._install(new, fitted, configs)
 
     def wait_for_refit(self, timeout: float | None = None) -> None:
         """Block until a background refit (``async_refit``) has finished."""
@@ -247,15 +269,29 @@ class DGPSearch:
         if t is not None:
             t.join(timeout)
 
-    def _refit_members(self, models, X, y, base, configs):
+    def _refit_members(self, models, X, y, base, configs, due=None):
         """Refit the transferred (or, without history, cold) model and, when trusting, the cold member (and the
-        stacked one, ``stacked_member``); and the additive member (``additive_member``)."""
+        stacked one, ``stacked_member``); and the additive member (``additive_member``). ``due``: which of the first
+        two to fit (:meth:`_refit_due`; None: both).
+
+        Returns:
+            ``((model, cold, stacked, additive), names of the members fitted on these results)``.
+        """
         model, cold, stacked, additive = models
-        model = self._refit(model, X, y, base)
+        due = due or {}
+        skipped = sum(not v for v in due.values())
+        if skipped:  # members under idle_member_weight that keep their fit this time
+            self.stats["idle_refits_skipped"] = self.stats.get("idle_refits_skipped", 0) + skipped
+        fitted = []
+        if model is None or due.get(self._base_lead, True):
+            model = self._refit(model, X, y, base)
+            fitted.append(self._base_lead)
         if self._groups and len(y) >= TRUST_MIN_POINTS:
             additive = self._fit_additive(X, y)
-        if self.trusting and len(y) >= TRUST_MIN_POINTS:
-            s = self.settings
+            fitted.append("additive")
+        s = self.settings
+        if self.trusting and len(y) >= TRUST_MIN_POINTS and (cold is None or due.get("cold", True)):
+            fitted.append("cold")
             if cold is None or (len(y) <= s.dgp.num_inducing
                                 and len(y) >= (1.0 + s.cold_refresh) * self._cold_fresh_n):
                 # A fresh fit (inducing points on the data, exact-GP start) once the data grew by ``cold_refresh``
@@ -267,9 +303,10 @@ class DGPSearch:
                 train_elbo(cold, self._scaler_for().transform(X), torch.as_tensor(y, dtype=torch.float32),
                            s.refit_steps, s.dgp.lr, seed=s.seed + len(y))
                 self.timings["fit"].append(time.perf_counter() - t0)
-            if s.stacked_member:
-                stacked = self._fit_stacked(X, y, configs, base)
-        return model, cold, stacked, additive
+        if self.trusting and len(y) >= TRUST_MIN_POINTS and s.stacked_member:
+            stacked = self._fit_stacked(X, y, configs, base)
+            fitted.append("stacked")
+        return (model, cold, stacked, additive), fitted
 
     def _fit_additive(self, X: np.ndarray, y: np.ndarray) -> AdditiveSurrogate | None:
         """The additive member, fitted afresh on the target's results (all of them up to ``MAX_POINTS``; None,
@@ -327,7 +364,7 @@ class DGPSearch:
             if model is None:
                 continue
             # a point a member was trained on is no test of it (the zero-shot model is trained on none)
-            trained = () if name == "zeroshot" else self._trained
+            trained = () if name == "zeroshot" else self._trained.get(name, ())
             test = [i for i in self.trust.untested(name, cfg) if cfg[i] not in trained]
             if not test:
                 continue

@@ -46,6 +46,13 @@ class SearchSettings:
             the inducing points, as the search without history fits itself (measured live on two unseen convs,
             BENCHMARKS.md 7.3: better than 0.25 in 3 of 4 searches, medians 1.00 vs 1.11 ms and 3.15 vs 3.98 ms, at
             15-30% more wall).
+        idle_member_weight: with ``trust``, the transferred and the cold member are refitted on every refit only
+            while their trust weight is at least this; a member below it (it scores candidates at that small weight)
+            is refitted once ``idle_member_every`` results arrived since its last fit, and is meanwhile still tested
+            on every result it has not been fitted on, so it regains its weight when it ranks better. In a transfer
+            search the cold member usually leads and the transferred model's refit was half of a proposal's time
+            (BENCHMARKS.md section 3, "What a proposal costs"). 0: every member on every refit.
+        idle_member_every: results between the refits of a member below ``idle_member_weight`` (1: every refit).
         dgp: the deep GP's own settings.
         seed: seed of everything random in the search.
         pretrain_seed: seed of stage 1 (None: ``seed``). Searchers that share a history and this seed share one cached
@@ -143,6 +150,8 @@ class SearchSettings:
     cold_steps: int = 50
     cold_member_steps: int = 20
     cold_refresh: float = 0.0
+    idle_member_weight: float = 0.2
+    idle_member_every: int = 4
     dgp: DGPSettings = field(default_factory=DGPSettings)
     seed: int = 0
     torch_threads: int = 1
@@ -197,6 +206,9 @@ class SearchSettings:
             raise ConfigError(f"cold_refresh={self.cold_refresh}: must be >= 0 (0: a fresh cold fit on every result)")
         if self.max_staleness < 0:
             raise ConfigError(f"max_staleness={self.max_staleness}: must be >= 0 (0: refit on every result)")
+        if not 0.0 <= self.idle_member_weight < 1.0 or self.idle_member_every < 1:
+            raise ConfigError(f"idle_member_weight={self.idle_member_weight} must be in [0, 1) (0: every member on "
+                              f"every refit) and idle_member_every={self.idle_member_every} >= 1")
 
 
 #: Settings a job sets itself (from its own flags) and that ``--search-option`` therefore does not take.

@@ -136,3 +136,39 @@ def test_settings_are_validated():
         MeasureSettings(run_timeout_s=0)
     with pytest.raises(ConfigError):
         MeasureSettings(device="tpu")
+
+
+def test_workers_share_the_reference_through_reference_dir_and_ignore_a_damaged_file(tmp_path, cpu_target):
+    """The first worker that has a task's reference (here: the untuned task's own output) writes it to
+    ``reference_dir``; a fresh worker then checks against that file instead of computing its own (shown by planting a
+    wrong reference of the right shape: a correct candidate then fails the check); a file of another shape or no array
+    at all is ignored and the reference computed again."""
+    import tvm
+
+    from raydgp.measure.references import load_reference, reference_path
+
+    task = _payload(testing.copy_task_module(), cpu_target, "copy-task-shared-reference")
+    refs = tmp_path / "refs"
+    settings = MeasureSettings(num_threads=2, repeat=2, min_repeat_ms=1, timing_lock=str(tmp_path / "timing.lock"),
+                               reference_dir=str(refs))
+    right = tvm.ir.save_json(testing.copy_task_module())
+    with LocalMeasurer(settings) as m:
+        assert m.measure(task, None).result.ok
+    files = list(refs.glob("*.npy"))
+    assert len(files) == 1 and files[0] == reference_path(refs, task.key, task.target, tvm.__version__)
+    kept = np.load(files[0], allow_pickle=False)
+    assert kept.size and load_reference(files[0], kept.shape, str(kept.dtype)) is not None
+    with LocalMeasurer(settings) as m:  # a fresh worker reads the kept reference: the right candidate passes
+        assert m.measure(task, None, right).result.ok
+    np.save(files[0], kept + 1.0)  # planted: the fresh worker below must be checking against this file
+    with LocalMeasurer(settings) as m:
+        assert m.measure(task, None, right).result.status == "wrong_result"
+    for damaged in (np.zeros((3,), dtype=kept.dtype), None):
+        if damaged is None:
+            files[0].write_bytes(b"not an array")
+        else:
+            np.save(files[0], damaged)
+        with LocalMeasurer(settings) as m:
+            out = m.measure(task, None, right)
+            assert out.result.ok, out.result.message
+        np.testing.assert_array_equal(np.load(files[0], allow_pickle=False), kept)  # computed again and rewritten

@@ -272,3 +272,40 @@ def test_a_history_that_misleads_owes_every_sketch_its_guided_samples(monkeypatc
     monkeypatch.setattr(DGPSearch, "_history_distrusted", lambda self: False)  # the history keeps the lead
     led, per_led = _sketch_search(True)
     assert "sketch_min" not in led.stats and "cold_start" not in led.stats, (per_led, led.stats)
+
+
+def test_a_member_far_under_the_weight_is_refitted_every_few_results_and_still_tested(monkeypatch):
+    fits: list = []  # (member, results it was fitted on), in order
+    real = DGPSearch._refit
+
+    def spy(self, model, X, y, base, steps=None):
+        fits.append(("transfer" if base is not None else "cold", len(y)))
+        return real(self, model, X, y, base, steps)
+
+    monkeypatch.setattr(DGPSearch, "_refit", spy)
+    lazy = _search(lambda sp: _history(sp, True), 24)
+    lazy_fits, fits[:] = list(fits), []
+    eager = _search(lambda sp: _history(sp, True), 24, idle_member_weight=0.0)
+    eager_fits = list(fits)
+    every = SearchSettings().idle_member_every
+    n_lazy = [n for m, n in lazy_fits if m == "transfer"]
+    # the inverted history's fine-tuned model falls under the weight: it keeps its fit for up to `every` results
+    assert lazy.trust_weights()["transfer"] < SearchSettings().idle_member_weight
+    assert lazy.stats["idle_refits_skipped"] > 0 and len(n_lazy) < len([1 for m, _ in eager_fits if m == "transfer"])
+    # the leading cold member is refitted on every refit (random picks refit nothing), the transferred one at the
+    # first refit `every` results after its last fit
+    n_cold = [n for m, n in lazy_fits if m == "cold"]
+    assert len(n_cold) > len(n_lazy) and set(n_lazy[1:]) <= set(n_cold), (n_cold, n_lazy)
+    for a, b in zip(n_lazy, n_lazy[1:]):
+        assert not [c for c in n_cold if a + every <= c < b], (n_lazy, n_cold)
+    assert "idle_refits_skipped" not in eager.stats
+    # a member that kept its fit is tested on every result it has not been fitted on (so it can win its weight back)
+    assert lazy.trust.summary()["transfer"]["tested"] >= eager.trust.summary()["transfer"]["tested"] >= 20
+
+
+def test_idle_member_settings_are_checked():
+    from raydgp.errors import ConfigError
+
+    for kw in ({"idle_member_weight": 1.0}, {"idle_member_weight": -0.1}, {"idle_member_every": 0}):
+        with pytest.raises(ConfigError, match="idle_member"):
+            SearchSettings(**kw)
