@@ -84,6 +84,14 @@ def run_model(run: ModelRun, callbacks: list | None = None, toolchain: Toolchain
 
         toolchain = TVMToolchain()
     t_start = time.monotonic()
+    phases: dict[str, float] = {}  # wall seconds of each step, in order (summary ``phases_s``)
+    mark = [t_start]
+
+    def phase(name: str) -> None:
+        now = time.monotonic()
+        phases[name] = round(now - mark[0], 2)
+        mark[0] = now
+
     # -- inputs checked before anything expensive ---------------------------------------------------------------------
     check_trackers(run.trackers)
     history_paths = hist_mod.check_history_paths(run.history)
@@ -99,6 +107,7 @@ def run_model(run: ModelRun, callbacks: list | None = None, toolchain: Toolchain
         store.add_workload(l.key, l.task.mod_json, l.space.to_json() if hasattr(l.space, "to_json") else None)
     log.info("model %s (%s): %d distinct layers, %d calls; target %s", m.name, m.source, len(m.layers),
              sum(l.weight for l in m.layers), m.target)
+    phase("load")
 
     # -- Ray first (a cluster that refuses us fails here, in seconds), then stage 1 and the baselines -----------------
     runner = ChunkRunner(run.address, run.gpu, run.cpus_per_trial, run.max_concurrent_layers,
@@ -106,13 +115,23 @@ def run_model(run: ModelRun, callbacks: list | None = None, toolchain: Toolchain
                          service=toolchain.trial_measurer() is None)
     log.info("%s; %d layer experiments at once, %s", runner.describe, runner.width,
              f"{run.chunk_width} trials in flight each" if run.chunk_width else "a trial per GPU in flight")
+    phase("ray")
     hist = _stage1(run, m, history_paths, store) if run.searcher == "dgp" else None
     runner.share_history(hist)
+    phase("stage1")
     prior = _prior_records(store, m)
     n_prior = sum(len(v) for v in prior.values())
     if n_prior:
         log.info("resuming: %d measurements already in %s count toward the budget", n_prior, out / "records")
-    untuned = measure_untuned(m.layers, toolchain.measurer, settings, out / "untuned.json")
+    # the baselines, and later the re-timing, measure through the node's warm service where there is one: its
+    # workers then start (and parse each layer, and keep its reference) once, not once per step
+    measurers = runner.measurer_factory(toolchain.measurer)
+    try:
+        untuned = measure_untuned(m.layers, measurers, settings, out / "untuned.json")
+    except BaseException:
+        runner.close()
+        raise
+    phase("untuned")
     states = []
     for l in m.layers:
         st = LayerState(l.name, l.weight, l.space.size, untuned_ms=untuned[l.name], group=l.group, flops=l.flops,
@@ -120,6 +139,7 @@ def run_model(run: ModelRun, callbacks: list | None = None, toolchain: Toolchain
         st.add([r.result.median_ms if r.result.ok else math.nan for r in prior[l.name]])
         states.append(st)
     peak = _peak(run, toolchain, settings)
+    phase("peak")
     budget = Budget(states, run.trials, chunk=run.chunk, warmup=run.warmup, peak_gflops=peak)
     groups = {l.group for l in m.layers if l.group}
     log.info("%d layers in %d sibling groups; node peak %s", len(m.layers),
@@ -127,23 +147,27 @@ def run_model(run: ModelRun, callbacks: list | None = None, toolchain: Toolchain
              f"{peak:.0f} GFLOP/s (sgemm, {run.n_threads} threads)" if peak else "unknown (no headroom term)")
 
     # -- per-layer experiments under one budget -----------------------------------------------------------------------
+    retimed: dict[str, float] = {}
     try:
         stopped_by_time, proposals, estimate = _tune_layers(run, m, store, budget, runner, hist is not None,
                                                             toolchain, t_start)
+        phase("search")
+        if run.retime:
+            from raydgp.pipeline.retime import retime_best
+
+            retimed = retime_best(m.layers, store, measurers, settings, m.target)
+            phase("retime")
     finally:
         runner.close()
-    retimed: dict[str, float] = {}
-    if run.retime:
-        from raydgp.pipeline.retime import retime_best
-
-        retimed = retime_best(m.layers, store, toolchain.measurer, settings, m.target)
     tune_wall = time.monotonic() - t_start
     hist_mod.append_to_user_store(store, {l.key for l in m.layers})
 
     # -- model out: tuned library, verified and timed -----------------------------------------------------------------
     summary = _deploy_and_report(run, m, toolchain, store, budget, untuned, proposals, estimate, retimed)
+    phase("deploy")
     summary.update(tuning_wall_s=round(tune_wall, 2), wall_s=round(time.monotonic() - t_start, 2),
-                   stopped_by_time_budget=stopped_by_time, layer_experiments_at_once=runner.width)
+                   stopped_by_time_budget=stopped_by_time, layer_experiments_at_once=runner.width,
+                   phases_s=phases)
     write_json_atomic(out / "summary.json", summary, indent=2)
     for line in table(summary):
         console(line)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from raydgp.measure.base import Measurer
 from raydgp.measure.protocol import MeasureSettings, TaskPayload
@@ -142,6 +142,17 @@ class ChunkRunner:
         self._hist_ref = None
         self._callbacks = callbacks
         self._inflight: dict[Any, tuple[str, int]] = {}
+
+    def measurer_factory(self, fallback: Callable[[MeasureSettings], Measurer]) -> Callable[[MeasureSettings], Measurer]:
+        """Measurers for the driver's own measurements (untuned baselines, re-timing): through the node's warm
+        service while it runs (:class:`~raydgp.raytune.measure_service.ServiceMeasurer`: its workers have imported
+        TVM and prepared the layers already), else ``fallback`` (GPU trials, a toolchain that measures itself)."""
+        from raydgp.raytune.measure_service import ServiceMeasurer
+
+        def make(settings: MeasureSettings) -> Measurer:
+            return ServiceMeasurer(self._service, settings) if self._service is not None else fallback(settings)
+
+        return make
 
     def share_history(self, history) -> None:
         """Stage-1 data every later chunk's DGP pre-trains on (put in the object store once; None: none)."""

@@ -35,13 +35,17 @@ class MeasureService:
         self.calls = 0
 
     def measure(self, settings: MeasureSettings, task: TaskPayload, trace: list | None) -> Outcome:
-        key = repr(settings)
+        # A worker process fixes only its thread count (TVM_NUM_THREADS at its start); every other setting travels
+        # with each request. So one pool serves the job's trials, its untuned baselines (one quick timing) and its
+        # re-timing alike, and each layer is parsed and its reference computed once per worker.
+        key = repr(settings.num_threads)
         with self._lock:
             pool = self._idle.setdefault(key, [])
             m = pool.pop() if pool else None
             self.calls += 1
         if m is None:
             m = LocalMeasurer(settings)
+        m.settings = settings
         try:
             return m.measure(task, trace)
         finally:
