@@ -29,7 +29,8 @@ class TVMToolchain(Toolchain):
              layout: str = "auto") -> LoadedModel:
         from raydgp.models.importer import load_model
         from raydgp.models.tasks import extract_layers, prepare, resolve_layout
-        from raydgp.space.metaschedule import build_space, host_target
+        from raydgp.space.metaschedule import host_target
+        from raydgp.space.space_cache import cached_space
         from raydgp.space.workloads import anchor_signature
 
         target = host_target(target_kind, threads)
@@ -39,7 +40,7 @@ class TVMToolchain(Toolchain):
         for l in extract_layers(prepared, target):
             sig = anchor_signature(l.task.mod)  # "none": no anchor loop nest (a transpose), so no siblings
             layers.append(ModelLayer(name=l.name, task=TaskPayload(l.task.workload.key, l.task.mod_json, target),
-                                     space=build_space(l.task), weight=l.weight, op=l.task.workload.op,
+                                     space=cached_space(l.task), weight=l.weight, op=l.task.workload.op,
                                      flops=l.flops, group="" if sig == "none" else f"{l.task.workload.op}:{sig}"))
         if not layers:
             raise RayDGPError(f"model {m.name!r}: no tunable layers found")

@@ -39,8 +39,9 @@ def run_layer(run: LayerRun) -> dict:
     from raydgp.raytune.cluster import check_address, init_ray
     from raydgp.raytune.experiment import tune_layer
     from raydgp.raytune.searchers import make_searcher
-    from raydgp.space.metaschedule import build_space, host_target
+    from raydgp.space.metaschedule import host_target
     from raydgp.space.ms_database import export_to_metaschedule
+    from raydgp.space.space_cache import cached_space
     from raydgp.space.workloads import make_task
 
     check_history_paths(run.history)
@@ -54,7 +55,7 @@ def run_layer(run: LayerRun) -> dict:
     target = host_target(run.target_kind, cores)
     settings = run.measure_settings
     task = make_task(workload, target)
-    space = build_space(task)
+    space = cached_space(task)
     hist = load_history(run.history, space) if searcher == "dgp" else None
     options = run.search_options
     if hist is not None:
