@@ -113,52 +113,48 @@ def run_model(run: ModelRun, callbacks: list | None = None, toolchain: Toolchain
     runner = ChunkRunner(run.address, run.gpu, run.cpus_per_trial, run.max_concurrent_layers,
                          env=tracker_env(run.trackers, str(out.resolve())), callbacks=callbacks,
                          service=toolchain.trial_measurer() is None)
-    log.info("%s; %d layer experiments at once, %s", runner.describe, runner.width,
-             f"{run.chunk_width} trials in flight each" if run.chunk_width else "a trial per GPU in flight")
-    phase("ray")
-    hist = _stage1(run, m, history_paths, store) if run.searcher == "dgp" else None
-    runner.share_history(hist)
-    phase("stage1")
-    prior = _prior_records(store, m)
-    n_prior = sum(len(v) for v in prior.values())
-    if n_prior:
-        log.info("resuming: %d measurements already in %s count toward the budget", n_prior, out / "records")
-    # the baselines, and later the re-timing, measure through the node's warm service where there is one: its
-    # workers then start (and parse each layer, and keep its reference) once, not once per step
-    measurers = runner.measurer_factory(toolchain.measurer)
     try:
+        log.info("%s; %d layer experiments at once, %s", runner.describe, runner.width,
+                 f"{run.chunk_width} trials in flight each" if run.chunk_width else "a trial per GPU in flight")
+        phase("ray")
+        hist = _stage1(run, m, history_paths, store) if run.searcher == "dgp" else None
+        runner.share_history(hist)
+        phase("stage1")
+        prior = _prior_records(store, m)
+        n_prior = sum(len(v) for v in prior.values())
+        if n_prior:
+            log.info("resuming: %d measurements already in %s count toward the budget", n_prior, out / "records")
+        # the baselines, and later the re-timing, measure through the node's warm service where there is one: its
+        # workers then start (and parse each layer, and keep its reference) once, not once per step
+        measurers = runner.measurer_factory(toolchain.measurer)
         untuned = measure_untuned(m.layers, measurers, settings, out / "untuned.json")
-    except BaseException:
-        runner.close()
-        raise
-    phase("untuned")
-    states = []
-    for l in m.layers:
-        st = LayerState(l.name, l.weight, l.space.size, untuned_ms=untuned[l.name], group=l.group, flops=l.flops,
-                        compute_bound=l.op in COMPUTE_BOUND_OPS)
-        st.add([r.result.median_ms if r.result.ok else math.nan for r in prior[l.name]])
-        states.append(st)
-    peak = _peak(run, toolchain, settings)
-    phase("peak")
-    budget = Budget(states, run.trials, chunk=run.chunk, warmup=run.warmup, peak_gflops=peak)
-    groups = {l.group for l in m.layers if l.group}
-    log.info("%d layers in %d sibling groups; node peak %s", len(m.layers),
-             len(groups) + sum(1 for l in m.layers if not l.group),
-             f"{peak:.0f} GFLOP/s (sgemm, {run.n_threads} threads)" if peak else "unknown (no headroom term)")
+        phase("untuned")
+        states = []
+        for l in m.layers:
+            st = LayerState(l.name, l.weight, l.space.size, untuned_ms=untuned[l.name], group=l.group, flops=l.flops,
+                            compute_bound=l.op in COMPUTE_BOUND_OPS)
+            st.add([r.result.median_ms if r.result.ok else math.nan for r in prior[l.name]])
+            states.append(st)
+        peak = _peak(run, toolchain, settings)
+        phase("peak")
+        budget = Budget(states, run.trials, chunk=run.chunk, warmup=run.warmup, peak_gflops=peak)
+        groups = {l.group for l in m.layers if l.group}
+        log.info("%d layers in %d sibling groups; node peak %s", len(m.layers),
+                 len(groups) + sum(1 for l in m.layers if not l.group),
+                 f"{peak:.0f} GFLOP/s (sgemm, {run.n_threads} threads)" if peak else "unknown (no headroom term)")
 
-    # -- per-layer experiments under one budget -----------------------------------------------------------------------
-    retimed: dict[str, float] = {}
-    try:
+        # -- per-layer experiments under one budget -------------------------------------------------------------------
         stopped_by_time, proposals, estimate = _tune_layers(run, m, store, budget, runner, hist is not None,
                                                             toolchain, t_start)
         phase("search")
+        retimed: dict[str, float] = {}
         if run.retime:
             from raydgp.pipeline.retime import retime_best
 
             retimed = retime_best(m.layers, store, measurers, settings, m.target)
             phase("retime")
     finally:
-        runner.close()
+        runner.close()  # Ray work and the measurement service end here, whatever failed above
     tune_wall = time.monotonic() - t_start
     hist_mod.append_to_user_store(store, {l.key for l in m.layers})
 

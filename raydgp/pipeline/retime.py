@@ -106,8 +106,7 @@ def retime_best(layers, store: RecordStore, make_measurer: Callable[[MeasureSett
     if confirm_k > 0:
         again = []  # (group index, candidate indices), layers in reverse order
         for i in reversed(range(len(groups))):
-            ranked = sorted((timed[(i, j)], j) for j in range(len(groups[i][1])) if math.isfinite(timed.get((i, j),
-                                                                                                      math.inf)))
+            ranked = sorted((ms, j) for (g, j), ms in timed.items() if g == i and math.isfinite(ms))
             again.append((i, [j for _, j in ranked[:confirm_k]]))
         again = [(i, js) for i, js in again if js]
         n2 = sum(len(js) for _, js in again)

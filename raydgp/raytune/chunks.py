@@ -143,7 +143,8 @@ class ChunkRunner:
         self._callbacks = callbacks
         self._inflight: dict[Any, tuple[str, int]] = {}
 
-    def measurer_factory(self, fallback: Callable[[MeasureSettings], Measurer]) -> Callable[[MeasureSettings], Measurer]:
+    def measurer_factory(self, fallback: Callable[[MeasureSettings], Measurer]
+                         ) -> Callable[[MeasureSettings], Measurer]:
         """Measurers for the driver's own measurements (untuned baselines, re-timing): through the node's warm
         service while it runs (:class:`~raydgp.raytune.measure_service.ServiceMeasurer`: its workers have imported
         TVM and prepared the layers already), else ``fallback`` (GPU trials, a toolchain that measures itself)."""
