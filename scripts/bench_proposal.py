@@ -13,8 +13,10 @@ one proposal each in turn so that the machine's load drifts over all alike:
   identical to ``before``'s);
 * ``cm20``: ``fast_shapes`` and ``cold_member_steps=20`` (the defaults at the start of 2026-12-05's second
   session);
-* ``default``: today's defaults (``cm20`` and a member under trust weight ``idle_member_weight`` refitted every
-  ``idle_member_every`` results only).
+* ``idle``: ``cm20`` and a member under trust weight ``idle_member_weight`` refitted every ``idle_member_every``
+  results only (the defaults at the end of that session), trained through GPyTorch's ``DeepApproximateMLL``
+  (``DGPSettings(elbo="gpytorch")``);
+* ``default``: today's defaults (``idle`` with the ELBO computed directly, :mod:`raydgp.dgp.fast_elbo`).
 
 Reports per variant the median ``suggest()`` seconds after the tuning set (each refits the members on the newest
 result: the transferred model's MAP refit, the cold member's fresh fit), the seconds spent fitting models over the
@@ -79,9 +81,13 @@ def main(argv=None) -> int:
         return float(np.exp(0.3 * np.tanh(sp.encode_many([c])[0] @ w / 5)))
 
     cache = args.cache or tempfile.mkdtemp(prefix="raydgp-proposal-")
-    eager = {"idle_member_weight": 0.0}
+    from raydgp.dgp.model import DGPSettings
+
+    gpyt = {"dgp": DGPSettings(elbo="gpytorch")}
+    eager = {"idle_member_weight": 0.0, **gpyt}
     variants = {"before": (False, {"cold_member_steps": 50, **eager}),
-                "fast_shapes": (True, {"cold_member_steps": 50, **eager}), "cm20": (True, eager), "default": (True, {})}
+                "fast_shapes": (True, {"cold_member_steps": 50, **eager}), "cm20": (True, eager),
+                "idle": (True, gpyt), "default": (True, {})}
     searches, rows = {}, {}
     for name, (fast, kw) in variants.items():
         searches[name] = DGPSearch(sp, SearchSettings(seed=args.seed, pretrain_seed=0, **kw), history=hist,

@@ -50,6 +50,9 @@ class DGPSettings:
         batch_size: minibatch size for pre-training on large histories.
         skip: the output GP also sees the raw input (measured: worse on small data, so off by default).
         hidden_noise: initial output scale of the hidden GPs (the warping starts small).
+        elbo: how training computes its objective: ``"direct"`` (:mod:`raydgp.dgp.fast_elbo`, the default) or
+            ``"gpytorch"`` (GPyTorch's ``DeepApproximateMLL``; the same objective, slower; kept for comparison).
+            Not part of stage 1's cache key: both train the same model.
     """
 
     hidden_dims: tuple[int, ...] = (8,)
@@ -61,12 +64,15 @@ class DGPSettings:
     batch_size: int = 1024
     skip: bool = False
     hidden_noise: float = 0.01
+    elbo: str = "direct"
 
     def __post_init__(self):
         if any(h < 1 for h in self.hidden_dims):
             raise ConfigError(f"DGPSettings.hidden_dims must list positive widths, got {self.hidden_dims}")
         if self.num_inducing < 2 or self.num_samples < 1:
             raise ConfigError("DGPSettings.num_inducing must be >= 2 and num_samples >= 1")
+        if self.elbo not in ("direct", "gpytorch"):
+            raise ConfigError(f"DGPSettings.elbo={self.elbo!r}: choose 'direct' or 'gpytorch'")
 
     def to_json(self) -> dict:
         d = asdict(self)

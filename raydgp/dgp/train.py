@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from gpytorch.mlls import DeepApproximateMLL, VariationalELBO
 
+from raydgp.dgp.fast_elbo import neg_elbo
 from raydgp.dgp.init import initialise_from_exact_gp
 from raydgp.dgp.model import DeepGPSurrogate, DGPSettings
 from raydgp.errors import ConfigError
@@ -49,7 +50,8 @@ def _params(model: DeepGPSurrogate, scope: str) -> dict[str, torch.nn.Parameter]
 
 def train_elbo(model: DeepGPSurrogate, X: torch.Tensor, y: torch.Tensor, steps: int, lr: float, seed: int = 0,
                batch_size: int | None = None, scope: str = "all", prior_strength: float = 0.0,
-               prior_center: dict[str, torch.Tensor] | None = None, num_data: int | None = None) -> list[float]:
+               prior_center: dict[str, torch.Tensor] | None = None, num_data: int | None = None,
+               fast: bool | None = None) -> list[float]:
     """Maximise the (minibatch) ELBO, optionally plus a Gaussian log-prior around ``prior_center``.
 
     Args:
@@ -63,6 +65,8 @@ def train_elbo(model: DeepGPSurrogate, X: torch.Tensor, y: torch.Tensor, steps: 
         prior_center: parameter values the prior is centred on (default: the values at the start).
         num_data: the data size the KL term is scaled against (default ``n``). Fine-tuning passes the pre-training
             size, so a few target points update the pre-trained posterior instead of pulling it back to the GP prior.
+        fast: compute the ELBO directly (:mod:`raydgp.dgp.fast_elbo`: the same objective, less overhead) instead of
+            through GPyTorch's ``DeepApproximateMLL`` (default: the model's ``settings.elbo``).
 
     Returns:
         The loss per step (negative ELBO per datum + prior term / n).
@@ -77,7 +81,10 @@ def train_elbo(model: DeepGPSurrogate, X: torch.Tensor, y: torch.Tensor, steps: 
     for p in params.values():
         p.requires_grad_(True)
     model.train()
-    mll = DeepApproximateMLL(VariationalELBO(model.likelihood, model, num_data=max(n, num_data or n)))
+    n_kl = max(n, num_data or n)
+    if fast is None:
+        fast = model.settings.elbo == "direct"
+    mll = DeepApproximateMLL(VariationalELBO(model.likelihood, model, num_data=n_kl))
     opt = torch.optim.Adam(list(params.values()), lr=lr)
     g = torch.Generator().manual_seed(seed)
     losses = []
@@ -88,8 +95,10 @@ def train_elbo(model: DeepGPSurrogate, X: torch.Tensor, y: torch.Tensor, steps: 
             for _ in range(steps):
                 pause_point()  # a kernel timing on this node may go first (raydgp.pause)
                 idx = torch.randint(n, (bs,), generator=g) if bs < n else slice(None)
-                out = model(X[idx])
-                loss = -mll(out, y[idx])
+                if fast:
+                    loss = neg_elbo(model, X[idx], y[idx], n_kl, g)
+                else:
+                    loss = -mll(model(X[idx]), y[idx])
                 if prior_strength > 0:
                     pen = sum(((params[k] - center[k]) ** 2).sum() for k in params if k in center)
                     loss = loss + 0.5 * prior_strength * pen / n
@@ -137,7 +146,7 @@ def data_key(X: np.ndarray, y: np.ndarray, settings: DGPSettings, seed: int) -> 
     h.update(np.ascontiguousarray(X, dtype=np.float32).tobytes())
     h.update(np.ascontiguousarray(y, dtype=np.float32).tobytes())
     # only what shapes stage 1 (stage-2 settings such as finetune_steps must not invalidate the cache)
-    pre = {k: v for k, v in settings.to_json().items() if k != "finetune_steps"}
+    pre = {k: v for k, v in settings.to_json().items() if k not in ("finetune_steps", "elbo")}
     h.update(json.dumps(pre, sort_keys=True).encode())
     h.update(str(seed).encode())
     return h.hexdigest()[:24]

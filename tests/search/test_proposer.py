@@ -188,21 +188,24 @@ def test_believer_batch_spreads_and_believes_pending_points():
     X = torch.rand(6, 1, generator=g)
     y = torch.sin(6 * X[:, 0])
     y = (y - y.mean()) / y.std()
-    dgp = fit_dgp(X, y, DGPSettings(hidden_dims=(1,), num_inducing=6, num_samples=4), steps=60, seed=0)
-    m = DGPModel(dgp, seed=0)
     C = torch.linspace(0, 1, 201).unsqueeze(-1)
     best = float(y.max())
-    top = torch.topk(log_ei_pool(m, C, best), 6).indices.tolist()
-    picks = believer_batch([(m, 1.0)], C, best, 6)
-    assert len(set(picks)) == 6
 
     def spread(idx):
         return float(torch.pdist(C[idx]).mean())
 
-    assert spread(picks) > 2 * spread(top), (C[picks].ravel(), C[top].ravel())
-    again = believer_batch([(m, 1.0)], C, best, 1, pending=C[picks[:1]])
-    assert again != picks[:1]  # the pending point is believed: the next pick goes elsewhere
-    assert abs(float(C[again[0]] - C[picks[1]])) < 0.05  # near where the batch put its second pick
+    ratios = []
+    for seed in range(3):  # three fits of the same 6 points: how far a batch spreads depends on the fit
+        dgp = fit_dgp(X, y, DGPSettings(hidden_dims=(1,), num_inducing=6, num_samples=4), steps=60, seed=seed)
+        m = DGPModel(dgp, seed=0)
+        top = torch.topk(log_ei_pool(m, C, best), 6).indices.tolist()
+        picks = believer_batch([(m, 1.0)], C, best, 6)
+        assert len(set(picks)) == 6
+        ratios.append(spread(picks) / spread(top))
+        again = believer_batch([(m, 1.0)], C, best, 1, pending=C[picks[:1]])
+        assert again != picks[:1]  # the pending point is believed: the next pick goes elsewhere
+        assert abs(float(C[again[0]] - C[picks[1]])) < 0.05  # near where the batch put its second pick
+    assert sorted(ratios)[1] > 2, ratios  # the median fit's batch spreads more than twice as far as top-q
 
 
 def test_queue_paused_reads_a_consistent_search():
