@@ -38,7 +38,8 @@ def matern52(x1: torch.Tensor, x2: torch.Tensor, lengthscale: torch.Tensor, outp
     """Scaled Matern-5/2 cross-covariance with autograd, ``... x n x m`` for ``... x n x d`` and ``... x m x d``.
 
     As GPyTorch's ``MaternKernel``: inputs centred on ``x1``'s mean before scaling (numerical stability of the
-    expanded squared distance), squared distances clamped at 1e-30.
+    expanded squared distance), squared distances clamped at 1e-30. (Prediction uses ``raydgp.dgp.model._matern52``,
+    the same kernel built in place without autograd, for pools of thousands of candidates.)
     """
     mean = x1.reshape(-1, x1.shape[-1]).mean(0)
     a = (x1 - mean) / lengthscale

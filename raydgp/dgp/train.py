@@ -84,7 +84,7 @@ def train_elbo(model: DeepGPSurrogate, X: torch.Tensor, y: torch.Tensor, steps: 
     n_kl = max(n, num_data or n)
     if fast is None:
         fast = model.settings.elbo == "direct"
-    mll = DeepApproximateMLL(VariationalELBO(model.likelihood, model, num_data=n_kl))
+    mll = None if fast else DeepApproximateMLL(VariationalELBO(model.likelihood, model, num_data=n_kl))
     opt = torch.optim.Adam(list(params.values()), lr=lr)
     g = torch.Generator().manual_seed(seed)
     losses = []

@@ -13,12 +13,15 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import os
 from pathlib import Path
 
 from raydgp.atomic import write_json_atomic
 from raydgp.space.design_space import DesignSpace
 from raydgp.space.workloads import Task
+
+log = logging.getLogger("raydgp.space")
 
 #: Bumped whenever :func:`~raydgp.space.metaschedule.build_space` changes what it returns for the same module.
 SPACE_RECIPE = "1-post-order-apply-location-probe(-2,48)"
@@ -57,6 +60,7 @@ def cached_space(task: Task, cache_dir: str | os.PathLike | None = None) -> Desi
     space = build_space(task)
     try:
         write_json_atomic(path, space.to_json(), indent=None)
-    except OSError:
-        pass  # a read-only cache only means the next run builds it again
+    except OSError as e:  # the space is still good; only the next run builds it again
+        log.warning("could not keep the design space in %s (%s); the next run builds it again (set RAYDGP_CACHE to a "
+                    "writable directory to keep it)", path.parent, e)
     return space

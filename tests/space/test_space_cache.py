@@ -34,3 +34,18 @@ def test_the_cached_space_is_the_built_one_and_a_bad_file_is_rebuilt(tmp_path, s
     other = type(small_task)(small_task.name, small_task.mod, small_task.workload,
                              {**dict(small_task.target), "num-cores": 1})
     assert space_file(other, tmp_path) != path
+
+
+def test_a_cache_that_cannot_be_written_still_gives_the_space_and_says_so(tmp_path, small_task, small_space,
+                                                                          monkeypatch, caplog):
+    import raydgp.space.space_cache as sc
+
+    def refuse(path, data, **kw):
+        raise PermissionError(f"read-only: {path}")
+
+    monkeypatch.setattr(sc, "write_json_atomic", refuse)
+    with caplog.at_level("WARNING", logger="raydgp.space"):
+        assert cached_space(small_task, tmp_path) == small_space
+    assert not space_file(small_task, tmp_path).exists()
+    assert any("could not keep the design space" in r.getMessage() and "RAYDGP_CACHE" in r.getMessage()
+               for r in caplog.records)
