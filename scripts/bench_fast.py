@@ -151,39 +151,54 @@ def run_layers(args) -> None:
     out, data, mach = _begin(args)
     widths = [int(w) for w in str(args.in_flight).split(",") if w.strip()]
     med = lambda v: statistics.median([x for x in v if x]) if any(v) else None  # noqa: E731
+    variants = [v.strip() for v in str(args.variants).split(";") if v.strip()] or ["default"]
+    seeds = [int(x) for x in str(args.seeds).split(",") if x.strip()]
     for spec in args.workloads.split(";"):
         tag = spec.replace(":", "_").replace(",", "_")
         runs = []
-        for width in widths:
-            # raydgp layer: DGP with the shipped history (the layer itself is never in it)
-            run = out / f"layer-{tag}-{time.strftime('%H%M%S')}"
-            env = dict(os.environ, RAYDGP_HOME=str(out / "home-layers"))
-            cmd = [sys.executable, "-m", "raydgp", "layer", "--workload", spec, "--trials", str(args.trials),
-                   "--out", str(run), "--searcher", "dgp", "--history", str(ROOT / "raydgp" / "datasets" / "shipped"),
-                   "--in-flight", str(width)]
-            t0 = time.monotonic()
-            p = subprocess.run(cmd, cwd=ROOT, env=env, text=True, capture_output=True)
-            wall = time.monotonic() - t0
-            (run.parent / f"{run.name}.log").write_text(p.stdout + "\n--- stderr ---\n" + p.stderr)
-            summ = json.loads((run / "summary.json").read_text()) if (run / "summary.json").exists() else {}
-            runs.append((width, p.returncode, wall, summ, _best_record(run / "records")))
-        # MetaSchedule tune_tir, weight layout-free, same trial count
+        # seeds outermost, variants inner: the variants of one seed run back to back (interleaved over the seeds)
+        for seed in seeds:
+            for variant in variants:
+                opts = [] if variant == "default" else [o for o in variant.split(",") if o.strip()]
+                for width in widths:
+                    # raydgp layer: DGP with the shipped history (the layer itself is never in it)
+                    run = out / f"layer-{tag}-{time.strftime('%H%M%S')}"
+                    env = dict(os.environ, RAYDGP_HOME=str(out / "home-layers"))
+                    cmd = [sys.executable, "-m", "raydgp", "layer", "--workload", spec, "--trials", str(args.trials),
+                           "--out", str(run), "--searcher", "dgp", "--history",
+                           str(ROOT / "raydgp" / "datasets" / "shipped"), "--in-flight", str(width),
+                           "--seed", str(seed)]
+                    for o in opts:
+                        cmd += ["--search-option", o]
+                    t0 = time.monotonic()
+                    p = subprocess.run(cmd, cwd=ROOT, env=env, text=True, capture_output=True)
+                    wall = time.monotonic() - t0
+                    (run.parent / f"{run.name}.log").write_text(p.stdout + "\n--- stderr ---\n" + p.stderr)
+                    summ = json.loads((run / "summary.json").read_text()) if (run / "summary.json").exists() else {}
+                    runs.append((width, variant, seed, p.returncode, wall, summ, _best_record(run / "records")))
+        ms_wall, q = None, None
         msdir = out / f"ms-{tag}-{time.strftime('%H%M%S')}"
-        t0 = time.monotonic()
-        q = subprocess.run([sys.executable, str(Path(__file__).resolve()), "_ms", spec, str(args.trials), str(msdir)],
-                           cwd=ROOT, text=True, capture_output=True)
-        ms_wall = time.monotonic() - t0
-        (out / f"{msdir.name}.log").write_text(q.stdout + "\n--- stderr ---\n" + q.stderr)
-        ours, theirs = _time_all(spec, [r[4] for r in runs], msdir if q.returncode == 0 else None)
-        for (width, rc, wall, summ, _), a in zip(runs, ours):
+        if not args.no_ms:
+            # MetaSchedule tune_tir, weight layout-free, same trial count
+            t0 = time.monotonic()
+            q = subprocess.run([sys.executable, str(Path(__file__).resolve()), "_ms", spec, str(args.trials),
+                                str(msdir)], cwd=ROOT, text=True, capture_output=True)
+            ms_wall = time.monotonic() - t0
+            (out / f"{msdir.name}.log").write_text(q.stdout + "\n--- stderr ---\n" + q.stderr)
+        ours, theirs = _time_all(spec, [r[6] for r in runs], msdir if q is not None and q.returncode == 0 else None)
+        for (width, variant, seed, rc, wall, summ, _), a in zip(runs, ours):
+            queue = (summ.get("proposals") or {}).get("queue") or {}
             row = {"workload": spec, "trials": args.trials, "machine": mach, "date": time.strftime("%Y-%m-%d %H:%M"),
-                   "commit": commit(), "in_flight": width,
+                   "commit": commit(), "in_flight": width, "variant": variant, "seed": seed,
                    "raydgp": {"best_ms_during_search": summ.get("best_ms"), "wall_s": round(wall, 1),
                               "search_wall_s": summ.get("search_wall_s"),
                               "median_trial_interval_s": summ.get("median_trial_interval_s"),
+                              "batches": queue.get("batches"), "batch_s_median": queue.get("batch_s_median"),
+                              "batch_s_total": queue.get("batch_s_total"),
                               "retimed_ms": a, "retimed_median_ms": med(a), "exit": rc},
-                   "metaschedule": {"wall_s": round(ms_wall, 1), "retimed_ms": theirs,
-                                    "retimed_median_ms": med(theirs), "exit": q.returncode}}
+                   "metaschedule": None if q is None else {
+                       "wall_s": round(ms_wall, 1), "retimed_ms": theirs, "retimed_median_ms": med(theirs),
+                       "exit": q.returncode}}
             data["layers"].append(row)
             print(json.dumps(row), flush=True)
         _save(out, data)
@@ -416,17 +431,21 @@ def render(args) -> None:
     if data["layers"]:
         lines += ["", "Single layers, equal trials, one after the other; both best schedules re-timed by raydgp's "
                   "measurer (cold caches), interleaved, 5 rounds, medians:", "",
-                  "| workload | trials | mcpu | raydgp in flight | raydgp ms | raydgp wall | s per trial (median) | "
-                  "MetaSchedule ms | MetaSchedule wall | raydgp/MS latency | raydgp/MS wall | commit |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "| workload | trials | mcpu | raydgp in flight | variant (seed) | raydgp ms | raydgp wall | "
+                  "s per trial (median) | MetaSchedule ms | MetaSchedule wall | raydgp/MS latency | raydgp/MS wall | "
+                  "commit |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in data["layers"]:
-            a, b = r["raydgp"]["retimed_median_ms"], r["metaschedule"]["retimed_median_ms"]
-            wa, wb = r["raydgp"]["wall_s"], r["metaschedule"]["wall_s"]
+            ms_ = r.get("metaschedule") or {}
+            a, b = r["raydgp"]["retimed_median_ms"], ms_.get("retimed_median_ms")
+            wa, wb = r["raydgp"]["wall_s"], ms_.get("wall_s")
             iv = r["raydgp"].get("median_trial_interval_s")
             lines.append(f"| `{r['workload']}` | {r['trials']} | {r['machine']['mcpu']} | {r.get('in_flight', 1)} | "
+                         f"{r.get('variant', 'default')} ({r.get('seed', 0)}) | "
                          + (f"{a:.3f}" if a else "-") + f" | {wa:.0f} s | " + (f"{iv:.2f}" if iv else "-") + " | "
-                         + (f"{b:.3f}" if b else "-") + f" | {wb:.0f} s | " + (f"{a / b:.2f}" if a and b else "-")
-                         + f" | {wa / wb:.2f} | {r.get('commit', '-')} |")
+                         + (f"{b:.3f}" if b else "-") + " | " + (f"{wb:.0f} s" if wb else "-") + " | "
+                         + (f"{a / b:.2f}" if a and b else "-") + " | " + (f"{wa / wb:.2f}" if wb else "-")
+                         + f" | {r.get('commit', '-')} |")
     lines += ["", "Raw results: `bench/bench_fast.json`.", "", END]
     bm = ROOT / "BENCHMARKS.md"
     text = bm.read_text()
@@ -459,6 +478,11 @@ def main(argv=None) -> int:
     l.add_argument("--trials", type=int, default=64)
     l.add_argument("--in-flight", default="2", help="comma-separated raydgp layer --in-flight values, one run each "
                    "(default 2, the CLI's CPU default); e.g. 2,1")
+    l.add_argument("--variants", default="default",
+                   help="';'-separated raydgp search-option sets, each a comma-separated KEY=VALUE list or 'default', "
+                        "e.g. 'default;queue_refit_every=1': one run of each per seed, back to back")
+    l.add_argument("--seeds", default="0", help="comma-separated raydgp layer seeds (default 0)")
+    l.add_argument("--no-ms", action="store_true", help="skip MetaSchedule's run (raydgp variants only)")
     l.add_argument("--out", default="bench")
     mm = sub.add_parser("ms-model")
     mm.add_argument("--model", default="resnet18")

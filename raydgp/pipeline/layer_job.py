@@ -70,20 +70,30 @@ def run_layer(run: LayerRun) -> dict:
     console(f"layer {task.name}: {len(space.sketches)} sketches, {sum(len(s.knobs) for s in space.sketches)} knobs, "
         f"{space.size:.3g} configurations; target {target}")
 
-    with LocalMeasurer(settings) as m:
-        untuned = m.measure(payload, None).result
-    untuned_ms = untuned.median_ms
-    console(f"untuned schedule: {untuned_ms:.3f} ms" if untuned.ok else f"untuned schedule failed: {untuned.message}")
-
+    # Ray first, then the node's warm measurement service (CPU): the untuned baseline is measured by its first
+    # worker, which then serves the trials with TVM imported, the task parsed and its reference kept, instead of a
+    # worker of its own that ends before the trials start theirs (as the model job does).
     init_ray(address=run.address)
-    width = run.width
-    # On a CPU the trials in flight share the cores Ray-wise (each still times on all of them, alone: the node's
-    # timing lock), so that the next one builds while one is timed; on a GPU each trial has its own GPU.
-    cpus = cores if gpu or not width else cores / width
-    res = tune_layer(payload, space, searcher_obj, trials=trials, store=store, settings=settings,
-                     storage_path=out / "ray", name=task.name, cpus_per_trial=cpus,
-                     gpus_per_trial=1 if gpu else 0, max_concurrent=width,
-                     baseline_ms=untuned_ms if untuned.ok else None, tag=searcher)
+    service = None
+    if not gpu:
+        from raydgp.raytune.measure_service import start_service
+
+        service = start_service()
+    try:
+        untuned = _measure_untuned(service, settings, payload)
+        untuned_ms = untuned.median_ms
+        console(f"untuned schedule: {untuned_ms:.3f} ms" if untuned.ok
+                else f"untuned schedule failed: {untuned.message}")
+        width = run.width
+        # On a CPU the trials in flight share the cores Ray-wise (each still times on all of them, alone: the node's
+        # timing lock), so that the next one builds while one is timed; on a GPU each trial has its own GPU.
+        cpus = cores if gpu or not width else cores / width
+        res = tune_layer(payload, space, searcher_obj, trials=trials, store=store, settings=settings,
+                         storage_path=out / "ray", name=task.name, cpus_per_trial=cpus,
+                         gpus_per_trial=1 if gpu else 0, max_concurrent=width,
+                         baseline_ms=untuned_ms if untuned.ok else None, tag=searcher)
+    finally:
+        _close_service(service)
     n_exported = export_to_metaschedule(store, out / "ms_database")
     best = res.best
     trial_s = [r.result.build_s + r.result.run_s for r in res.records]
@@ -120,3 +130,27 @@ def run_layer(run: LayerRun) -> dict:
     else:
         console(f"no configuration measured ok in {len(res.records)} trials; see {out / 'records'}")
     return summary
+
+
+def _measure_untuned(service, settings, payload):
+    """The task as is, measured through the node's service (its worker stays warm for the trials) or, without one,
+    a worker of its own."""
+    if service is not None:
+        from raydgp.raytune.measure_service import ServiceMeasurer
+
+        return ServiceMeasurer(service, settings).measure(payload, None).result
+    with LocalMeasurer(settings) as m:
+        return m.measure(payload, None).result
+
+
+def _close_service(service) -> None:
+    """Stop the node's measurement service and its workers (they end with the job anyway)."""
+    if service is None:
+        return
+    try:
+        import ray
+
+        ray.get(service.close.remote(), timeout=60)
+        ray.kill(service)
+    except Exception as e:  # noqa: BLE001
+        log.debug("measurement service did not close cleanly: %s", e)

@@ -169,6 +169,13 @@ class DGPSearcher(JsonStateMixin, Searcher):
         q = self._settings.queue
         return q == "on" or (q == "auto" and self._width > 1)
 
+    @property
+    def queue_refit_every(self) -> int:
+        """Results between the background proposer's refits while its batch lasts (``queue_refit_every``; auto: 2
+        where the model shares the node's cores with the trials, i.e. the searcher has a compute guard)."""
+        k = self._settings.queue_refit_every
+        return int(k) if k is not None else (2 if self._compute_guard is not None else 1)
+
     def _proposal_queue(self):
         if self._queue is None:
             from dataclasses import replace
@@ -183,7 +190,7 @@ class DGPSearcher(JsonStateMixin, Searcher):
             self._queue = ProposalQueue(self._core, batch_size=self._width, max_staleness=staleness,
                                         wait_s=0.05 if self._width > 1 else 30.0,
                                         serial=self._width == 1, running=list(self._live.values()),
-                                        max_batch=s.queue_max_batch)
+                                        max_batch=s.queue_max_batch, refit_every=self.queue_refit_every)
         return self._queue
 
     def close(self) -> None:
@@ -207,6 +214,10 @@ class DGPSearcher(JsonStateMixin, Searcher):
         if self._queue is not None:
             # proposals computed (model, tuning_set, random) differ from those handed out: total counts the latter
             st["queue"] = dict(self._queue.stats)
+            bt = sorted(self._queue.timings["batch"])
+            if bt:  # seconds per batch computation (refit + scoring), the proposer's cost
+                st["queue"].update(batch_s_median=round(bt[len(bt) // 2], 3), batch_s_total=round(sum(bt), 1),
+                                   refit_every=self._queue.refit_every)
             st["fallback"] += st["queue"]["fallback"]  # random proposals after a failed batch (logged)
             st["total"] = st["queue"]["handed"] + st["seeded"] + self._fallbacks
         return st

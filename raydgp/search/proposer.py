@@ -52,11 +52,16 @@ class ProposalQueue:
             workers wait for the model: then a batch holds as many proposals as results are expected while the next
             one is computed (the last batch's time over the median interval between the recent results, plus one),
             up to ``max_batch``. None or at most ``batch_size``: always ``batch_size``.
+        refit_every: wide only: results to wait for before refitting while the newest batch still holds fresh
+            proposals (1: refit on every result). A dry queue is refilled on the first new result. Where the model
+            shares the cores with the trials, a refit per result can keep a core busy fitting all the time.
     """
 
     def __init__(self, search, batch_size: int = 8, max_staleness: int = 0, wait_s: float = 0.0,
-                 serial: bool = False, running=(), max_batch: int | None = None):
+                 serial: bool = False, running=(), max_batch: int | None = None,
+                 refit_every: int = 1):
         self.search = search
+        self.refit_every = max(1, int(refit_every))
         self.batch_size = max(1, int(batch_size))
         self.max_batch = max(self.batch_size, int(max_batch or 0))
         self._arrivals: collections.deque = collections.deque(maxlen=9)  # monotonic times of the latest results
@@ -163,9 +168,12 @@ class ProposalQueue:
 
     # -- background side ------------------------------------------------------------------------------------------------
     def _needs_batch(self) -> bool:
-        if self._received > self._batch_version:
-            return True  # new results: refit and re-propose (the newest model supersedes the queue)
+        new = self._received - self._batch_version
         fresh = sum(1 for c, _ in self._queue if c not in self._handed)  # the queue holds the newest batch only
+        if new > 0:
+            # new results: refit and re-propose (the newest model supersedes the queue); run wide with
+            # ``refit_every``, once that many arrived or the queue ran dry
+            return self.serial or self._batch_version < 0 or new >= self.refit_every or fresh == 0
         return fresh == 0 and not self._exhausted and not self.serial
 
     def _run(self) -> None:
@@ -182,8 +190,14 @@ class ProposalQueue:
                 version = self._received
                 pending = list(self._running)
                 q = self._next_batch_size()
+                compute = self._needs_batch()  # False: results to apply while the batch lasts (refit_every)
                 self._busy = True
             self._apply(inbox)
+            if not compute:
+                with self._cv:
+                    self._busy = False
+                    self._cv.notify_all()
+                continue
             t0 = time.perf_counter()
             try:
                 batch = self.search.suggest_batch(q, pending=pending)
@@ -211,16 +225,17 @@ class ProposalQueue:
 
     def _next_batch_size(self) -> int:
         """``batch_size``, or (wide, with ``max_batch``) the results expected while the next batch is computed, plus
-        one, when that is more. Called under the lock."""
+        ``refit_every`` (the proposals handed out before the next refit), when that is more. Called under the
+        lock."""
         if self.serial or self.max_batch <= self.batch_size or not self.timings["batch"] or len(self._arrivals) < 3:
-            return self.batch_size
+            return max(self.batch_size, min(self.max_batch, self.refit_every)) if not self.serial else self.batch_size
         t = list(self._arrivals)
         gaps = sorted(b - a for a, b in zip(t, t[1:]))
         interval = gaps[len(gaps) // 2]
         if interval <= 0:
             return self.max_batch
         expected = self.timings["batch"][-1] / interval
-        return int(min(self.max_batch, max(self.batch_size, math.ceil(expected) + 1)))
+        return int(min(self.max_batch, max(self.batch_size, math.ceil(expected) + self.refit_every)))
 
     def _apply(self, inbox) -> None:
         for cfg, metric, status in inbox:

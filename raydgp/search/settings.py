@@ -137,6 +137,12 @@ class SearchSettings:
             result supersedes a batch of two before it is used and the workers wait for the model (measured on a
             2-core CPU, one conv, two trials in flight: a proposal every 2.9 s while a trial took 0.8 s). 0: always
             as wide as the search.
+        queue_refit_every: with the queue run wide, the results that arrive before the proposer refits while its
+            newest batch still holds fresh proposals (a dry queue is refilled on the first new result; the newest
+            batch believed the trials then running, Kriging believer). None (auto): 2 where the model shares the
+            node's cores with the builds and timings (a CPU node; the searcher then has a compute guard), 1 elsewhere.
+            On a 2-core CPU with two trials in flight a refit on every result kept one core fitting all the time
+            and the trials waited for proposals (BENCHMARKS.md section 6).
     """
 
     n_init: int = 8
@@ -166,6 +172,7 @@ class SearchSettings:
     queue: str = "auto"
     queue_staleness: int | None = None
     queue_max_batch: int = 8
+    queue_refit_every: int | None = None
     random_interleave: float = 0.0
     cold_start: bool = True
     sketch_min: int = 0
@@ -187,6 +194,8 @@ class SearchSettings:
             raise ConfigError(f"queue={self.queue!r}: choose one of {QUEUE_MODES}")
         if self.queue_max_batch < 0:
             raise ConfigError(f"queue_max_batch={self.queue_max_batch}: must be >= 0 (0: batches as wide as the search)")
+        if self.queue_refit_every is not None and self.queue_refit_every < 1:
+            raise ConfigError(f"queue_refit_every={self.queue_refit_every}: must be >= 1 or None (auto)")
         if self.queue_staleness is not None and self.queue_staleness < 0:
             raise ConfigError(f"queue_staleness={self.queue_staleness}: must be >= 0 or None")
         if not 0.0 <= self.random_interleave < 1.0:
@@ -242,7 +251,7 @@ def parse_search_options(options) -> dict:
                 if text.lower() not in _TRUE + _FALSE:
                     raise ValueError(text)
                 value = text.lower() in _TRUE
-            elif default is None:  # the optional integers (queue_staleness)
+            elif default is None:  # the optional integers (queue_staleness, queue_refit_every)
                 value = None if text.lower() == "none" else int(text)
             else:
                 value = type(default)(text)

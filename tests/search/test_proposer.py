@@ -6,6 +6,7 @@ from __future__ import annotations
 import random
 import threading
 import time
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -103,13 +104,16 @@ class _SlowSearch(_FakeSearch):
         return super().suggest_batch(q, pending)
 
 
-def _two_workers(max_batch, trials: int = 24, trial_s: float = 0.02, batch_s: float = 0.12):
+def _two_workers(max_batch, trials: int = 24, trial_s: float = 0.02, batch_s: float = 0.12, refit_every: int = 1,
+                 stagger_s: float = 0.0):
     sp = _space(400)
     slow = _SlowSearch(sp, batch_s)
-    q = ProposalQueue(slow, batch_size=2, max_staleness=1, wait_s=0.005, max_batch=max_batch)
+    q = ProposalQueue(slow, batch_size=2, max_staleness=1, wait_s=0.005, max_batch=max_batch,
+                      refit_every=refit_every)
     handed, lock = [], threading.Lock()
 
-    def worker():
+    def worker(delay=0.0):
+        time.sleep(delay)
         while True:
             with lock:
                 if len(handed) >= trials:
@@ -123,7 +127,7 @@ def _two_workers(max_batch, trials: int = 24, trial_s: float = 0.02, batch_s: fl
             q.observe(c, 1.0)
 
     t0 = time.monotonic()
-    threads = [threading.Thread(target=worker) for _ in range(2)]
+    threads = [threading.Thread(target=worker, args=(i * stagger_s,)) for i in range(2)]
     for t in threads:
         t.start()
     for t in threads:
@@ -144,6 +148,31 @@ def test_batches_grow_when_the_model_is_slower_than_the_trials():
     assert max(sizes) > 2 and max(sizes) <= 8 and stats["largest_batch"] == max(sizes)
     assert sizes[0] == 2  # nothing measured yet: as wide as the search
     assert wall < 0.8 * fixed_wall, (wall, fixed_wall)
+
+
+def test_refit_every_two_results_halves_the_batches_and_loses_nothing():
+    """Trials slower than a batch: with refit_every=1 the proposer refits on (nearly) every result; with 2 it waits
+    for two while its batch lasts, computing about half as many batches, with no duplicate and no lost result
+    (checked in _two_workers) and every proposal handed out by a batch at most two results old."""
+    kw = dict(max_batch=8, trials=24, trial_s=0.08, batch_s=0.01, stagger_s=0.04)  # results one at a time
+    _, every, _ = _two_workers(refit_every=1, **kw)
+    _, paced, _ = _two_workers(refit_every=2, **kw)
+    assert every["batches"] >= 18, every
+    assert paced["batches"] <= 0.75 * every["batches"], (paced, every)
+    assert paced["handed"] == every["handed"] == 24
+
+
+def test_the_searcher_paces_refits_where_it_shares_the_node_cores():
+    from raydgp.measure.node_locks import NodeComputeGuard
+    from raydgp.raytune.dgp_searcher import DGPSearcher
+
+    sp = _space()
+    assert DGPSearcher(sp, metric="m", mode="min", settings=FAST).queue_refit_every == 1
+    guarded = DGPSearcher(sp, metric="m", mode="min", settings=FAST, compute_guard=NodeComputeGuard("/tmp/x.lock"))
+    assert guarded.queue_refit_every == 2
+    explicit = DGPSearcher(sp, metric="m", mode="min", settings=replace(FAST, queue_refit_every=3),
+                           compute_guard=NodeComputeGuard("/tmp/x.lock"))
+    assert explicit.queue_refit_every == 3
 
 
 def test_serial_queue_is_deterministic_and_matches_refit_on_every_result():
@@ -219,7 +248,7 @@ def test_queue_paused_reads_a_consistent_search():
     q.close()
 
 
-@pytest.mark.parametrize("bad", [{"queue": "sometimes"}, {"queue_staleness": -1}])
+@pytest.mark.parametrize("bad", [{"queue": "sometimes"}, {"queue_staleness": -1}, {"queue_refit_every": 0}])
 def test_bad_queue_settings_are_refused(bad):
     from raydgp.errors import ConfigError
 
