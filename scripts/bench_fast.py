@@ -204,6 +204,13 @@ def run_layers(args) -> None:
         _save(out, data)
 
 
+def _options(row: dict) -> str:
+    """The run's ``--search-option`` flags (from its command), for the table's commit column."""
+    words = str(row.get("command", "")).split()
+    opts = [words[i + 1] for i, w in enumerate(words[:-1]) if w == "--search-option"]
+    return f" + `{' '.join(opts)}`" if opts else ""
+
+
 def _best_record(store_dir: Path) -> dict | None:
     """The fastest configuration of a layer run, as its MetaSchedule trace (rebuilt from the stored space)."""
     from raydgp.records import RecordStore
@@ -422,7 +429,7 @@ def render(args) -> None:
                          f"{r['machine']['mcpu']} | {t} | {pt} | "
                          f"{ort} | {_r(r.get('untuned_ms'), 0)} | {ratio(t, pt)} | {ratio(t, ort)} | "
                          f"{_r(r.get('layer_best_sum_ms'), 2)} | {r['wall_s']:.0f} s | {r.get('verified')} | "
-                         f"{r.get('history', '?')} | {r.get('commit', '?')} |")
+                         f"{r.get('history', '?')} | {r.get('commit', '?')}{_options(r)} |")
         last = data["models"][-1]
         pk = f"{last['peak_gflops']:.0f}" if last.get("peak_gflops") else "?"
         mcpu = last["machine"]["mcpu"]
