@@ -27,7 +27,10 @@ default: every task in turn is the target), or only ResNet-18's layers with Mobi
   result (``idle_member_weight=0``, the default before 2026-12-05: a member under weight 0.2 is now refitted every
   4th result); ``dgp_cm10``: ``dgp`` with the cold member's fresh fits at 10 Adam steps (``cold_member_steps=10``);
   ``dgp_gpyt``: ``dgp`` trained through GPyTorch's ``DeepApproximateMLL`` (``DGPSettings(elbo="gpytorch")``, the
-  only training path before 2026-12-05's third session) instead of the directly computed ELBO;
+  only training path before 2026-12-05's third session) instead of the directly computed ELBO; ``dgp_cr25``:
+  ``dgp`` whose cold member is fitted afresh (exact-GP start) only once the target's data grew by 25% since its last
+  fresh fit, and warm-started (``refit_steps``) in between (``cold_refresh=0.25``; the fresh fit was about half of a
+  proposal batch's time in a profile of 2026-12-06);
 * ``dgp_h03``: ``dgp`` with the hidden GPs' output scale starting at 0.3 instead of 0.01 (``hidden_noise``);
 * ``mtgp``, ``rgpe``, ``fsbo``: the transfer peers of ``scripts/transfer_peers.py`` (BoTorch ``MultiTaskGP``, the
   RGPE ranking-weighted ensemble, an FSBO deep-kernel GP) on the same history, candidates and budget;
@@ -60,7 +63,7 @@ from transfer_peers import PEERS, peer_search
 
 METHODS = ("random", "cold", "dgp", "dgp_rand", "dgp_zs", "exact_gp", "dgp_notrust", "sgp", "dgp_h03", "mtgp", "rgpe",
            "fsbo", "dgp_ri", "dgp_nozs", "dgp_nocs", "dgp_sm", "dgp_mp", "cold_add", "dgp_add", "cold_cs20", "dgp_cm50", "dgp_rs15",
-           "dgp_idle0", "dgp_cm10", "dgp_gpyt")
+           "dgp_idle0", "dgp_cm10", "dgp_gpyt", "dgp_cr25")
 
 
 def main(argv=None) -> int:
@@ -241,6 +244,8 @@ def _run(method, sp, lat, hist, seed, budget, cache) -> list:
         kw = {"cold_member_steps": 10}
     elif method == "dgp_gpyt":
         kw = {"dgp": DGPSettings(elbo="gpytorch")}
+    elif method == "dgp_cr25":
+        kw = {"cold_refresh": 0.25}
     # The candidates are the recorded configurations: no evolution (bred children would have no recorded latency).
     st = SearchSettings(seed=seed, init="random" if method == "dgp_rand" else "dgp", pool_size=len(lat),
                         pool_refresh=1.0, pretrain_seed=0, evolve_generations=0, **kw)
