@@ -47,6 +47,14 @@ def run_layer(run: LayerRun) -> dict:
     check_history_paths(run.history)
     check_address(run.address)
     t_start = time.monotonic()
+    phases: dict[str, float] = {}  # wall seconds of each step, in order (summary ``phases_s``)
+    mark = [t_start]
+
+    def phase(name: str) -> None:
+        now = time.monotonic()
+        phases[name] = round(now - mark[0], 2)
+        mark[0] = now
+
     out = run.out
     out.mkdir(parents=True, exist_ok=True)
     workload, trials, searcher, seed = run.workload, run.trials, run.searcher, run.seed
@@ -56,7 +64,9 @@ def run_layer(run: LayerRun) -> dict:
     settings = run.measure_settings
     task = make_task(workload, target)
     space = cached_space(task)
+    phase("space")
     hist = load_history(run.history, space) if searcher == "dgp" else None
+    phase("history")
     options = run.search_options
     if hist is not None:
         options = tuning_set_options(options, task.workload, history_shapes(run.history))
@@ -79,8 +89,10 @@ def run_layer(run: LayerRun) -> dict:
         from raydgp.raytune.measure_service import start_service
 
         service = start_service()
+    phase("ray")
     try:
         untuned = _measure_untuned(service, settings, payload)
+        phase("untuned")
         untuned_ms = untuned.median_ms
         console(f"untuned schedule: {untuned_ms:.3f} ms" if untuned.ok
                 else f"untuned schedule failed: {untuned.message}")
@@ -92,6 +104,7 @@ def run_layer(run: LayerRun) -> dict:
                          storage_path=out / "ray", name=task.name, cpus_per_trial=cpus,
                          gpus_per_trial=1 if gpu else 0, max_concurrent=width,
                          baseline_ms=untuned_ms if untuned.ok else None, tag=searcher)
+        phase("search")
     finally:
         _close_service(service)
     n_exported = export_to_metaschedule(store, out / "ms_database")
@@ -120,6 +133,8 @@ def run_layer(run: LayerRun) -> dict:
         "search_wall_s": res.wall_s, "wall_per_trial_s": res.wall_s / max(1, len(res.records)),
         "exported_records": n_exported, "wall_s": time.monotonic() - t_start,
     }
+    phase("export")
+    summary["phases_s"] = phases
     summary["proposals"] = searcher_obj.stats
     write_json_atomic(out / "summary.json", summary, indent=2)
     if best:
