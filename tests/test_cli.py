@@ -40,6 +40,8 @@ def test_layer_command_end_to_end(tmp_path):
     s = json.loads((out / "summary.json").read_text())
     assert s["trials"] == 4 and s["untuned_ms"] > 0
     assert s["in_flight"] == 2  # the CPU default: one trial timed while the next builds
+    assert list(s["phases_s"]) == ["space", "history", "ray", "untuned", "search", "export"]
+    assert all(v >= 0 for v in s["phases_s"].values()) and s["phases_s"]["search"] > 0
     from raydgp.records import RecordStore
 
     recs = RecordStore(out / "records").records()

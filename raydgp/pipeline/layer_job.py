@@ -19,6 +19,7 @@ from raydgp.logs import console
 from raydgp.measure.local import LocalMeasurer
 from raydgp.measure.protocol import TaskPayload
 from raydgp.pipeline.history import check_history_paths, history_shapes, load_history, tuning_set_options
+from raydgp.pipeline.phases import PhaseClock
 from raydgp.pipeline.settings import LayerRun
 from raydgp.records import RecordStore
 
@@ -47,13 +48,7 @@ def run_layer(run: LayerRun) -> dict:
     check_history_paths(run.history)
     check_address(run.address)
     t_start = time.monotonic()
-    phases: dict[str, float] = {}  # wall seconds of each step, in order (summary ``phases_s``)
-    mark = [t_start]
-
-    def phase(name: str) -> None:
-        now = time.monotonic()
-        phases[name] = round(now - mark[0], 2)
-        mark[0] = now
+    phase = PhaseClock(t_start)  # wall seconds of each step, in order (summary ``phases_s``)
 
     out = run.out
     out.mkdir(parents=True, exist_ok=True)
@@ -134,7 +129,7 @@ def run_layer(run: LayerRun) -> dict:
         "exported_records": n_exported, "wall_s": time.monotonic() - t_start,
     }
     phase("export")
-    summary["phases_s"] = phases
+    summary["phases_s"] = phase.phases
     summary["proposals"] = searcher_obj.stats
     write_json_atomic(out / "summary.json", summary, indent=2)
     if best:

@@ -27,6 +27,7 @@ from raydgp.atomic import write_json_atomic
 from raydgp.logs import console
 from raydgp.pipeline import history as hist_mod
 from raydgp.pipeline.budget import Budget, LayerState
+from raydgp.pipeline.phases import PhaseClock
 from raydgp.pipeline.report import Progress, finite, plot_curves, table
 from raydgp.pipeline.settings import ModelRun
 from raydgp.models.base import LoadedModel, Toolchain
@@ -84,13 +85,7 @@ def run_model(run: ModelRun, callbacks: list | None = None, toolchain: Toolchain
 
         toolchain = TVMToolchain()
     t_start = time.monotonic()
-    phases: dict[str, float] = {}  # wall seconds of each step, in order (summary ``phases_s``)
-    mark = [t_start]
-
-    def phase(name: str) -> None:
-        now = time.monotonic()
-        phases[name] = round(now - mark[0], 2)
-        mark[0] = now
+    phase = PhaseClock(t_start)  # wall seconds of each step, in order (summary ``phases_s``)
 
     # -- inputs checked before anything expensive ---------------------------------------------------------------------
     check_trackers(run.trackers)
@@ -163,7 +158,7 @@ def run_model(run: ModelRun, callbacks: list | None = None, toolchain: Toolchain
     phase("deploy")
     summary.update(tuning_wall_s=round(tune_wall, 2), wall_s=round(time.monotonic() - t_start, 2),
                    stopped_by_time_budget=stopped_by_time, layer_experiments_at_once=runner.width,
-                   phases_s=phases)
+                   phases_s=phase.phases)
     write_json_atomic(out / "summary.json", summary, indent=2)
     for line in table(summary):
         console(line)
