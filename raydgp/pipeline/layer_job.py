@@ -79,11 +79,9 @@ def run_layer(run: LayerRun) -> dict:
     # worker, which then serves the trials with TVM imported, the task parsed and its reference kept, instead of a
     # worker of its own that ends before the trials start theirs (as the model job does).
     init_ray(address=run.address)
-    service = None
-    if not gpu:
-        from raydgp.raytune.measure_service import start_service
+    from raydgp.raytune.measure_service import start_service, stop_service
 
-        service = start_service()
+    service = None if gpu else start_service()
     phase("ray")
     try:
         untuned = _measure_untuned(service, settings, payload)
@@ -101,7 +99,7 @@ def run_layer(run: LayerRun) -> dict:
                          baseline_ms=untuned_ms if untuned.ok else None, tag=searcher)
         phase("search")
     finally:
-        _close_service(service)
+        stop_service(service)
     n_exported = export_to_metaschedule(store, out / "ms_database")
     best = res.best
     trial_s = [r.result.build_s + r.result.run_s for r in res.records]
@@ -152,15 +150,3 @@ def _measure_untuned(service, settings, payload):
     with LocalMeasurer(settings) as m:
         return m.measure(payload, None).result
 
-
-def _close_service(service) -> None:
-    """Stop the node's measurement service and its workers (they end with the job anyway)."""
-    if service is None:
-        return
-    try:
-        import ray
-
-        ray.get(service.close.remote(), timeout=60)
-        ray.kill(service)
-    except Exception as e:  # noqa: BLE001
-        log.debug("measurement service did not close cleanly: %s", e)

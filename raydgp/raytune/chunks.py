@@ -188,11 +188,7 @@ class ChunkRunner:
 
     def close(self) -> None:
         """Stop the measurement service (its workers end with it)."""
-        if self._service is None:
-            return
-        try:
-            self._ray.get(self._service.close.remote(), timeout=60)
-            self._ray.kill(self._service)
-        except Exception as e:  # noqa: BLE001 - it ends with the job anyway
-            log.debug("measurement service did not close cleanly: %s", e)
+        from raydgp.raytune.measure_service import stop_service
+
+        stop_service(self._service)
         self._service = None

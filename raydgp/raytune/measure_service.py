@@ -112,6 +112,19 @@ def start_service(max_concurrency: int = 16):
                          scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)).remote()
 
 
+def stop_service(handle) -> None:
+    """Stop a service and its workers (they end with the job anyway; a failure to stop is only logged)."""
+    if handle is None:
+        return
+    try:
+        import ray
+
+        ray.get(handle.close.remote(), timeout=60)
+        ray.kill(handle)
+    except Exception as e:  # noqa: BLE001 - it ends with the job anyway
+        log.debug("measurement service did not close cleanly: %s", e)
+
+
 def find_service():
     """This job's service on the caller's node, or None."""
     try:

@@ -173,7 +173,7 @@ class ProposalQueue:
         if new > 0:
             # new results: refit and re-propose (the newest model supersedes the queue); run wide with
             # ``refit_every``, once that many arrived or the queue ran dry
-            return self.serial or self._batch_version < 0 or new >= self.refit_every or fresh == 0
+            return self.serial or new >= self.refit_every or fresh == 0
         return fresh == 0 and not self._exhausted and not self.serial
 
     def _run(self) -> None:
@@ -227,8 +227,10 @@ class ProposalQueue:
         """``batch_size``, or (wide, with ``max_batch``) the results expected while the next batch is computed, plus
         ``refit_every`` (the proposals handed out before the next refit), when that is more. Called under the
         lock."""
-        if self.serial or self.max_batch <= self.batch_size or not self.timings["batch"] or len(self._arrivals) < 3:
-            return max(self.batch_size, min(self.max_batch, self.refit_every)) if not self.serial else self.batch_size
+        if self.serial:
+            return self.batch_size
+        if self.max_batch <= self.batch_size or not self.timings["batch"] or len(self._arrivals) < 3:
+            return max(self.batch_size, min(self.max_batch, self.refit_every))
         t = list(self._arrivals)
         gaps = sorted(b - a for a, b in zip(t, t[1:]))
         interval = gaps[len(gaps) // 2]
