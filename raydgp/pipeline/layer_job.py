@@ -18,12 +18,16 @@ from raydgp.atomic import write_json_atomic
 from raydgp.logs import console
 from raydgp.measure.local import LocalMeasurer
 from raydgp.measure.protocol import TaskPayload
-from raydgp.pipeline.history import check_history_paths, history_shapes, load_history, tuning_set_options
+from raydgp.pipeline import history as hist_mod
+from raydgp.pipeline.history import check_history_paths, load_history, tuning_set_options
 from raydgp.pipeline.phases import PhaseClock
 from raydgp.pipeline.settings import LayerRun
 from raydgp.records import RecordStore
 
 log = logging.getLogger("raydgp.pipeline")
+
+#: Trials a layer run with history starts with: the history's best schedules of the nearest shapes, carried over.
+SEEDS = 4
 
 
 def tune_one_layer(workload: str, *, out, **settings) -> dict:
@@ -62,13 +66,19 @@ def run_layer(run: LayerRun) -> dict:
     phase("space")
     hist = load_history(run.history, space) if searcher == "dgp" else None
     phase("history")
-    options = run.search_options
+    options, seeds = run.search_options, []
     if hist is not None:
-        options = tuning_set_options(options, task.workload, history_shapes(run.history))
+        donors, info = hist_mod.history_donors(run.history)
+        options = tuning_set_options(options, task.workload, {v[0] for v in info.values()})
         if options != run.search_options:
             console("history: no workload of this loop-nest shape; the tuning set is random and the history enters "
                     "through the trust mixture only (--search-option init=dgp: the history picks it)")
-    searcher_obj = make_searcher(searcher, space, seed, hist, settings=settings, search_options=options)
+        # The first trials: the history's best schedules of this shape and of the nearest other shapes of this op
+        # (on hardware of this vector width), carried over to this space (as the model job seeds its layers).
+        seeds = hist_mod.seed_configs(space, set(), [], k=min(SEEDS, trials // 2),
+                                      near=hist_mod.near_donors(donors, info, space), k_near=SEEDS)
+    searcher_obj = make_searcher(searcher, space, seed, hist, settings=settings, search_options=options,
+                                 points_to_evaluate=seeds)
     store = RecordStore(out / "records")
     store.add_workload(task.workload.key, task.mod_json, space.to_json())
     payload = TaskPayload(task.workload.key, task.mod_json, target)
@@ -110,7 +120,7 @@ def run_layer(run: LayerRun) -> dict:
     inside = [float(r.metrics["trial_s"]) for r in (res.results or []) if r.metrics and "trial_s" in r.metrics]
     summary = {
         "workload": workload, "workload_key": task.workload.key, "target": target, "searcher": searcher,
-        "in_flight": width, "trials": len(res.records), "ok": len(res.ok),
+        "in_flight": width, "trials": len(res.records), "ok": len(res.ok), "seeded": len(seeds),
         "status_counts": {s: sum(r.result.status == s for r in res.records) for s in
                           sorted({r.result.status for r in res.records})},
         "best_ms": best.result.median_ms if best else None, "best_config": best.config.to_json() if best else None,

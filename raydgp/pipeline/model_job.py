@@ -196,14 +196,6 @@ def _prior_records(store: RecordStore, m: LoadedModel) -> dict[str, list[Record]
     return prior
 
 
-def _history_donors(run: ModelRun, history_paths: list[Path]) -> tuple[list, dict]:
-    """The history's best configurations (:func:`~raydgp.pipeline.history.top_configs`) and what their workloads are
-    (:func:`~raydgp.pipeline.history.donor_info`)."""
-    paths = list(history_paths) + (hist_mod.default_history_paths() if run.default_history else [])
-    recs = [r for p in paths for r in RecordStore(p).records()]
-    return hist_mod.top_configs(recs), hist_mod.donor_info(recs)
-
-
 def _tune_layers(run: ModelRun, m: LoadedModel, store: RecordStore, budget: Budget, runner, has_history: bool,
                  toolchain: Toolchain, t_start: float):
     """Hand out chunks until the budget (or the time budget) is spent. Returns ``(stopped by time, proposal stats per
@@ -213,7 +205,8 @@ def _tune_layers(run: ModelRun, m: LoadedModel, store: RecordStore, budget: Budg
     from raydgp.raytune.experiment import experiment_name
 
     by_name = {l.name: l for l in m.layers}
-    donors_hist, donor_info = _history_donors(run, list(run.history)) if run.searcher == "dgp" else ([], {})
+    paths = list(run.history) + (hist_mod.default_history_paths() if run.default_history else [])
+    donors_hist, donor_info = hist_mod.history_donors(paths) if run.searcher == "dgp" else ([], {})
     # a layer whose loop-nest shape no history workload has gets a random tuning set (history.tuning_set_options)
     shapes = {v[0] for v in donor_info.values()}
     options = {l.name: hist_mod.tuning_set_options(run.search_options, l.space.workload, shapes)
@@ -258,9 +251,12 @@ def _tune_layers(run: ModelRun, m: LoadedModel, store: RecordStore, budget: Budg
             # siblings' best first, then the same shape on the likest hardware, then the rest
             info = {**donor_info, **hist_mod.donor_info(r for r in all_recs if r.workload.key not in donor_info)}
             donors = sib + hist_mod.rank_donors(rest + donors_hist, info, l.space)
-            # A sibling's best schedules carry over: they are what a short sibling warm-up is spent on.
+            # A sibling's best schedules carry over: they are what a short sibling warm-up is spent on. Then the
+            # best of the nearest other shapes (this run's layers, the history), carried over to this layer's space.
             k_seeds = min(4, n) if sib else min(4, max(1, n // 2))
-            seeds = hist_mod.seed_configs(l.space, {r.config for r in recs}, donors, k=k_seeds)
+            near = hist_mod.near_donors(rest + donors_hist, info, l.space) if run.searcher == "dgp" else []
+            seeds = hist_mod.seed_configs(l.space, {r.config for r in recs}, donors, k=k_seeds, near=near,
+                                          k_near=0 if sib else min(2, k_seeds))
             runner.submit(ChunkSpec(
                 name=name, experiment=experiment_name(f"{name}.t{st.trials}.{run_id}"), task=l.task, space=l.space,
                 searcher=run.searcher, seed=run.seed * 100003 + n_chunks, trials=n,

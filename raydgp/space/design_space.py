@@ -82,6 +82,18 @@ def perfect_tilings(extent: int, n: int, max_innermost: int) -> tuple[tuple[int,
     return tuple(t for t in rec(extent, n) if max_innermost <= 0 or t[-1] <= max_innermost)
 
 
+def _nearest_tiling(k: "Knob", d: tuple[int, ...]) -> tuple[int, ...]:
+    """The valid tiling of knob ``k`` nearest to ``d`` (another extent's tiling): least sum over positions of
+    ``2**position * |log2 t - log2 d|``, so the inner factors stay where they can; ties go to the first tiling."""
+    ch = k.choices()
+    if not ch:
+        return d
+    t = np.log2(np.asarray(ch, dtype=np.float64))
+    w = 2.0 ** np.arange(k.parts)
+    cost = (np.abs(t - np.log2(np.asarray(d, dtype=np.float64))) * w).sum(axis=1)
+    return ch[int(np.argmin(cost))]
+
+
 def _sample_tile(k: "Knob", rng: random.Random) -> tuple[int, ...]:
     primes = _factor_pairs(k.extent)
     for _ in range(100):
@@ -293,6 +305,37 @@ class DesignSpace(SearchSpace):
             return None
         pick = rng.random(len(a.decisions)) < 0.5
         return Config(a.sketch, tuple(x if p else y for x, y, p in zip(a.decisions, b.decisions, pick)))
+
+    def adapt(self, config: Config) -> Config | None:
+        """The point of this space nearest to ``config``, a configuration of *another* workload's space (a layer of
+        another shape, or this one's shape with another epilogue), or None where the two do not correspond.
+
+        This is schedule transfer: a fast configuration of a similar layer, carried over knob by knob. The sketch must
+        have the same layout here (its index, its number of knobs, each knob's kind and tile width); a tile becomes the
+        perfect tiling of this loop's extent nearest in log2 factors, the inner factors weighted most (they are the
+        vector width and register block; the outer ones absorb a different extent); a categorical knob keeps its
+        index where it exists; a compute location becomes the nearest accepted position. ``config`` itself is
+        returned when it is already a point of this space.
+        """
+        if not isinstance(config, Config) or not 0 <= config.sketch < len(self.sketches):
+            return None
+        knobs = self.sketches[config.sketch].knobs
+        if len(config.decisions) != len(knobs):
+            return None
+        out = []
+        for k, d in zip(knobs, config.decisions):
+            if k.kind == "tile":
+                if not (isinstance(d, tuple) and len(d) == k.parts and all(isinstance(x, int) and x >= 1 for x in d)):
+                    return None
+                out.append(d if k.valid(d) else _nearest_tiling(k, d))
+            elif isinstance(d, tuple) or not isinstance(d, int):
+                return None
+            elif k.kind == "categorical":
+                out.append(min(max(d, 0), len(k.values) - 1))
+            else:
+                out.append(d if d in k.values else min(k.values, key=lambda v: (abs(v - d), v)))
+        cfg = Config(config.sketch, tuple(out))
+        return cfg if self.is_valid(cfg) else None
 
     @staticmethod
     def _knob_moves(k: Knob, d: Any) -> list:

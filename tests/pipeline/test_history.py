@@ -160,3 +160,52 @@ def test_a_layer_whose_shape_no_history_holds_gets_a_random_tuning_set(tmp_path,
     store.append(Record.now(unknown, small_space.target, small_space.sample_many(1, np.random.default_rng(0))[0],
                             MeasureResult("ok", (1.0,))))
     assert shape_signature(unknown) in history_shapes([tmp_path / "s"])
+
+
+def test_the_nearest_shapes_best_configurations_are_carried_over_as_seeds(small_space):
+    """A layer whose shape no donor has starts from the best configurations of the nearest shapes of its op measured
+    on hardware of its vector width, carried over to its space (``DesignSpace.adapt``); farther shapes, other ops,
+    other vector widths and configurations well behind their workload's best are left out."""
+    from dataclasses import replace
+
+    from raydgp.pipeline.history import donor_info, near_donors, rank_donors, seed_configs, top_configs
+    from raydgp.records import Config, MeasureResult, Record
+
+    here = dict(small_space.target)
+    w = small_space.workload
+    cfgs = small_space.sample_many(5, np.random.default_rng(7))
+
+    def other_extent(c: Config) -> Config:  # the same schedule for a loop twice as long: not a point of this space
+        knobs = small_space.sketches[c.sketch].knobs
+        i = next(j for j, k in enumerate(knobs) if k.kind == "tile")
+        d = list(c.decisions)
+        d[i] = (d[i][0] * 2,) + tuple(d[i][1:])
+        return Config(c.sketch, tuple(d))
+
+    def shape(key, **f):
+        return replace(w, key=key, features={**w.features, **f})
+
+    near = shape("conv2d-llvm-near", log2_reduce_0=w.features["log2_reduce_0"] + 1)
+    far = shape("conv2d-llvm-far", log2_spatial_1=w.features["log2_spatial_1"] + 6)
+    avx2 = {**here, "mcpu": "znver3"} if here.get("mcpu") != "znver3" else {**here, "mcpu": "skylake-avx512"}
+    recs = [Record.now(far, here, cfgs[0], MeasureResult("ok", (1.0,))),
+            Record.now(near, here, other_extent(cfgs[1]), MeasureResult("ok", (2.0,))),
+            Record.now(near, here, other_extent(cfgs[2]), MeasureResult("ok", (2.2,))),
+            Record.now(near, here, other_extent(cfgs[3]), MeasureResult("ok", (9.0,))),  # 4.5x its best: left out
+            Record.now(replace(w, key="dense-llvm-x", op="dense"), here, cfgs[4], MeasureResult("ok", (1.0,))),
+            Record.now(shape("conv2d-llvm-avx2", log2_reduce_0=w.features["log2_reduce_0"] + 1), avx2,
+                       other_extent(cfgs[4]), MeasureResult("ok", (1.0,)))]
+    donors, info = top_configs(recs), donor_info(recs)
+    got = near_donors(donors, info, small_space)
+    assert [d[1] for d in got] == ["conv2d-llvm-near", "conv2d-llvm-near"]
+    ranked = [d[1] for d in rank_donors(donors, info, small_space)]
+    assert ranked == ["conv2d-llvm-near"] * 3 + ["conv2d-llvm-avx2", "conv2d-llvm-far", "dense-llvm-x"]
+    seeds = seed_configs(small_space, {cfgs[1]}, [], k=4, near=got, k_near=4)
+    carried = [small_space.from_params(p) for p in seeds]
+    assert all(small_space.is_valid(c) for c in carried) and len(set(carried)) == len(carried) >= 1
+    assert carried[0] == small_space.adapt(other_extent(cfgs[2])) or carried[0] == small_space.adapt(
+        other_extent(cfgs[1]))
+    assert cfgs[1] not in carried  # measured here already
+    # the valid donors keep their places, and the near ones come after them
+    mixed = seed_configs(small_space, set(), [(1.0, "conv2d-llvm-far", cfgs[0])], k=3, near=got, k_near=2)
+    assert mixed[0] == cfgs[0].to_json() and len(mixed) == 3

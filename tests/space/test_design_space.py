@@ -169,3 +169,47 @@ def test_column_groups_cover_the_encoding_by_what_each_column_describes(small_sp
     X = small_space.encode_many(small_space.sample_many(20, rng))
     used = {c for g in groups for c in g}
     assert not X[:, [c for c in range(small_space.dim) if c not in used]].any()  # no column left outside a group
+
+
+def test_a_configuration_of_another_shape_is_carried_over_to_the_nearest_point():
+    """Schedule transfer (``DesignSpace.adapt``): each tile becomes the tiling of this extent nearest in log2 factors,
+    the inner ones kept; a categorical knob keeps its index, a compute location goes to the nearest accepted one; a
+    point of this space is itself; a sketch of another layout does not correspond."""
+    from raydgp.records import Workload
+    from raydgp.space.design_space import Knob, Sketch
+
+    def space(k_extent: int) -> DesignSpace:
+        knobs = (Knob("tile", 1, extent=28, parts=4, max_innermost=64), Knob("tile", 2, extent=k_extent, parts=2),
+                 Knob("categorical", 3, values=(0, 16, 64, 512)), Knob("compute_location", 4, values=(-1, 0, 3)))
+        w = Workload(key=f"w{k_extent}", name="conv", op="conv2d", features={"log2_reduce_0": float(np.log2(k_extent))})
+        return DesignSpace(workload=w, target={"kind": "llvm"}, sketches=(Sketch(insts=[], knobs=knobs),
+                                                                         Sketch(insts=[], knobs=knobs[:2])))
+
+    k64, k128, k96 = space(64), space(128), space(96)
+    best = Config(0, ((1, 2, 1, 14), (2, 32), 3, 3))
+    assert k64.is_valid(best) and k128.adapt(best) == Config(0, ((1, 2, 1, 14), (4, 32), 3, 3))
+    assert k96.adapt(best).decisions[1] == (3, 32)  # the outer factor absorbs the other extent
+    assert k64.adapt(best) == best
+    moved = k64.adapt(Config(0, ((1, 2, 1, 14), (2, 32), 7, 2)))
+    assert moved.decisions[2:] == (3, 3)  # index clamped; location 2 -> the nearest accepted, 3
+    assert k128.adapt(Config(0, ((1, 2, 1, 14), (2, 32), 3))) is None  # a knob short: another sketch layout
+    assert k128.adapt(Config(1, ((2, 32), (1, 2, 1, 14)))) is None  # knob kinds do not line up
+    assert k128.adapt(Config(5, ())) is None
+
+
+def test_a_real_conv_schedule_carried_over_to_another_shape_builds_and_passes_the_check(cpu_target, measurer):
+    """The real thing: configurations of a 16-channel conv's MetaSchedule space carried over to a 32 -> 24-channel
+    conv's space are points of it that TVM applies, builds, runs and checks against the reference."""
+    from raydgp.measure.protocol import TaskPayload
+    from raydgp.space.metaschedule import build_space
+    from raydgp.space.workloads import make_task
+
+    src = build_space(make_task("conv2d:1,16,14,14,16,3,1,1", cpu_target))
+    task = make_task("conv2d:1,32,14,14,24,3,1,1", cpu_target)
+    dst = build_space(task)
+    payload = TaskPayload(task.workload.key, task.mod_json, task.target)
+    carried = [c for c in (dst.adapt(c) for c in src.sample_many(8, np.random.default_rng(4))) if c is not None]
+    assert len(carried) >= 6 and all(dst.is_valid(c) for c in carried)
+    outs = [measurer.measure(payload, dst.trace_json(c)) for c in carried[:4]]
+    assert sum(o.result.ok for o in outs) >= 3, [o.result.message for o in outs]
+    assert all(o.result.status in ("ok", "invalid") for o in outs), [o.result.message for o in outs]
