@@ -47,6 +47,9 @@ def _layer_parser(sub) -> None:
     p.add_argument("--search-option", action="append", default=None, metavar="KEY=VALUE",
                    help="a SearchSettings field of the dgp searcher, e.g. random_interleave=0.2 or cold_start=off "
                         "(repeatable; raydgp.search.settings lists them)")
+    p.add_argument("--seed-trials", type=int, default=4,
+                   help="with --searcher dgp and --history: the first trials are the history's best schedules of "
+                        "this shape and of the nearest other shapes, carried over to this layer (default 4; 0: none)")
 
 
 def _tune_parser(sub) -> None:
@@ -153,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
                 workload=args.workload, out=args.out, trials=args.trials, searcher=args.searcher, seed=args.seed,
                 target_kind=args.target, cpus_per_trial=cores, address=args.address,
                 history=tuple(args.history or ()), search_options=tuple(args.search_option or ()),
-                in_flight=args.in_flight,
+                in_flight=args.in_flight, seed_trials=args.seed_trials,
                 measure=MeasureSettings(build_timeout_s=args.build_timeout, run_timeout_s=args.run_timeout,
                                         num_threads=cores, device="cuda" if args.target == "cuda" else "cpu")))
         return 0

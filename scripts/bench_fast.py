@@ -168,8 +168,8 @@ def run_layers(args) -> None:
                            "--out", str(run), "--searcher", "dgp", "--history",
                            str(ROOT / "raydgp" / "datasets" / "shipped"), "--in-flight", str(width),
                            "--seed", str(seed)]
-                    for o in opts:
-                        cmd += ["--search-option", o]
+                    for o in opts:  # KEY=VALUE: a search option; --flag=VALUE: a raydgp layer flag
+                        cmd += o.split("=", 1) if o.startswith("--") else ["--search-option", o]
                     t0 = time.monotonic()
                     p = subprocess.run(cmd, cwd=ROOT, env=env, text=True, capture_output=True)
                     wall = time.monotonic() - t0
@@ -486,8 +486,9 @@ def main(argv=None) -> int:
     l.add_argument("--in-flight", default="2", help="comma-separated raydgp layer --in-flight values, one run each "
                    "(default 2, the CLI's CPU default); e.g. 2,1")
     l.add_argument("--variants", default="default",
-                   help="';'-separated raydgp search-option sets, each a comma-separated KEY=VALUE list or 'default', "
-                        "e.g. 'default;queue_refit_every=1': one run of each per seed, back to back")
+                   help="';'-separated raydgp variants, each a comma-separated list of search options (KEY=VALUE) "
+                        "and raydgp layer flags (--flag=VALUE), or 'default', e.g. 'default;queue_refit_every=1' or "
+                        "'default;--seed-trials=0': one run of each per seed, back to back")
     l.add_argument("--seeds", default="0", help="comma-separated raydgp layer seeds (default 0)")
     l.add_argument("--no-ms", action="store_true", help="skip MetaSchedule's run (raydgp variants only)")
     l.add_argument("--out", default="bench")

@@ -26,9 +26,6 @@ from raydgp.records import RecordStore
 
 log = logging.getLogger("raydgp.pipeline")
 
-#: Trials a layer run with history starts with: the history's best schedules of the nearest shapes, carried over.
-SEEDS = 4
-
 
 def tune_one_layer(workload: str, *, out, **settings) -> dict:
     """Tune one layer; keyword arguments are the fields of :class:`~raydgp.pipeline.settings.LayerRun`."""
@@ -75,8 +72,8 @@ def run_layer(run: LayerRun) -> dict:
                     "through the trust mixture only (--search-option init=dgp: the history picks it)")
         # The first trials: the history's best schedules of this shape and of the nearest other shapes of this op
         # (on hardware of this vector width), carried over to this space (as the model job seeds its layers).
-        seeds = hist_mod.seed_configs(space, set(), [], k=min(SEEDS, trials // 2),
-                                      near=hist_mod.near_donors(donors, info, space), k_near=SEEDS)
+        seeds = hist_mod.seed_configs(space, set(), [], k=min(run.seed_trials, trials // 2),
+                                      near=hist_mod.near_donors(donors, info, space), k_near=run.seed_trials)
     searcher_obj = make_searcher(searcher, space, seed, hist, settings=settings, search_options=options,
                                  points_to_evaluate=seeds)
     store = RecordStore(out / "records")

@@ -197,6 +197,9 @@ class LayerRun:
             configuration build, and the searcher refit and propose (from its background queue, believing the
             running trial), while one is timed; 1: strictly one after another, each proposal from a model refitted
             on every earlier result.
+        seed_trials: with history (``dgp``): the first trials are the history's best configurations of this shape
+            and of the nearest other shapes of this op, carried over to this space
+            (:func:`~raydgp.pipeline.history.near_donors`); 0: none.
     """
 
     workload: str
@@ -211,9 +214,12 @@ class LayerRun:
     history: tuple[Path, ...] = field(default_factory=tuple)
     search_options: tuple = ()
     in_flight: int | None = None
+    seed_trials: int = 4
 
     def __post_init__(self):
         _check_common(self.searcher, self.trials, self.target_kind)
+        if not isinstance(self.seed_trials, int) or self.seed_trials < 0:
+            raise ConfigError(f"seed_trials (--seed-trials) must be an integer >= 0, got {self.seed_trials!r}")
         if self.cpus_per_trial is not None and self.cpus_per_trial < 1:
             raise ConfigError(f"cpus_per_trial must be >= 1, got {self.cpus_per_trial}")
         if self.in_flight is not None and (not isinstance(self.in_flight, int) or self.in_flight < 1):
