@@ -76,6 +76,10 @@ def test_trials_in_flight_default_and_bad_values():
     for bad in (0, -1, 1.5):
         with pytest.raises(ConfigError, match="in_flight"):
             LayerRun(workload="dense:1,8,8", out="o", in_flight=bad)
+    assert LayerRun(workload="dense:1,8,8", out="o").seed_trials == 4
+    for bad in (-1, 2.0):
+        with pytest.raises(ConfigError, match="seed_trials"):
+            LayerRun(workload="dense:1,8,8", out="o", seed_trials=bad)
 
 
 def test_model_runs_trials_in_flight_per_layer_default_and_bad_values():

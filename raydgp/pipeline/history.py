@@ -280,6 +280,12 @@ def seed_configs(space, own: set, donors: Sequence, k: int, near: Sequence = (),
     return out
 
 
+def history_seeds(space, donors: Sequence, info: dict, k: int) -> list[dict]:
+    """A layer run's first ``k`` trials (trial parameters): the history's best configurations of this loop-nest shape,
+    then of the nearest other shapes of this op (:func:`near_donors`), carried over to ``space``."""
+    return seed_configs(space, set(), [], k=k, near=near_donors(donors, info, space), k_near=k)
+
+
 def history_donors(paths: Sequence) -> tuple[list, dict]:
     """The best configurations of every workload in the record stores ``paths`` (:func:`top_configs`) and what those
     workloads are (:func:`donor_info`), read once."""

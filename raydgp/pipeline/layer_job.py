@@ -72,8 +72,7 @@ def run_layer(run: LayerRun) -> dict:
                     "through the trust mixture only (--search-option init=dgp: the history picks it)")
         # The first trials: the history's best schedules of this shape and of the nearest other shapes of this op
         # (on hardware of this vector width), carried over to this space (as the model job seeds its layers).
-        seeds = hist_mod.seed_configs(space, set(), [], k=min(run.seed_trials, trials // 2),
-                                      near=hist_mod.near_donors(donors, info, space), k_near=run.seed_trials)
+        seeds = hist_mod.history_seeds(space, donors, info, k=min(run.seed_trials, trials // 2))
     searcher_obj = make_searcher(searcher, space, seed, hist, settings=settings, search_options=options,
                                  points_to_evaluate=seeds)
     store = RecordStore(out / "records")

@@ -209,3 +209,28 @@ def test_the_nearest_shapes_best_configurations_are_carried_over_as_seeds(small_
     # the valid donors keep their places, and the near ones come after them
     mixed = seed_configs(small_space, set(), [(1.0, "conv2d-llvm-far", cfgs[0])], k=3, near=got, k_near=2)
     assert mixed[0] == cfgs[0].to_json() and len(mixed) == 3
+
+
+def test_a_layer_the_history_never_saw_starts_from_the_nearest_shapes_carried_over(cpu_target, measurer):
+    """The real thing: a 32-channel conv at 28x28 (no such shape in the shipped dataset, which holds NCHW recordings of
+    an AVX2 and an AVX-512 CPU) gets as its first trials the history's best configurations of the nearest conv shapes
+    measured on hardware of this vector width, carried over; they are distinct points of its space and TVM builds,
+    runs and checks them."""
+    from raydgp.measure.protocol import TaskPayload
+    from raydgp.pipeline.history import (history_donors, history_seeds, near_donors, shape_signature,
+                                         shipped_dataset)
+    from raydgp.space.metaschedule import build_space
+    from raydgp.space.workloads import make_task
+
+    task = make_task("conv2d:1,32,28,28,32,3,1,1", cpu_target)
+    space = build_space(task)
+    donors, info = history_donors([shipped_dataset()])
+    assert shape_signature(task.workload) not in {v[0] for v in info.values()}
+    if not near_donors(donors, info, space):  # a CPU of a vector width the dataset has no recording of
+        assert history_seeds(space, donors, info, k=3) == []
+        pytest.skip("the shipped dataset holds no recording of this CPU's vector width")
+    cfgs = [space.from_params(p) for p in history_seeds(space, donors, info, k=3)]
+    assert len(cfgs) == 3 and len(set(cfgs)) == 3 and all(space.is_valid(c) for c in cfgs)
+    payload = TaskPayload(task.workload.key, task.mod_json, task.target)
+    outs = [measurer.measure(payload, space.trace_json(c)) for c in cfgs]
+    assert sum(o.result.ok for o in outs) >= 2, [o.result.message for o in outs]
