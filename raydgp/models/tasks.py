@@ -116,10 +116,10 @@ def mean_as_matmul(mod):
     def rewrite(expr, matches):
         call, inp = matches[pattern], matches[x]
         ty = inp.ty
-        dtype = str(getattr(getattr(ty, "dtype", None), "dtype", getattr(ty, "dtype", "")))
         if not isinstance(ty, relax.TensorType) or ty.ndim != 4 or not isinstance(ty.shape, relax.ShapeExpr) \
-                or dtype not in ("float32", "float16", "float64"):
+                or str(ty.dtype) not in ("float32", "float16", "float64"):
             return expr
+        dtype = str(ty.dtype)
         try:
             n, h, w, c = (int(d) for d in ty.shape.values)
         except TypeError:  # a symbolic dimension
