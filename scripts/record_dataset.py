@@ -34,7 +34,7 @@ def main(argv=None) -> int:
     from raydgp.measure.local import LocalMeasurer
     from raydgp.measure.protocol import MeasureSettings, TaskPayload
     from raydgp.records import Record, RecordStore
-    from raydgp.space.design_space import config_from_applied
+    from raydgp.space.design_space import config_as_applied
     from raydgp.space.metaschedule import build_space, host_target
     from raydgp.space.workloads import make_task
     from raydgp.models.layer_specs import MODELS
@@ -72,7 +72,7 @@ def main(argv=None) -> int:
                 cfg = c
                 if out.applied is not None:
                     try:
-                        cfg = config_from_applied(space, c.sketch, out.applied)
+                        cfg = config_as_applied(space, c, out.applied)
                     except Exception:  # noqa: BLE001 - keep the proposed one; the status says it failed
                         pass
                 # one durable append per measurement: a kill loses nothing that finished

@@ -15,11 +15,13 @@ layer's best *re-timed* configuration. The layer bests reported and summed are t
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
 from typing import Callable
 
+from raydgp.errors import InvalidConfigurationError
 from raydgp.measure.base import Measurer
 from raydgp.measure.protocol import MeasureSettings
 from raydgp.records import RETIME_TAG, Record, RecordStore
@@ -67,7 +69,7 @@ def retime_best(layers, store: RecordStore, make_measurer: Callable[[MeasureSett
         ``{layer name: best re-timed ms}`` for the layers re-timed (NaN where every candidate failed).
     """
     from raydgp.measure.parallel import measure_groups
-    from raydgp.space.design_space import config_from_applied
+    from raydgp.space.design_space import config_as_applied
 
     records = store.records()
     best = {}
@@ -88,7 +90,11 @@ def retime_best(layers, store: RecordStore, make_measurer: Callable[[MeasureSett
 
     def save(i: int, j: int, res) -> None:  # each result is in the store as soon as it is measured
         l, cfg = groups[i][0], groups[i][1][j]
-        applied = config_from_applied(l.space, cfg.sketch, res.applied) if res.applied else cfg
+        try:
+            applied = config_as_applied(l.space, cfg, res.applied)
+        except InvalidConfigurationError:  # TVM changed the schedule itself: counts for no point of the space
+            applied, res = cfg, dataclasses.replace(res, result=dataclasses.replace(
+                res.result, status="invalid", latencies_ms=(), message="TVM applied decisions outside the space"))
         store.append(Record.now(l.space.workload, target, applied, res.result, tag=RETIME_TAG))
         if res.result.ok and not res.result.median_ms >= out[l.name]:
             out[l.name] = res.result.median_ms

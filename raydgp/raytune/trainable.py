@@ -21,7 +21,7 @@ from raydgp.measure.base import Measurer
 from raydgp.measure.local import LocalMeasurer
 from raydgp.measure.protocol import MeasureSettings, TaskPayload, default_timing_lock
 from raydgp.raytune.codec import encode_applied
-from raydgp.space.design_space import DesignSpace, config_from_applied
+from raydgp.space.design_space import DesignSpace, config_as_applied
 
 METRIC = "latency_ms"
 MODE = "min"
@@ -90,7 +90,7 @@ def measure_config(params: Mapping[str, Any], task: TaskPayload, space: DesignSp
                    run_s=r.run_s)
         if o.applied is not None:
             try:
-                out["applied"] = encode_applied(space, config_from_applied(space, cfg.sketch, o.applied))
+                out["applied"] = encode_applied(space, config_as_applied(space, cfg, o.applied))
             except InvalidConfigurationError as e:
                 out.update(status="invalid", message=f"TVM applied decisions outside the space: {e}", latencies_ms=[])
     lat = out["latencies_ms"]

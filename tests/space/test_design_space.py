@@ -213,3 +213,27 @@ def test_a_real_conv_schedule_carried_over_to_another_shape_builds_and_passes_th
     outs = [measurer.measure(payload, dst.trace_json(c)) for c in carried[:4]]
     assert sum(o.result.ok for o in outs) >= 3, [o.result.message for o in outs]
     assert all(o.result.status in ("ok", "invalid") for o in outs), [o.result.message for o in outs]
+
+
+def test_a_measurement_counts_for_the_configuration_whose_schedule_it_timed():
+    """``config_as_applied``: TVM's read-back decisions where they are a point of the space; the proposed configuration
+    where TVM moved only a compute location to a position the space does not list (replaying it moves it alike);
+    an error where TVM changed a tile or categorical decision."""
+    from raydgp.records import Workload
+    from raydgp.space.design_space import Knob, Sketch, config_as_applied
+
+    knobs = (Knob("tile", 1, extent=28, parts=2), Knob("categorical", 2, values=(0, 16, 64)),
+             Knob("compute_location", 3, values=(-2, -1, 2, 7)))
+    w = Workload(key="w", name="conv", op="conv2d", features={})
+    sp = DesignSpace(workload=w, target={"kind": "llvm"}, sketches=(Sketch(insts=[], knobs=knobs),))
+    proposed = Config(0, ((4, 7), 1, 7))
+    assert config_as_applied(sp, proposed, None) == proposed
+    assert config_as_applied(sp, proposed, [[1, [4, 7]], [2, 1], [3, 7]]) == proposed
+    assert config_as_applied(sp, proposed, [[1, [4, 7]], [2, 1], [3, 2]]) == Config(0, ((4, 7), 1, 2))  # listed
+    assert config_as_applied(sp, proposed, [[1, [4, 7]], [2, 1], [3, 5]]) == proposed  # not listed: the proposed one
+    with pytest.raises(InvalidConfigurationError, match="knob 0"):
+        config_as_applied(sp, proposed, [[1, [2, 14]], [2, 1], [3, 5]])
+    with pytest.raises(InvalidConfigurationError, match="knob 1"):
+        config_as_applied(sp, proposed, [[1, [4, 7]], [2, 2], [3, 5]])
+    with pytest.raises(InvalidConfigurationError):
+        config_as_applied(sp, proposed, [[1, [4, 7]], [2, 1]])
