@@ -38,9 +38,24 @@ STATUSES = ("ok", "build_error", "run_error", "timeout", "wrong_result", "invali
 
 def _freeze(value: Any) -> Any:
     """Lists (JSON arrays) to tuples, recursively, so configurations compare and hash by value."""
-    if type(value) in (list, tuple) or isinstance(value, (list, tuple)):
+    if type(value) is tuple and _frozen(value):  # the common case (configurations built from configurations): as is
+        return value
+    if isinstance(value, (list, tuple)):
         return tuple(_freeze(v) if isinstance(v, (list, tuple)) else v for v in value)
     return value
+
+
+def _frozen(value: tuple) -> bool:
+    """Whether a tuple holds only scalars and tuples of scalars (a configuration's decisions, already frozen)."""
+    for v in value:
+        t = type(v)
+        if t is tuple:
+            for x in v:
+                if type(x) in (list, tuple) or isinstance(x, (list, tuple)):
+                    return False
+        elif t is list or isinstance(v, (list, tuple)):
+            return False
+    return True
 
 
 def _thaw(value: Any) -> Any:

@@ -113,7 +113,7 @@ class AdditiveSurrogate(torch.nn.Module):
         gp = SingleTaskGP(Xd, yd, covar_module=kernel, outcome_transform=None)
         self.groups = groups
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+            torch.default_generator.manual_seed(seed)  # CPU only: torch.manual_seed formats a stack per device kind
             fit_gpytorch_mll(ExactMarginalLogLikelihood(gp.likelihood, gp),
                              optimizer_kwargs={"options": {"maxiter": int(steps)}})
         gp.eval()

@@ -8,9 +8,10 @@ models), so BoTorch's acquisition functions work unchanged. Sampling is seeded a
 from __future__ import annotations
 
 import torch
-from botorch.acquisition.analytic import LogExpectedImprovement
+from botorch.acquisition.analytic import _log_ei_helper, _scaled_improvement
 from botorch.models.model import Model
 from botorch.posteriors.fully_bayesian import GaussianMixturePosterior
+from botorch.utils.safe_math import logmeanexp
 from gpytorch.distributions import MultivariateNormal
 from linear_operator.operators import DenseLinearOperator, DiagLinearOperator
 
@@ -58,15 +59,15 @@ class DGPModel(Model):
         X = X.to(torch.float32)
         batch, q, d = X.shape[:-2], X.shape[-2], X.shape[-1]
         S = self.num_samples
+        if q == 1:
+            # Large pools: the direct moment computation, one flat batch, diagonal covariance.
+            m_, v_ = self.moments(X.reshape(-1, d))  # S x N
         with torch.no_grad(), torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.seed)
+            torch.default_generator.manual_seed(self.seed)  # CPU only: torch.manual_seed formats a stack per device kind
             import gpytorch
 
             with gpytorch.settings.num_likelihood_samples(S), gpytorch.settings.fast_pred_var():
                 if q == 1:
-                    # Large pools: the direct moment computation, one flat batch, diagonal covariance.
-                    g = torch.Generator().manual_seed(self.seed)
-                    m_, v_ = self.dgp.sample_moments(X.reshape(-1, d), S, g)  # S x N
                     mean = m_.reshape(S, *batch, 1)
                     var = v_.reshape(S, *batch, 1).clamp_min(1e-9)
                     if observation_noise:
@@ -93,6 +94,19 @@ class DGPModel(Model):
             return posterior_transform(post)
         return post
 
+    def moments(self, X: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-component marginal moments at ``n x d`` points: ``(mean, var)``, each ``S x n`` (no observation noise).
+
+        The q = 1 posterior's moments (seeded by :attr:`seed`, the same for the same points), without building it.
+        """
+        import gpytorch
+
+        self.dgp.eval()
+        with torch.no_grad(), gpytorch.settings.num_likelihood_samples(self.num_samples), \
+                gpytorch.settings.fast_pred_var():
+            g = torch.Generator().manual_seed(self.seed)
+            return self.dgp.sample_moments(X.to(torch.float32), self.num_samples, g)
+
     def condition_on_observations(self, X, Y, **kwargs):  # pragma: no cover - not used by raydgp
         raise NotImplementedError("refit the DGP with the new data instead (raydgp.dgp.train)")
 
@@ -110,9 +124,15 @@ def log_ei_pool(model: DGPModel, X: torch.Tensor, best_f: float, chunk: int = 81
     Returns:
         ``n`` log-EI values.
     """
-    acq = LogExpectedImprovement(model, best_f=best_f)
-    with torch.no_grad():
-        outs = [acq(X[i:i + chunk].unsqueeze(-2)) for i in range(0, X.shape[0], chunk)]
+    outs = []
+    for i in range(0, X.shape[0], chunk):
+        mean, var = model.moments(X[i:i + chunk])  # S x n
+        # LogExpectedImprovement.forward on the posterior's moments (its variance floor, then BoTorch's own 1e-12),
+        # averaged over the mixture as BoTorch's t_batch_mode_transform does for an ensemble model: logmeanexp over S.
+        # Computed here from the moments: the same values without building a mixture posterior per chunk.
+        sigma = var.clamp_min(1e-9).clamp_min(1e-12).sqrt()
+        u = _scaled_improvement(mean, sigma, torch.as_tensor(best_f, dtype=mean.dtype), True)
+        outs.append(logmeanexp(_log_ei_helper(u) + sigma.log(), dim=0))
     return torch.cat(outs) if outs else torch.zeros(0)
 
 

@@ -90,7 +90,7 @@ def train_elbo(model: DeepGPSurrogate, X: torch.Tensor, y: torch.Tensor, steps: 
     losses = []
     bs = n if not batch_size or batch_size >= n else batch_size
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+        torch.default_generator.manual_seed(seed)  # CPU only: torch.manual_seed formats a stack per device kind
         with gpytorch.settings.num_likelihood_samples(model.settings.num_samples):
             for _ in range(steps):
                 pause_point()  # a kernel timing on this node may go first (raydgp.pause)

@@ -75,6 +75,21 @@ def test_acquisition_over_a_pool_prefers_the_optimum(fitted):
     assert q[0] < q[5:].max() or q[1] < q[5:].max()  # a pending point adds little over itself
 
 
+def test_pool_log_ei_equals_botorchs_log_expected_improvement(fitted):
+    """``log_ei_pool`` computes from the moments what BoTorch's ``LogExpectedImprovement`` gives on the mixture
+    posterior (averaged over the components by BoTorch's ensemble rule)."""
+    from botorch.acquisition.analytic import LogExpectedImprovement
+
+    m, X, y = fitted
+    Xc = torch.rand(700, 3, generator=torch.Generator().manual_seed(4))
+    model = DGPModel(m, seed=7)
+    for best_f in (float(y.max()), float(y.max()) + 2.0, float(y.min())):
+        with torch.no_grad():
+            ref = LogExpectedImprovement(model, best_f=best_f)(Xc.unsqueeze(-2))
+        got = log_ei_pool(model, Xc, best_f)
+        assert got.shape == (700,) and torch.allclose(got, ref, atol=1e-4, rtol=1e-4)
+
+
 def test_map_finetune_moves_less_with_a_stronger_prior():
     Xs, ys = toy(150, seed=0)
     Xt, yt = toy(12, seed=2, shift=0.8)
@@ -136,6 +151,33 @@ def test_fast_moments_match_gpytorch(fitted):
     with torch.no_grad(), gpytorch.settings.num_likelihood_samples(64):
         out = m(X)
     assert (fm.mean(0) - out.mean.mean(0)).abs().max() < 0.1
+
+
+def test_prediction_follows_every_change_of_the_parameters():
+    """The per-layer factors kept between predictions are recomputed when a parameter changes: in place (an optimiser
+    step, a ``load_state_dict``) or replaced; predictions then equal a model predicting afresh."""
+    import copy
+
+    X, y = toy(60, seed=3)
+    m = DeepGPSurrogate(X, SMALL, seed=0)
+    train_elbo(m, X, y, 20, 0.03, seed=0)
+    Xt = torch.rand(50, 3, generator=torch.Generator().manual_seed(5))
+    before = m.predict(Xt, seed=1)
+    assert all(torch.equal(a, b) for a, b in zip(before, m.predict(Xt, seed=1)))  # the kept factors: same result
+    train_elbo(m, X, y, 5, 0.03, seed=1)  # optimiser steps: in-place changes
+    after = m.predict(Xt, seed=1)
+    fresh = copy.deepcopy(m)  # a copy starts without the kept factors
+    for layer in fresh.modules():
+        layer.__dict__.pop("_factors_cache", None)
+    ref = fresh.predict(Xt, seed=1)
+    assert not torch.allclose(after[0], before[0]) and all(torch.allclose(a, b) for a, b in zip(after, ref))
+    state = copy.deepcopy(m.state_dict())
+    with torch.no_grad():
+        m.output.variational_strategy._variational_distribution.variational_mean.add_(1.0)
+    moved = m.predict(Xt, seed=1)
+    assert not torch.allclose(moved[0], after[0])
+    m.load_state_dict(state)
+    assert all(torch.allclose(a, b) for a, b in zip(m.predict(Xt, seed=1), ref))
 
 
 def test_small_data_fit_matches_an_exact_gp():
