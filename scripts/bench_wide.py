@@ -63,11 +63,15 @@ def main(argv=None) -> int:
     ap.add_argument("--headroom", type=int, default=8)
     ap.add_argument("--gpus-per-node", type=int, default=8)
     ap.add_argument("--out", default=str(ROOT / "bench" / "bench_wide.json"))
-    ap.add_argument("--md", default=str(ROOT / "BENCHMARKS.md"))
+    ap.add_argument("--md", default=None, help="the markdown file whose section 8 is rewritten (default: "
+                                               "BENCHMARKS.md, only when --out is the default results file)")
     ap.add_argument("--append", action="store_true", help="add this run's wide runs to those already in --out "
                                                           "(more seeds or methods) instead of replacing them")
     args = ap.parse_args(argv)
     out = Path(args.out)
+    default_out = (ROOT / "bench" / "bench_wide.json").resolve()
+    if args.md is None and (args.command == "render" or out.resolve() == default_out):
+        args.md = str(ROOT / "BENCHMARKS.md")
     results = json.loads(out.read_text()) if out.exists() else {}
     if args.command == "render":
         print(render(results, Path(args.md)))
@@ -97,6 +101,9 @@ def main(argv=None) -> int:
         results["suggest"] = run_suggest_cost()
         results["suggest"]["commit"] = results["commit"]
         _save(out, results)
+    if args.md is None:  # results elsewhere: the committed section is not rewritten from a partial run
+        print(f"results in {out}; BENCHMARKS.md left as it is (--md FILE writes a section from them)")
+        return 0
     print(render(results, Path(args.md)))
     return 0
 

@@ -63,7 +63,7 @@ class DGPModel(Model):
             # Large pools: the direct moment computation, one flat batch, diagonal covariance.
             m_, v_ = self.moments(X.reshape(-1, d))  # S x N
         with torch.no_grad(), torch.random.fork_rng(devices=[]):
-            torch.default_generator.manual_seed(self.seed)  # CPU only: torch.manual_seed formats a stack per device kind
+            torch.default_generator.manual_seed(self.seed)  # CPU only (torch.manual_seed formats stacks)
             import gpytorch
 
             with gpytorch.settings.num_likelihood_samples(S), gpytorch.settings.fast_pred_var():
