@@ -439,7 +439,7 @@ def run_layers(cfg: dict, out: Path, results: dict) -> None:
     part = results.setdefault("layers", {"config": cfg, "runs": []})
     have = {r.get("seed", 0) for r in part.get("runs", [])}
     # the stored config names every seed the runs hold (a --seeds run adds seeds to the earlier ones)
-    part["config"] = dict(cfg, seeds=sorted(have | set(cfg.get("seeds", [0]))))
+    part["config"] = dict(cfg, seeds=sorted(have | set(cfg.get("seeds", [0]))), shipped_kinds=_shipped_kinds())
     work = out.parent / f"bench_layers{file_suffix(out)}"
     work.mkdir(parents=True, exist_ok=True)
     for seed in cfg.get("seeds", [0]):
@@ -558,6 +558,21 @@ def _ms_best_record(work_dir: Path) -> list | None:
         if secs and all(x < 1e9 for x in secs) and statistics.median(secs) < best_s:
             best, best_s = rec, statistics.median(secs)
     return best
+
+
+def _shipped_kinds() -> str:
+    """The machine kinds of the shipped dataset's recordings, as a phrase (read from the dataset, not assumed)."""
+    import collections
+    import gzip
+
+    path = ROOT / "raydgp" / "datasets" / "shipped" / "records.jsonl.gz"
+    try:
+        with gzip.open(path, "rt") as f:
+            kinds = collections.Counter(f"`{t.get('mcpu', '?')}` ({t.get('num-cores', '?')} cores)"
+                                        for t in (json.loads(line).get("target", {}) for line in f if line.strip()))
+    except (OSError, ValueError) as err:
+        return f"recordings whose machine kinds could not be read ({type(err).__name__})"
+    return "recordings of " + ", ".join(f"{k}: {n}" for k, n in kinds.most_common())
 
 
 def _ms_schedule(task, record: list, target: dict):
@@ -826,8 +841,10 @@ def render(results: dict, bench_md: Path, out_dir: Path, suffix: str = "") -> st
                   "",
                   f"{ly['config']['trials']} trials per method, one after another, seeds {ly['config'].get('seeds', [0])} "
                   "(each method's own seed; MetaSchedule's `tune_tir(seed=...)`); `dgp` transfers from the shipped "
-                  "history (none of these shapes is in it; it holds recordings of two machine kinds, `znver3` and `rocketlake`, "
-                  "2 cores each), `cold` has no "
+                  "history (none of these shapes is in it; it holds "
+                  + ly["config"].get("shipped_kinds", "recordings of two machine kinds, `znver3` and `rocketlake`, "
+                                                      "2 cores each")  # runs before the kinds were recorded
+                  + "), `cold` has no "
                   "history; `dgp_nocs` is `dgp` without the cold start (`--search-option cold_start=off`: no random "
                   "points owed to a leading cold member), `dgp_ri` is `dgp` with one proposal in five random "
                   "(`random_interleave=0.2`), `dgp_sm` gives every sketch at least 4 configurations, each the best-"
