@@ -29,8 +29,15 @@ from pathlib import Path
 HERE = Path(__file__).resolve()
 
 
-def one(root: Path, cache: str, calls: int = 12) -> dict:
-    sys.path.insert(0, str(root))
+def suggest_setup(root: Path, cache: str, n_hist: int = 10000, pool: int = 5000):
+    """The proposal-cost scene, shared with ``bench_wide.py --parts suggest``: a DGP search of a ResNet-18 conv held
+    out of the shipped dataset at ``root``, pre-trained on ``n_hist`` of the other records (seeded subset), with the
+    held-out layer's recorded results to feed it.
+
+    Returns:
+        ``(search, order, target, n_history, spec)``: the search, the held-out configurations in recorded order and
+        their latencies (ms), the history's size, the layer.
+    """
     import numpy as np
     import torch
 
@@ -46,12 +53,17 @@ def one(root: Path, cache: str, calls: int = 12) -> dict:
     spec = "conv2d:1,128,28,28,128,3,1,1"
     keys = layers_of(recs)[spec]
     hist = history_from_records([r for r in recs if r.workload.key not in keys], spaces)
-    if len(hist) > 10000:
-        idx = np.sort(np.random.default_rng(0).choice(len(hist), 10000, replace=False))
+    if len(hist) > n_hist:
+        idx = np.sort(np.random.default_rng(0).choice(len(hist), n_hist, replace=False))
         hist = History(hist.X[idx], hist.y[idx])
     target = {r.config: r.result.median_ms for r in recs if r.workload.key == keys[0] and r.result.ok}
-    order = list(target)
-    s = DGPSearch(spaces[keys[0]], SearchSettings(seed=0, pool_size=5000), history=hist, cache_dir=cache)
+    s = DGPSearch(spaces[keys[0]], SearchSettings(seed=0, pool_size=pool), history=hist, cache_dir=cache)
+    return s, list(target), target, len(hist), spec
+
+
+def one(root: Path, cache: str, calls: int = 12) -> dict:
+    sys.path.insert(0, str(root))
+    s, order, target, n_hist, spec = suggest_setup(root, cache)
     s.pretrained()
     for c in order[:16]:
         s.observe(c, target[c])
@@ -66,7 +78,7 @@ def one(root: Path, cache: str, calls: int = 12) -> dict:
         picks.append(s.suggest(pending=pend))
         wall.append(time.perf_counter() - t0)
         cpu.append(time.process_time() - c0)
-    return {"history_points": len(hist), "pool": 5000, "layer": spec, "calls": calls,
+    return {"history_points": n_hist, "pool": 5000, "layer": spec, "calls": calls,
             "wall_ms": [round(1e3 * x, 1) for x in wall], "cpu_ms": [round(1e3 * x, 1) for x in cpu],
             "wall_ms_median": round(1e3 * statistics.median(wall), 1),
             "cpu_ms_median": round(1e3 * statistics.median(cpu), 1),

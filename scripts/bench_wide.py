@@ -364,40 +364,21 @@ def run_suggest_cost(n_hist: int = 10000, pool: int = 5000, calls: int = 12) -> 
     the shipped dataset (looked up, so the DGP sees real latencies): inline ``suggest()`` (the search's own
     proposal: fit + pool scoring + evolution + joint rescoring with 8 pending), and the queue's believer batch of 8
     and of 64 per proposal."""
-    import numpy as np
-    import torch
+    from bench_suggest_ab import suggest_setup
 
-    from raydgp.datasets import layers_of
-    from raydgp.records import RecordStore
-    from raydgp.search import DGPSearch, History, SearchSettings, history_from_records
-    from raydgp.space.design_space import DesignSpace
-
-    torch.set_num_threads(1)
-    store = RecordStore(ROOT / "raydgp" / "datasets" / "shipped")
-    recs = [r for r in store.records() if r.config.sketch >= 0]
-    spaces = {k: DesignSpace.from_json(e["space"]) for k, e in store.workload_entries().items() if e.get("space")}
-    spec = "conv2d:1,128,28,28,128,3,1,1"
-    keys = layers_of(recs)[spec]
-    tkey = keys[0]
-    hist = history_from_records([r for r in recs if r.workload.key not in keys], spaces)
-    if len(hist) > n_hist:
-        idx = np.sort(np.random.default_rng(0).choice(len(hist), n_hist, replace=False))
-        hist = History(hist.X[idx], hist.y[idx])
-    target = {r.config: r.result.median_ms for r in recs if r.workload.key == tkey and r.result.ok}
-    sp = spaces[tkey]
     cache = tempfile.mkdtemp(prefix="raydgp-sugg-")
-    out = {"history_points": len(hist), "pool": pool, "layer": spec, "calls": calls}
-    s = DGPSearch(sp, SearchSettings(seed=0, pool_size=pool), history=hist, cache_dir=cache)
+    s, order, target, n_hist, spec = suggest_setup(ROOT, cache, n_hist, pool)
+    out = {"history_points": n_hist, "pool": pool, "layer": spec, "calls": calls}
     t0 = time.perf_counter()
     s.pretrained()
     out["pretrain_s"] = round(time.perf_counter() - t0, 2)
-    for c in list(target)[:16]:  # a tuning set's worth of target data
+    for c in order[:16]:  # a tuning set's worth of target data
         s.observe(c, target[c])
     s.suggest()  # the first fit
-    pend = list(target)[16:24]
+    pend = order[16:24]
     inline, fit_only = [], []
     for i in range(calls):
-        c = list(target)[24 + i]
+        c = order[24 + i]
         s.observe(c, target[c])
         t0 = time.perf_counter()
         s.fit()
@@ -410,7 +391,7 @@ def run_suggest_cost(n_hist: int = 10000, pool: int = 5000, calls: int = 12) -> 
     for q in (8, 64):
         per = []
         for i in range(4):
-            c = list(target)[24 + calls + 4 * (q == 64) + i]
+            c = order[24 + calls + 4 * (q == 64) + i]
             s.observe(c, target[c])
             t0 = time.perf_counter()
             got = s.suggest_batch(q, pending=pend)
