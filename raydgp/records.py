@@ -46,16 +46,9 @@ def _freeze(value: Any) -> Any:
 
 
 def _frozen(value: tuple) -> bool:
-    """Whether a tuple holds only scalars and tuples of scalars (a configuration's decisions, already frozen)."""
-    for v in value:
-        t = type(v)
-        if t is tuple:
-            for x in v:
-                if type(x) in (list, tuple) or isinstance(x, (list, tuple)):
-                    return False
-        elif t is list or isinstance(v, (list, tuple)):
-            return False
-    return True
+    """Whether a tuple holds only scalars and plain tuples of scalars (a configuration's decisions, already frozen)."""
+    return all(not isinstance(v, (list, tuple))
+               or type(v) is tuple and not any(isinstance(x, (list, tuple)) for x in v) for v in value)
 
 
 def _thaw(value: Any) -> Any:

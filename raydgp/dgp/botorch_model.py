@@ -127,10 +127,10 @@ def log_ei_pool(model: DGPModel, X: torch.Tensor, best_f: float, chunk: int = 81
     outs = []
     for i in range(0, X.shape[0], chunk):
         mean, var = model.moments(X[i:i + chunk])  # S x n
-        # LogExpectedImprovement.forward on the posterior's moments (its variance floor, then BoTorch's own 1e-12),
-        # averaged over the mixture as BoTorch's t_batch_mode_transform does for an ensemble model: logmeanexp over S.
-        # Computed here from the moments: the same values without building a mixture posterior per chunk.
-        sigma = var.clamp_min(1e-9).clamp_min(1e-12).sqrt()
+        # LogExpectedImprovement.forward on the posterior's moments (with the posterior's variance floor, which is
+        # above BoTorch's own), averaged over the mixture as BoTorch's t_batch_mode_transform does for an ensemble
+        # model: logmeanexp over S. The same values without building a mixture posterior per chunk.
+        sigma = var.clamp_min(1e-9).sqrt()
         u = _scaled_improvement(mean, sigma, torch.as_tensor(best_f, dtype=mean.dtype), True)
         outs.append(logmeanexp(_log_ei_helper(u) + sigma.log(), dim=0))
     return torch.cat(outs) if outs else torch.zeros(0)

@@ -463,14 +463,6 @@ class DesignSpace(SearchSpace):
         return json.dumps(self.to_json(), separators=(",", ":"))
 
 
-def config_from_applied(space: DesignSpace, sketch: int, applied: list) -> Config:
-    """The :class:`Config` of decisions read back from TVM (``[[inst, decision], ...]``), validated against the space."""
-    decisions = tuple(tuple(d) if isinstance(d, list) else d for _i, d in applied)
-    cfg = Config(sketch, decisions)
-    space.validate(cfg)
-    return cfg
-
-
 def config_as_applied(space: DesignSpace, proposed: Config, applied: list | None) -> Config:
     """The configuration a measurement of ``proposed`` counts for: the decisions TVM applied (``[[inst, decision],
     ...]``) where they are a point of the space, else ``proposed`` itself.
