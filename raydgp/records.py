@@ -110,6 +110,17 @@ class Config:
     def __hash__(self) -> int:  # cached: searchers hash thousands of candidates per proposal
         return self._hash
 
+    @classmethod
+    def _of_frozen(cls, sketch: int, decisions: tuple) -> "Config":
+        """A configuration from decisions known to be frozen already (a tuple of ints and tuples of ints, as a design
+        space's sampler builds them): the same object as ``Config(sketch, decisions)`` without re-checking every
+        decision (a proposal samples hundreds)."""
+        c = object.__new__(cls)
+        object.__setattr__(c, "sketch", sketch)
+        object.__setattr__(c, "decisions", decisions)
+        object.__setattr__(c, "_hash", hash((sketch, decisions)))
+        return c
+
     def to_json(self) -> dict:
         return {"sketch": int(self.sketch), "decisions": _thaw(self.decisions)}
 

@@ -76,10 +76,16 @@ class DGPModel(Model):
                     var = var.movedim(0, -2)
                     mvn = MultivariateNormal(mean, DiagLinearOperator(var))
                 else:
-                    out = self.dgp(X.reshape(-1, q, d))  # S x B x q
-                    B = out.mean.shape[-2]
-                    mean = out.mean.reshape(S, B, q)
-                    cov = out.covariance_matrix.reshape(S, B, q, q)
+                    if isinstance(self.dgp, DeepGPSurrogate) and not self.dgp.skip:
+                        # the same computation and draws as GPyTorch's call below (tested), without its lazy operators
+                        g = torch.Generator().manual_seed(self.seed)
+                        mean, cov = self.dgp.joint_moments(X.reshape(-1, q, d), S, g)  # S x B x q (x q)
+                    else:
+                        out = self.dgp(X.reshape(-1, q, d))  # S x B x q
+                        mean, cov = out.mean, out.covariance_matrix
+                    B = mean.shape[-2]
+                    mean = mean.reshape(S, B, q)
+                    cov = cov.reshape(S, B, q, q)
                     cov = cov + 1e-6 * torch.eye(q)
                     if observation_noise:
                         cov = cov + self.dgp.likelihood.noise * torch.eye(q)
@@ -101,7 +107,8 @@ class DGPModel(Model):
         """
         import gpytorch
 
-        self.dgp.eval()
+        if not isinstance(self.dgp, DeepGPSurrogate):  # (a DeepGPSurrogate puts itself in eval mode where needed)
+            self.dgp.eval()
         with torch.no_grad(), gpytorch.settings.num_likelihood_samples(self.num_samples), \
                 gpytorch.settings.fast_pred_var():
             g = torch.Generator().manual_seed(self.seed)

@@ -183,6 +183,27 @@ class DesignSpace(SearchSpace):
     target: dict
     sketches: tuple[Sketch, ...] = field(default_factory=tuple)
 
+    def __post_init__(self):
+        # Configurations known to be points of this space (drawn by its sampler, or checked once): a proposal encodes
+        # thousands of them, and re-checking every decision of each was a tenth of its time. Keyed by value (a
+        # configuration equal to a valid one is valid), bounded, and never pickled (see __getstate__).
+        object.__setattr__(self, "_known_valid", set())
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state.pop("_known_valid", None)
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        object.__setattr__(self, "_known_valid", set())
+
+    def _remember_valid(self, config: Config) -> None:
+        known = self._known_valid
+        if len(known) >= 200_000:
+            known.clear()
+        known.add(config)
+
     # -- basics --------------------------------------------------------------------------------------------------------
     @property
     def size(self) -> int:
@@ -194,6 +215,8 @@ class DesignSpace(SearchSpace):
         the measurement worker checks again against TVM)."""
         if not isinstance(config, Config):
             raise InvalidConfigurationError(f"expected a Config, got {type(config).__name__}")
+        if config in self._known_valid:
+            return
         if not 0 <= config.sketch < len(self.sketches):
             raise InvalidConfigurationError(f"sketch {config.sketch} out of range 0..{len(self.sketches) - 1}")
         knobs = self.sketches[config.sketch].knobs
@@ -205,6 +228,7 @@ class DesignSpace(SearchSpace):
                 detail = f"extent {k.extent}, {k.parts} parts, innermost <= {k.max_innermost}" if k.kind == "tile" \
                     else f"choices {list(k.choices())}"
                 raise InvalidConfigurationError(f"knob {i} ({k.kind}): {d!r} is not valid ({detail})")
+        self._remember_valid(config)
 
     def is_valid(self, config: Config) -> bool:
         try:
@@ -247,7 +271,9 @@ class DesignSpace(SearchSpace):
             else:
                 ch = k.choices()
                 decisions.append(ch[r.randrange(len(ch))])
-        return Config(s, tuple(decisions))
+        config = Config._of_frozen(s, tuple(decisions))  # valid by construction: every knob drawn from its choices
+        self._remember_valid(config)
+        return config
 
     def sample_many(self, n: int, rng: np.random.Generator, exclude: set | None = None,
                     max_tries: int | None = None) -> list[Config]:
@@ -276,8 +302,17 @@ class DesignSpace(SearchSpace):
             for nd in self._knob_moves(k, d):
                 decisions = list(config.decisions)
                 decisions[i] = nd
-                out.append(Config(config.sketch, tuple(decisions)))
+                out.append(self._child(config.sketch, tuple(decisions), True))
         return out
+
+    def _child(self, sketch: int, decisions: tuple, parents_valid: bool) -> Config:
+        """A configuration bred from configurations (a knob moved, or knobs taken from two parents of one sketch):
+        its decisions are frozen already, and it is a point of the space when its parents are (every knob move and
+        every knob's decision is valid on its own)."""
+        child = Config._of_frozen(sketch, decisions)
+        if parents_valid:
+            self._remember_valid(child)
+        return child
 
     def mutate(self, config: Config, rng: np.random.Generator) -> Config:
         """One knob changed at random, as MetaSchedule's mutators do: a tile moves a prime factor between two
@@ -297,14 +332,15 @@ class DesignSpace(SearchSpace):
             nd = moves[int(rng.integers(len(moves)))]
         decisions = list(config.decisions)
         decisions[i] = nd
-        return Config(config.sketch, tuple(decisions))
+        return self._child(config.sketch, tuple(decisions), config in self._known_valid)
 
     def crossover(self, a: Config, b: Config, rng: np.random.Generator) -> Config | None:
         """Each knob's decision from ``a`` or ``b`` (the same sketch only: knobs are per sketch)."""
         if a.sketch != b.sketch:
             return None
         pick = rng.random(len(a.decisions)) < 0.5
-        return Config(a.sketch, tuple(x if p else y for x, y, p in zip(a.decisions, b.decisions, pick)))
+        return self._child(a.sketch, tuple(x if p else y for x, y, p in zip(a.decisions, b.decisions, pick)),
+                           a in self._known_valid and b in self._known_valid)
 
     def adapt(self, config: Config) -> Config | None:
         """The point of this space nearest to ``config``, a configuration of *another* workload's space (a layer of
@@ -419,7 +455,10 @@ class DesignSpace(SearchSpace):
         """Encodings of several configurations, shape ``(n, dim)``."""
         if not configs:
             return np.zeros((0, self.dim if with_features else self.config_dim))
-        return np.stack([self.encode(c, with_features) for c in configs])
+        X = np.stack([self.encode(c, with_features=False) for c in configs])
+        if with_features:  # the same row for every configuration: built once
+            X = np.concatenate([X, np.broadcast_to(self.features(), (len(configs), self.dim - self.config_dim))], 1)
+        return X
 
     def decode(self, vector: np.ndarray) -> Config:
         """The configuration of an encoding (the inverse of :meth:`encode`).

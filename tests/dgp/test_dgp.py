@@ -153,6 +153,51 @@ def test_fast_moments_match_gpytorch(fitted):
     assert (fm.mean(0) - out.mean.mean(0)).abs().max() < 0.1
 
 
+@pytest.mark.parametrize("hidden,skip", [((3,), False), ((3,), True), ((4, 2), False), ((), False)])
+def test_chunked_pool_moments_equal_one_pass(hidden, skip):
+    """Scoring a pool a few hundred points at a time (cache-sized blocks) gives the single pass's moments: the
+    hidden layers' noise is drawn for the whole pool first."""
+    X, y = toy(80, seed=4)
+    m = DeepGPSurrogate(X, DGPSettings(hidden_dims=hidden, num_inducing=24, num_samples=4, skip=skip), seed=0)
+    train_elbo(m, X, y, 30, 0.03, seed=0)
+    P = torch.rand(700, 3, generator=torch.Generator().manual_seed(2))
+    one = m.sample_moments(P, 4, torch.Generator().manual_seed(7), chunk=10_000)
+    for chunk in (97, 256):
+        got = m.sample_moments(P, 4, torch.Generator().manual_seed(7), chunk=chunk)
+        assert got[0].shape == (4, 700)
+        assert all(torch.allclose(a, b, atol=1e-5, rtol=1e-5) for a, b in zip(one, got))
+    assert float(one[0].std()) > 1e-3  # a trained model: the comparison is not between constants
+
+
+@pytest.mark.parametrize("hidden,skip", [((3,), False), ((4, 2), False), ((), False), ((3,), True)])
+def test_joint_moments_equal_gpytorchs_call(hidden, skip):
+    """The joint rescoring's fast path computes what calling the model through GPyTorch computes, with the same
+    hidden-layer draws when seeded alike: means and q x q covariances per sample; and the BoTorch posterior built on
+    it gives the joint log-EI with pending points that the GPyTorch path gave."""
+    import gpytorch
+
+    X, y = toy(80, seed=5)
+    m = DeepGPSurrogate(X, DGPSettings(hidden_dims=hidden, num_inducing=24, num_samples=4, skip=skip), seed=0)
+    train_elbo(m, X, y, 30, 0.03, seed=0)
+    m.eval()
+    Xq = torch.rand(6, 5, 3, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad(), torch.random.fork_rng(devices=[]), gpytorch.settings.num_likelihood_samples(4):
+        torch.default_generator.manual_seed(11)
+        out = m(Xq)
+        ref_mean, ref_cov = out.mean, out.covariance_matrix
+    post = DGPModel(m, seed=11).posterior(Xq)  # the BoTorch posterior: the fast path, or GPyTorch's with skip
+    assert torch.allclose(post.mean.squeeze(-1).movedim(-2, 0), ref_mean, atol=1e-4)
+    if skip:  # GPyTorch draws the hidden input jointly there: no fast path
+        with pytest.raises(ValueError, match="skip"):
+            m.joint_moments(Xq, 4, torch.Generator().manual_seed(11))
+        return
+    mean, cov = m.joint_moments(Xq, 4, torch.Generator().manual_seed(11))
+    assert mean.shape == (4, 6, 5) and cov.shape == (4, 6, 5, 5)
+    assert torch.allclose(mean, ref_mean, atol=1e-4)
+    assert torch.allclose(cov, ref_cov, atol=1e-4)
+    assert float(cov.diagonal(dim1=-2, dim2=-1).std()) > 0 and float(mean.std()) > 1e-3
+
+
 def test_prediction_follows_every_change_of_the_parameters():
     """The per-layer factors kept between predictions are recomputed when a parameter changes: in place (an optimiser
     step, a ``load_state_dict``) or replaced; predictions then equal a model predicting afresh."""

@@ -237,3 +237,34 @@ def test_a_measurement_counts_for_the_configuration_whose_schedule_it_timed():
         config_as_applied(sp, proposed, [[1, [4, 7]], [2, 2], [3, 5]])
     with pytest.raises(InvalidConfigurationError):
         config_as_applied(sp, proposed, [[1, [4, 7]], [2, 1]])
+
+
+def test_configurations_the_space_breeds_are_points_of_it_without_rechecking(small_space):
+    """Sampled, mutated, crossed and neighbouring configurations are remembered as valid (a proposal encodes thousands
+    and no longer re-checks each decision): every one of them passes the full check of a fresh copy of the space that
+    remembers nothing; an invalid configuration is still refused; a pickled space carries no memory."""
+    import pickle
+
+    rng = np.random.default_rng(3)
+    fresh = DesignSpace.from_json(small_space.to_json())
+    pool = small_space.sample_many(200, rng)
+    bred = [small_space.mutate(c, rng) for c in pool[:100]]
+    same = [(a, b) for a, b in zip(pool, pool[1:]) if a.sketch == b.sketch]
+    bred += [small_space.crossover(a, b, rng) for a, b in same]
+    bred += small_space.neighbours(pool[0])
+    for c in pool + bred:
+        assert c in small_space._known_valid
+        fresh.validate(c)  # raises if the remembered one is not a point of the space
+        assert c == Config(c.sketch, c.decisions) and hash(c) == hash(Config(c.sketch, c.decisions))
+    c = pool[0]
+    tile_i = next(i for i, k in enumerate(small_space.sketches[c.sketch].knobs) if k.kind == "tile")
+    bad = list(c.decisions)
+    bad[tile_i] = (3,) + tuple(bad[tile_i][1:])
+    bad = Config(c.sketch, tuple(bad))
+    assert not small_space.is_valid(bad)
+    mutant = small_space.mutate(bad, rng)  # bred from an invalid parent: checked, not remembered
+    assert mutant not in small_space._known_valid or fresh.is_valid(mutant)
+    again = pickle.loads(pickle.dumps(small_space))
+    assert again == small_space and not again._known_valid
+    assert np.array_equal(again.encode_many(pool[:5]), small_space.encode_many(pool[:5]))
+    assert np.array_equal(small_space.encode_many(pool[:5]), np.stack([small_space.encode(p) for p in pool[:5]]))
