@@ -113,15 +113,17 @@ def train_elbo(model: DeepGPSurrogate, X: torch.Tensor, y: torch.Tensor, steps: 
 
 
 def fit_dgp(X: torch.Tensor, y: torch.Tensor, settings: DGPSettings = DGPSettings(), steps: int | None = None,
-            seed: int = 0, batch_size: int | None = None) -> DeepGPSurrogate:
+            seed: int = 0, batch_size: int | None = None, warm: DeepGPSurrogate | None = None) -> DeepGPSurrogate:
     """A new DGP fitted to ``(X, y)``: built, initialised from exact GPs (:mod:`raydgp.dgp.init`), then trained on
     the ELBO for ``steps`` Adam steps (default ``settings.pretrain_steps``).
 
     Args:
         X: ``n x d`` inputs; y: ``n`` standardised targets.
+        warm: the previous fresh fit on this data less its newest points: its exact GPs start the new ones'
+            L-BFGS (the DGP itself is built afresh either way).
     """
     model = DeepGPSurrogate(X, settings, seed=seed)
-    initialise_from_exact_gp(model, X, y, seed=seed)
+    initialise_from_exact_gp(model, X, y, seed=seed, warm=warm)
     train_elbo(model, X, y, settings.pretrain_steps if steps is None else steps, settings.lr, seed=seed,
                batch_size=batch_size)
     return model

@@ -296,7 +296,7 @@ class DGPSearch:
                                 and len(y) >= (1.0 + s.cold_refresh) * self._cold_fresh_n):
                 # A fresh fit (inducing points on the data, exact-GP start) once the data grew by ``cold_refresh``
                 # (by default on every refit, as the search without history fits itself; about a second each).
-                cold = self._refit(None, X, y, None, steps=s.cold_member_steps)
+                cold = self._refit(None, X, y, None, steps=s.cold_member_steps, warm=cold)
                 self._cold_fresh_n = len(y)
             else:
                 t0 = time.perf_counter()
@@ -385,9 +385,11 @@ class DGPSearch:
         return self.trust.weights(seed=self.settings.seed + len(self.observed), group=("transfer", "zeroshot"))
 
     def _refit(self, model: DeepGPSurrogate | None, X: np.ndarray, y: np.ndarray,
-               base: DeepGPSurrogate | None, steps: int | None = None) -> DeepGPSurrogate:
+               base: DeepGPSurrogate | None, steps: int | None = None,
+               warm: DeepGPSurrogate | None = None) -> DeepGPSurrogate:
         """Stage 2 on the target data ``(X, y)``: a new or warm-started fit of ``model`` (trained in place).
-        ``steps``: Adam steps of a fresh cold fit (default ``settings.cold_steps``)."""
+        ``steps``: Adam steps of a fresh cold fit (default ``settings.cold_steps``); ``warm``: the previous fresh cold
+        fit, whose exact GPs start the new one's (default ``model``)."""
         t0 = time.perf_counter()
         Xt = self._scaler_for().transform(X)
         yt = torch.as_tensor(y, dtype=torch.float32)
@@ -403,7 +405,8 @@ class DGPSearch:
                          seed=s.seed + len(y), prior_center=self._center)
         elif model is None or len(y) <= s.dgp.num_inducing:
             # Cold start: a new DGP on the (growing) target data, initialised from exact GPs on it.
-            model = fit_dgp(Xt, yt, s.dgp, steps=s.cold_steps if steps is None else steps, seed=s.seed)
+            model = fit_dgp(Xt, yt, s.dgp, steps=s.cold_steps if steps is None else steps, seed=s.seed,
+                            warm=warm if warm is not None else model)
         else:
             train_elbo(model, Xt, yt, s.refit_steps, s.dgp.lr, seed=s.seed + len(y))
         self.timings["fit"].append(time.perf_counter() - t0)

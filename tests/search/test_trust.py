@@ -278,9 +278,9 @@ def test_a_member_far_under_the_weight_is_refitted_every_few_results_and_still_t
     fits: list = []  # (member, results it was fitted on), in order
     real = DGPSearch._refit
 
-    def spy(self, model, X, y, base, steps=None):
+    def spy(self, model, X, y, base, steps=None, warm=None):
         fits.append(("transfer" if base is not None else "cold", len(y)))
-        return real(self, model, X, y, base, steps)
+        return real(self, model, X, y, base, steps, warm)
 
     monkeypatch.setattr(DGPSearch, "_refit", spy)
     lazy = _search(lambda sp: _history(sp, True), 24)
