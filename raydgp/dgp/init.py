@@ -75,9 +75,9 @@ def fit_exact_gp(X: torch.Tensor, y: torch.Tensor, warm=None):
         try:
             with gpytorch.settings.lazily_evaluate_kernels(False):
                 fit_gpytorch_mll(ExactMarginalLogLikelihood(lik, gp), optimizer_kwargs={"options": options})
-        except Exception as e:  # noqa: BLE001 - a failed fit keeps the prior-mode start, which is still a sane start
-            log.info("exact-GP initialisation fit failed (%s: %s); starting from the prior's mode",
-                     type(e).__name__, e)
+        except Exception as e:  # noqa: BLE001 - a failed fit keeps its start (the priors' modes or the previous fit)
+            log.info("exact-GP initialisation fit failed (%s: %s); starting from %s", type(e).__name__, e,
+                     "the previous fit's hyper-parameters" if warm_ok else "the priors' modes")
     gp.eval()
     return gp
 

@@ -139,7 +139,7 @@ def _matern52(x1: torch.Tensor, x2: torch.Tensor, lengthscale: torch.Tensor, out
     return k.mul_(outputscale[..., None, None])
 
 
-def _layer_moments(layer: "DGPLayer", x: torch.Tensor, factors: tuple | None = None
+def _layer_moments(layer: "DGPLayer", x: torch.Tensor, factors: tuple | None = None, joint: bool = False
                    ) -> tuple[torch.Tensor, torch.Tensor]:
     """Marginal predictive mean and variance of every GP of ``layer`` at ``x`` (eval mode, no autograd).
 
@@ -151,9 +151,12 @@ def _layer_moments(layer: "DGPLayer", x: torch.Tensor, factors: tuple | None = N
         layer: a hidden layer (``b`` GPs) or the output layer (one GP).
         x: ``... x n x d`` inputs (hidden layers broadcast them over their ``b`` GPs).
         factors: the layer's :func:`_layer_factors` for ``x``'s dtype, where the caller holds them already.
+        joint: the full covariance over the ``n`` points instead of the variances (``K_xx + jitter - (P K_zx)^T
+            diag(lam) (P K_zx)``; for small batches: it is ``n x n``).
 
     Returns:
-        ``(mean, var)``, each ``... x b x n`` (hidden) or ``... x n`` (output).
+        ``(mean, var)``, each ``... x b x n`` (hidden) or ``... x n`` (output); with ``joint``, ``(mean, cov)`` with
+        ``cov`` ``... (x b) x n x n``.
     """
     vs = layer.variational_strategy
     Z = vs.inducing_points  # (b x) m x d
@@ -166,6 +169,10 @@ def _layer_moments(layer: "DGPLayer", x: torch.Tensor, factors: tuple | None = N
     lam, P, v = factors if factors is not None else _layer_factors(layer, x.dtype)
     K = _matern52(Z, x, ls, os)  # ... (x b) x m x n
     mean = layer.mean_module(x) + (v.mT @ K).squeeze(-2)
+    if joint:
+        A = P @ K
+        n = x.shape[-2]
+        return mean, _matern52(x, x, ls, os) + jitter * torch.eye(n, dtype=x.dtype) - A.mT @ (lam.unsqueeze(-1) * A)
     var = (os[..., None] + jitter) - (lam.unsqueeze(-2) @ (P @ K).pow_(2)).squeeze(-2)
     return mean, var.clamp_min(1e-9)
 
@@ -275,6 +282,12 @@ class DeepGPSurrogate(DeepGP):
             h = layer(h)
         return self.output(h, x) if self.skip else self.output(h)
 
+    def _ensure_eval(self) -> None:
+        """Eval mode, set only where some layer is not in it (a module tree's eval() walks every submodule: it was a
+        measurable part of scoring a pool when called on every call)."""
+        if self.training or self.output.training or any(layer.training for layer in self.hidden):
+            self.eval()
+
     @torch.no_grad()
     def sample_moments(self, x: torch.Tensor, num_samples: int, generator: torch.Generator,
                        chunk: int = MOMENTS_CHUNK) -> tuple[torch.Tensor, torch.Tensor]:
@@ -296,8 +309,7 @@ class DeepGPSurrogate(DeepGP):
         Returns:
             ``(mean, var)`` of the output GP, each ``num_samples x n`` (no observation noise).
         """
-        if self.training or self.output.training or any(layer.training for layer in self.hidden):
-            self.eval()  # (not unconditionally: a module tree's eval() walks every submodule, each call)
+        self._ensure_eval()
         n = x.shape[0]
         eps = [torch.randn((num_samples, layer.output_dims, n), generator=generator, dtype=x.dtype)
                for layer in self.hidden]
@@ -350,8 +362,7 @@ class DeepGPSurrogate(DeepGP):
         if self.skip:
             raise ValueError("joint_moments: a DGP with the skip connection samples its hidden layer jointly; "
                              "call the model (GPyTorch) instead")
-        if self.training or self.output.training or any(layer.training for layer in self.hidden):
-            self.eval()
+        self._ensure_eval()
         h = x
         for j, layer in enumerate(self.hidden):
             mu, var = _layer_moments(layer, h)  # (S x) B x b x q
@@ -362,17 +373,7 @@ class DeepGPSurrogate(DeepGP):
             h = mu.mT + var.mT.sqrt() * eps
         if not len(self.hidden):
             h = x.expand(num_samples, *x.shape)
-        layer = self.output
-        vs = layer.variational_strategy
-        kern = layer.covar_module
-        ls, os = kern.base_kernel.lengthscale, kern.outputscale
-        lam, P, v = _layer_factors(layer, h.dtype)
-        K = _matern52(vs.inducing_points, h, ls, os)  # S x B x m x q
-        mean = layer.mean_module(h) + (v.mT @ K).squeeze(-2)
-        A = P @ K
-        q = h.shape[-2]
-        cov = _matern52(h, h, ls, os) + vs.jitter_val * torch.eye(q, dtype=h.dtype) - A.mT @ (lam.unsqueeze(-1) * A)
-        return mean, cov
+        return _layer_moments(self.output, h, joint=True)  # S x B x q, S x B x q x q
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor, seed: int = 0, num_samples: int | None = None,
