@@ -169,6 +169,54 @@ def test_chunked_pool_moments_equal_one_pass(hidden, skip):
     assert float(one[0].std()) > 1e-3  # a trained model: the comparison is not between constants
 
 
+def test_first_hidden_layer_moments_are_remembered_by_value():
+    """Pool scoring remembers the first hidden layer's moments by input row, per layer state (parameter values): the
+    numbers computing them afresh gives, for batches mixing remembered, new and repeated rows; shared by a deep copy
+    (a search's transferred model keeps the pre-trained hidden layer frozen); a changed parameter is a new state; a
+    full memo starts again; and ``sample_moments`` gives the same moments with the memo warm as cold."""
+    import copy
+
+    from raydgp.dgp.model import INPUT_MOMENTS, InputMomentMemo, _chunked_moments, _layer_factors
+
+    X, y = toy(80, seed=6)
+    m = DeepGPSurrogate(X, DGPSettings(hidden_dims=(3,), num_inducing=24, num_samples=4), seed=0)
+    train_elbo(m, X, y, 30, 0.03, seed=0)
+    m.eval()
+    layer = m.hidden[0]
+    f = _layer_factors(layer, torch.float32)
+    g = torch.Generator().manual_seed(8)
+    P = torch.rand(200, 3, generator=g)
+
+    def close(a, b):
+        return all(torch.allclose(u, v, atol=1e-6, rtol=1e-6) for u, v in zip(a, b))
+
+    memo = InputMomentMemo(max_layers=2, max_rows=300)
+    ref = _chunked_moments(layer, P, f, 64)
+    assert close(memo.moments(layer, P, f, 64), ref) and not memo._memos  # first sight: computed, not remembered
+    assert close(memo.moments(layer, P, f, 64), ref)
+    (state,) = memo._memos.values()
+    assert state.n == 200
+    Q = torch.cat([P[50:80], torch.rand(40, 3, generator=g), P[55:56], P[55:56]])
+    assert close(memo.moments(layer, Q, f, 64), _chunked_moments(layer, Q, f, 64))
+    assert state.n == 240  # only the 40 new rows were computed
+    twin = copy.deepcopy(m)
+    tf = _layer_factors(twin.hidden[0], torch.float32)
+    assert close(memo.moments(twin.hidden[0], P, tf, 64), ref) and len(memo._memos) == 1 and state.n == 240
+    with torch.no_grad():
+        twin.hidden[0].variational_strategy.inducing_points.add_(0.1)
+    tf = _layer_factors(twin.hidden[0], torch.float32)
+    moved = _chunked_moments(twin.hidden[0], P, tf, 64)
+    assert not torch.allclose(moved[0], ref[0], atol=1e-3)
+    assert close(memo.moments(twin.hidden[0], P, tf, 64), moved)  # a new state: not the remembered rows
+    R = torch.rand(100, 3, generator=g)
+    assert close(memo.moments(layer, R, f, 64), _chunked_moments(layer, R, f, 64))
+    assert state.n == 100  # 240 + 100 > 300 rows: started again with this batch
+    INPUT_MOMENTS.clear()
+    cold = m.sample_moments(P, 4, torch.Generator().manual_seed(7))
+    warm = [m.sample_moments(P, 4, torch.Generator().manual_seed(7)) for _ in range(2)][-1]
+    assert close(cold, warm) and float(cold[0].std()) > 1e-3
+
+
 @pytest.mark.parametrize("hidden,skip", [((3,), False), ((4, 2), False), ((), False), ((3,), True)])
 def test_joint_moments_equal_gpytorchs_call(hidden, skip):
     """The joint rescoring's fast path computes what calling the model through GPyTorch computes, with the same

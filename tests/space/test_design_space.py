@@ -110,6 +110,31 @@ def test_perfect_tilings():
     assert (1, 3, 4) in t and (1, 1, 12) not in t
 
 
+def test_tile_sampling_draws_the_stream_randrange_draws():
+    """Tile sampling's inlined draw (CPython's ``Random._randbelow``) gives, from the same seed, the tilings the plain
+    ``randrange`` sampling gave: sampled pools, hence proposals, are unchanged by it."""
+    import random
+
+    from raydgp.space.design_space import Knob, _factor_pairs, _sample_tile
+
+    def reference(k, rng):
+        for _ in range(100):
+            parts = [1] * k.parts
+            for p in _factor_pairs(k.extent):
+                parts[rng.randrange(k.parts)] *= p
+            if k.max_innermost <= 0 or parts[-1] <= k.max_innermost:
+                return tuple(parts)
+        ch = k.choices()
+        return ch[rng.randrange(len(ch))]
+
+    for parts, inner in ((1, 0), (2, 16), (3, 4), (4, 16), (5, 1), (7, 0)):
+        k = Knob("tile", 0, extent=2**6 * 3 * 7, parts=parts, max_innermost=inner)
+        a, b = random.Random(5), random.Random(5)
+        got = [_sample_tile(k, b) for _ in range(500)]
+        assert got == [reference(k, a) for _ in range(500)]
+        assert len(set(got)) > 1 or parts == 1
+
+
 def test_bad_workload_specs_give_clear_errors():
     from raydgp.space.workloads import parse_spec
 
