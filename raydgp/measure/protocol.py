@@ -46,6 +46,9 @@ class MeasureSettings:
             worker computes its own. The model and layer jobs set it to ``<out>/references``.
         pause_builds: on a CPU node, builds (and surrogate refits that take the node's build lock) wait while a kernel
             is timed, so a timing shares its cores with nothing raydgp runs (:mod:`raydgp.measure.node_locks`).
+        keep_built: built kernels a worker keeps per task (most recent first), so that measuring the same
+            configuration again in that worker times the kernel it built instead of building it again (the quiet
+            re-timing's second round); 0: none kept (tuning measures each configuration once).
     """
 
     build_timeout_s: float = 60.0
@@ -65,6 +68,7 @@ class MeasureSettings:
     flush_cache: bool = True
     flush_repeat: int = 15
     reference_dir: str | None = None
+    keep_built: int = 0
 
     def __post_init__(self):
         for name in ("build_timeout_s", "run_timeout_s", "prepare_timeout_s", "lock_timeout_s"):
@@ -75,6 +79,8 @@ class MeasureSettings:
                               f"{self.flush_repeat}")
         if self.device not in ("cpu", "cuda"):
             raise ConfigError(f"MeasureSettings.device must be 'cpu' or 'cuda', got {self.device!r}")
+        if self.keep_built < 0:
+            raise ConfigError(f"MeasureSettings.keep_built must be >= 0, got {self.keep_built}")
         if self.num_threads is not None and self.num_threads < 1:
             raise ConfigError(f"MeasureSettings.num_threads must be >= 1, got {self.num_threads}")
 

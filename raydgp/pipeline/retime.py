@@ -56,8 +56,9 @@ def retime_best(layers, store: RecordStore, make_measurer: Callable[[MeasureSett
                 group_k: int = 2, workers: int = 2, confirm_k: int = 2) -> dict[str, float]:
     """Re-time the best candidates of every layer that is at least ``min_share`` of the model's estimated latency.
 
-    ``workers`` measurers at once (:func:`~raydgp.measure.parallel.measure_groups`: one builds while the other times,
-    timings stay exclusive; a layer's candidates all go to one of them).
+    ``workers`` measurers at once (:class:`~raydgp.measure.parallel.MeasurerPool`: one builds while the other times,
+    timings stay exclusive; a layer's candidates all go to one of them, in both rounds: its worker keeps the kernels it
+    built (``MeasureSettings.keep_built``) and the second round times them again without building them again).
 
     Then a second round, the layers in reverse order (so that a layer's two timings lie far apart in time), times each
     layer's ``confirm_k`` fastest of the first round again; a candidate counts by the faster of its timings. On a
@@ -68,7 +69,7 @@ def retime_best(layers, store: RecordStore, make_measurer: Callable[[MeasureSett
     Returns:
         ``{layer name: best re-timed ms}`` for the layers re-timed (NaN where every candidate failed).
     """
-    from raydgp.measure.parallel import measure_groups
+    from raydgp.measure.parallel import MeasurerPool
     from raydgp.space.design_space import config_as_applied
 
     records = store.records()
@@ -100,31 +101,39 @@ def retime_best(layers, store: RecordStore, make_measurer: Callable[[MeasureSett
             out[l.name] = res.result.median_ms
 
     timed: dict[tuple[int, int], float] = {}  # (group, candidate) -> first round's ms
+    kept = [0]  # second-round measurements whose kernel was kept from the first (no build)
 
     def first(i: int, j: int, res) -> None:
         save(i, j, res)
         timed[(i, j)] = res.result.median_ms if res.result.ok else math.inf
 
-    used = measure_groups([(l.task, [l.space.trace_json(c) for c in cands]) for l, cands in groups], make_measurer,
-                          settings, first, workers=workers)
     n = sum(len(c) for _, c in groups)
     n2 = 0
-    if confirm_k > 0:
-        again = []  # (group index, candidate indices), layers in reverse order
-        for i in reversed(range(len(groups))):
-            ranked = sorted((ms, j) for (g, j), ms in timed.items() if g == i and math.isfinite(ms))
-            again.append((i, [j for _, j in ranked[:confirm_k]]))
-        again = [(i, js) for i, js in again if js]
-        n2 = sum(len(js) for _, js in again)
+    # the workers keep each layer's built kernels for the second round (sent to the measurer that built them)
+    keep = max([len(c) for _, c in groups] + [1]) if confirm_k > 0 else 0
+    if isinstance(settings, MeasureSettings):
+        settings = dataclasses.replace(settings, keep_built=keep)
+    with MeasurerPool(make_measurer, settings, workers) as pool:
+        slot = pool.run([(l.task, [l.space.trace_json(c) for c in cands]) for l, cands in groups], first)
+        used = pool.opened
+        if confirm_k > 0:
+            again = []  # (group index, candidate indices), layers in reverse order
+            for i in reversed(range(len(groups))):
+                ranked = sorted((ms, j) for (g, j), ms in timed.items() if g == i and math.isfinite(ms))
+                again.append((i, [j for _, j in ranked[:confirm_k]]))
+            again = [(i, js) for i, js in again if js]
+            n2 = sum(len(js) for _, js in again)
 
-        def second(k: int, m: int, res) -> None:
-            i, js = again[k]
-            save(i, js[m], res)
+            def second(k: int, m: int, res) -> None:
+                i, js = again[k]
+                kept[0] += res.result.build_s == 0.0 and res.result.status in ("ok", "wrong_result", "run_error")
+                save(i, js[m], res)
 
-        measure_groups([(groups[i][0].task, [groups[i][0].space.trace_json(groups[i][1][j]) for j in js])
-                        for i, js in again], make_measurer, settings, second, workers=workers)
+            pool.run([(groups[i][0].task, [groups[i][0].space.trace_json(groups[i][1][j]) for j in js])
+                      for i, js in again], second, affinity=[slot[i] for i, _ in again])
     log.info("re-timed %d candidates of %d layers on the quiet node in %.0f s (%d measurers; %d timed again, "
-             "layers in reverse order)", n, len(todo), time.monotonic() - t0, used, n2)
+             "layers in reverse order, %d of them without building again)", n, len(todo), time.monotonic() - t0,
+             used, n2, kept[0])
     return out
 
 

@@ -32,16 +32,21 @@ class MeasureService:
     def __init__(self):
         self._lock = threading.Lock()
         self._idle: dict[str, list[LocalMeasurer]] = {}
+        self._holds: dict[int, set] = {}  # id(measurer) -> task keys whose built kernels its worker keeps
         self.calls = 0
 
     def measure(self, settings: MeasureSettings, task: TaskPayload, trace: list | None) -> Outcome:
         # A worker process fixes only its thread count (TVM_NUM_THREADS at its start); every other setting travels
         # with each request. So one pool serves the job's trials, its untuned baselines (one quick timing) and its
         # re-timing alike, and each layer is parsed and its reference computed once per worker.
+        # With ``keep_built`` (the re-timing), a task goes to an idle worker that keeps its built kernels where there
+        # is one: measuring a configuration again then times the kernel built the first time.
         key = repr(settings.num_threads)
         with self._lock:
             pool = self._idle.setdefault(key, [])
-            m = pool.pop() if pool else None
+            at = next((i for i in range(len(pool) - 1, -1, -1) if task.key in self._holds.get(id(pool[i]), ())),
+                      len(pool) - 1) if settings.keep_built and pool else len(pool) - 1
+            m = pool.pop(at) if pool else None
             self.calls += 1
         if m is None:
             m = LocalMeasurer(settings)
@@ -50,6 +55,8 @@ class MeasureService:
             return m.measure(task, trace)
         finally:
             with self._lock:
+                if settings.keep_built:
+                    self._holds.setdefault(id(m), set()).add(task.key)
                 self._idle[key].append(m)
 
     def stats(self) -> dict:
@@ -62,6 +69,7 @@ class MeasureService:
                 for m in pool:
                     m.close()
             self._idle.clear()
+            self._holds.clear()
 
 
 class ServiceMeasurer(Measurer):

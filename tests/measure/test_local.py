@@ -172,3 +172,28 @@ def test_workers_share_the_reference_through_reference_dir_and_ignore_a_damaged_
             out = m.measure(task, None, right)
             assert out.result.ok, out.result.message
         np.testing.assert_array_equal(np.load(files[0], allow_pickle=False), kept)  # computed again and rewritten
+
+
+def test_a_worker_keeps_built_kernels_to_measure_them_again(tmp_path, small_space, small_payload):
+    """With ``keep_built`` a worker measures a configuration it built before without building it again (checked and
+    timed again all the same), keeps at most that many per task, and without it builds every time."""
+    lock = str(tmp_path / "timing.lock")
+    common = dict(num_threads=2, run_timeout_s=5, repeat=3, min_repeat_ms=5, flush_repeat=3, timing_lock=lock)
+    oks = []
+    with LocalMeasurer(MeasureSettings(**common, keep_built=2)) as m:
+        for c in small_space.sample_many(12, np.random.default_rng(5)):
+            out = m.measure(small_payload, small_space.trace_json(c))
+            if out.result.ok:
+                oks.append((c, out))
+            if len(oks) == 3:
+                break
+        assert len(oks) == 3 and all(o.result.build_s > 0 for _, o in oks)
+        (a, first_a), (b, _), (c, _) = oks
+        again = m.measure(small_payload, small_space.trace_json(c))  # kept: no build, still checked and timed
+        assert again.result.ok and again.result.build_s == 0.0 and again.result.run_s > 0
+        assert len(again.result.latencies_ms) == 3 and again.applied == oks[2][1].applied
+        evicted = m.measure(small_payload, small_space.trace_json(a))  # two kept per task: a was the oldest
+        assert evicted.result.ok and evicted.result.build_s > 0 and evicted.applied == first_a.applied
+    with LocalMeasurer(MeasureSettings(**common)) as m:
+        t = small_space.trace_json(a)
+        assert all(m.measure(small_payload, t).result.build_s > 0 for _ in range(2))

@@ -70,3 +70,32 @@ def test_one_group_uses_one_measurer_and_a_failure_is_raised_after_the_rest_stop
         measure_groups(_groups(2, 2), lambda s: _Slow([], fail_on="c0.1"), None, lambda i, j, o: got.append((i, j)),
                        workers=2)
     assert (0, 0) in got  # what was measured before the failure was handed over
+
+
+def test_a_pool_keeps_its_measurers_and_sends_each_group_back_where_it_was_measured():
+    """A :class:`MeasurerPool` opens each measurer once for all its rounds; with ``affinity`` a round sends each group
+    to the measurer that measured it before (its worker keeps what it built), and a measurer whose own groups are done
+    takes the others' rather than idle."""
+    from raydgp.measure.parallel import MeasurerPool
+
+    log, made = [], []
+    lock = threading.Lock()
+
+    def make(settings):
+        m = _Slow(log)
+        with lock:
+            made.append(m)
+        return m
+
+    with MeasurerPool(make, None, workers=2) as pool:
+        slot = pool.run(_groups(6, 2), lambda *a: None)
+        assert sorted(set(slot)) == [0, 1] and len(made) == 2
+        first = {key: mid for mid, key, *_ in log}
+        log.clear()
+        again = pool.run(_groups(6, 1), lambda *a: None, affinity=slot)
+        assert again == slot and len(made) == 2  # the same measurers, each group on its own
+        assert {key: mid for mid, key, *_ in log} == first
+        log.clear()
+        lopsided = pool.run(_groups(6, 1), lambda *a: None, affinity=[0] * 6)
+        assert set(lopsided) == {0, 1}  # the idle measurer took groups meant for the busy one
+    assert all(m.closed for m in made)

@@ -26,3 +26,49 @@ def test_one_warm_worker_serves_the_untuned_quick_timing_and_the_trials_settings
         assert svc.stats()["workers"] == 2  # another thread count is another process (TVM_NUM_THREADS)
     finally:
         svc.close()
+
+
+def test_with_keep_built_a_task_goes_back_to_the_worker_that_keeps_its_kernels(monkeypatch):
+    """The service sends a re-timing request (``keep_built``) to an idle worker that measured the task before, so the
+    kernel it kept is timed again instead of built again; without ``keep_built`` any idle worker serves."""
+    import threading
+    import time
+
+    import raydgp.raytune.measure_service as ms
+    from raydgp.measure.base import Outcome
+    from raydgp.measure.protocol import TaskPayload
+    from raydgp.records import MeasureResult
+
+    served = []
+
+    class Fake:
+        def __init__(self, settings):
+            self.settings = settings
+
+        def measure(self, task, trace):
+            time.sleep(0.05)
+            served.append((task.key, id(self)))
+            return Outcome(MeasureResult("ok", latencies_ms=(1.0,)))
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(ms, "LocalMeasurer", Fake)
+    svc = ms.MeasureService()
+    keep = MeasureSettings(keep_built=4)
+    a, b = (TaskPayload(k, "{}", {"kind": "llvm"}) for k in ("task-a", "task-b"))
+    threads = [threading.Thread(target=svc.measure, args=(keep, t, ["x"])) for t in (a, b)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    owner = dict(served)
+    assert len(set(owner.values())) == 2  # two workers, one per task
+    served.clear()
+    for t in (a, b, b, a, a, b):
+        svc.measure(keep, t, ["x"])
+    assert all(owner[k] == w for k, w in served)
+    served.clear()
+    for t in (a, b, a, b):
+        svc.measure(MeasureSettings(), t, ["x"])  # no kept kernels asked for: the most recently idle worker
+    assert len({w for _, w in served}) == 1
