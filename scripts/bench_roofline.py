@@ -6,11 +6,14 @@ and warm (the weights still in cache), against the node's fp32 peak and its memo
 For every conv task of a finished run's record store (or the ``--min-mflop`` largest), the best re-timed configuration
 (else the best measured) is measured ``--rounds`` times in each mode, modes interleaved, one measurer each (the node's
 timing lock keeps them exclusive). The memory bandwidth is the read rate of two processes at once (one per core), each
-summing its own 512 MiB float32 array with numpy, median of 5. Reported per layer: GFLOP/s cold and warm, their
-fractions of the peak (measured before and after the layers, the higher counts), the weights' bytes and the layer's arithmetic intensity over its weights (FLOP per weight
-byte), and the cold roofline bound ``min(peak, intensity x bandwidth)`` with the cold rate's fraction of it.
+summing its own 512 MiB float32 array with numpy, median of 5. Each round measures the sgemm peak (the node-peak
+micro-benchmark of :mod:`raydgp.measure.peak`, the better OpenBLAS kernel) right before the layer's two timings, since
+the host's speed drifts by tens of percent within minutes. Reported per layer: GFLOP/s cold and warm, their
+fractions of the peak (the median over rounds of each timing against its round's peak), the weights' bytes and the
+layer's arithmetic intensity over its weights (FLOP per weight byte), and the cold roofline bound
+``min(peak, intensity x bandwidth)`` with the cold rate's fraction of it.
 
-    python scripts/bench_roofline.py --store bench/resnet18-300-092854/records --out bench/bench_roofline.json
+    python scripts/bench_roofline.py --store bench/resnet18-300-114600/records --out bench/bench_roofline.json
 """
 
 from __future__ import annotations
@@ -59,6 +62,34 @@ def memory_bandwidth_gbs(procs: int = 2, mib: int = 512) -> dict:
             "method": f"{procs} processes at once, each numpy float32 sum over {mib} MiB, median of 5"}
 
 
+def sgemm_gflops(threads: int, coretype: str | None, n: int = 2048) -> float:
+    """One sgemm peak reading (:mod:`raydgp.measure.peak`'s micro-benchmark, fresh process, that OpenBLAS kernel)."""
+    import os
+
+    from raydgp.measure.peak import _SNIPPET
+
+    env = dict(os.environ, OPENBLAS_NUM_THREADS=str(threads), OMP_NUM_THREADS=str(threads))
+    env.pop("OPENBLAS_CORETYPE", None)
+    if coretype:
+        env["OPENBLAS_CORETYPE"] = coretype
+    p = subprocess.run([sys.executable, "-c", _SNIPPET, str(n)], capture_output=True, text=True, env=env, timeout=120,
+                       check=True)
+    return float(json.loads(p.stdout.strip().splitlines()[-1])["gflops"])
+
+
+def best_coretype(threads: int) -> str | None:
+    """The OpenBLAS kernel (:func:`raydgp.measure.peak.coretypes`) with the higher sgemm rate here."""
+    from raydgp.measure.peak import coretypes
+
+    rates = {}
+    for c in coretypes():
+        try:
+            rates[c] = sgemm_gflops(threads, c)
+        except subprocess.SubprocessError:
+            continue
+    return max(rates, key=rates.get)
+
+
 def weight_bytes(mod_json: str) -> int:
     """Bytes of the task's layout-free (weight) arguments; every argument but the first and the last if unmarked."""
     from raydgp.tvm_loader import import_tvm
@@ -90,7 +121,6 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
 
     from raydgp.measure.local import LocalMeasurer
-    from raydgp.measure.peak import METHOD, measure_peak_gflops
     from raydgp.measure.protocol import MeasureSettings, TaskPayload
     from raydgp.records import RETIME_TAG, RecordStore
     from raydgp.space.metaschedule import host_target
@@ -118,10 +148,11 @@ def main(argv=None) -> int:
         return 2
     from raydgp.space.design_space import DesignSpace
 
-    peak = measure_peak_gflops(a.threads)
+    kernel = best_coretype(a.threads)
     bw = memory_bandwidth_gbs(a.threads)
-    print(f"peak {peak:.1f} GFLOP/s ({METHOD}); memory read bandwidth {bw['aggregate_gbs']} GB/s", flush=True)
-    modes = {"cold": MeasureSettings(flush_cache=True), "warm": MeasureSettings(flush_cache=False)}
+    print(f"sgemm kernel {kernel or 'detected'}; memory read bandwidth {bw['aggregate_gbs']} GB/s", flush=True)
+    modes = {"cold": MeasureSettings(flush_cache=True, num_threads=a.threads),
+             "warm": MeasureSettings(flush_cache=False, num_threads=a.threads)}
     meas = {k: LocalMeasurer(s) for k, s in modes.items()}
     rows = []
     try:
@@ -130,21 +161,28 @@ def main(argv=None) -> int:
             space = DesignSpace.from_json(entries[key]["space"])
             trace = space.trace_json(L["config"])
             got = {k: [] for k in modes}
+            peaks = []
             for i in range(a.rounds):
+                # each round: the sgemm peak, then the layer cold and warm (order alternating), so that every timing
+                # has a peak measured within seconds of it: the host's speed drifts by tens of percent
+                peaks.append(sgemm_gflops(a.threads, kernel))
                 for k in (("cold", "warm") if i % 2 == 0 else ("warm", "cold")):
                     res = meas[k].measure(payload, trace).result
-                    if res.ok:
-                        got[k].append(res.median_ms)
+                    got[k].append((res.median_ms if res.ok else math.nan, peaks[-1]))
             wb = weight_bytes(entries[key]["mod"])
             intensity = L["mflop"] * 1e6 / wb
+            peak = statistics.median(peaks)
             bound = min(peak, intensity * bw["aggregate_gbs"])
             row = {"layer": L["name"], "key": key, "mflop": round(L["mflop"], 1), "weight_mib": round(wb / _MiB, 2),
                    "flop_per_weight_byte": round(intensity, 1), "recorded_ms": round(L["recorded_ms"], 4),
-                   "retimed": L["retimed"]}
+                   "retimed": L["retimed"], "peaks_gflops": [round(x, 1) for x in peaks],
+                   "peak_gflops": round(peak, 1)}
             for k, v in got.items():
-                ms = statistics.median(v) if v else math.nan
-                g = L["mflop"] / ms if v else math.nan  # MFLOP / ms = GFLOP/s
-                row.update({f"{k}_ms": round(ms, 4), f"{k}_gflops": round(g, 1), f"{k}_of_peak": round(g / peak, 3)})
+                ok = [(ms, pk) for ms, pk in v if math.isfinite(ms)]
+                ms = statistics.median([x for x, _ in ok]) if ok else math.nan
+                g = L["mflop"] / ms if ok else math.nan  # MFLOP / ms = GFLOP/s
+                frac = statistics.median([L["mflop"] / x / pk for x, pk in ok]) if ok else math.nan
+                row.update({f"{k}_ms": round(ms, 4), f"{k}_gflops": round(g, 1), f"{k}_of_peak": round(frac, 3)})
             row["cold_bound_gflops"] = round(bound, 1)
             row["cold_of_bound"] = round(row["cold_gflops"] / bound, 3) if bound > 0 else None
             rows.append(row)
@@ -152,28 +190,20 @@ def main(argv=None) -> int:
     finally:
         for m in meas.values():
             m.close()
-    # the host's speed drifts: the peak again after the layers; fractions use the higher (the lower fractions)
-    peak_end = measure_peak_gflops(a.threads)
-    if peak_end > peak:
-        for row in rows:
-            for k in modes:
-                row[f"{k}_of_peak"] = round(row[f"{k}_gflops"] / peak_end, 3)
-            bound = min(peak_end, row["flop_per_weight_byte"] * bw["aggregate_gbs"])
-            row["cold_bound_gflops"] = round(bound, 1)
-            row["cold_of_bound"] = round(row["cold_gflops"] / bound, 3)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
                             text=True).stdout.strip()
     out = {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "commit": commit, "store": a.store, "target": target,
            "machine": {"cpu": platform.processor() or platform.machine(), "mcpu": target.get("mcpu")},
-           "peak_gflops": round(max(peak, peak_end), 1), "peak_gflops_start_end": [round(peak, 1), round(peak_end, 1)],
-           "peak_method": METHOD, "memory": bw, "rounds": a.rounds, "layers": rows}
+           "peak_method": f"numpy float32 matmul 2048^3, median of 5, OpenBLAS kernel {kernel or 'detected'}, "
+                          f"before each round", "memory": bw, "rounds": a.rounds, "layers": rows}
     if a.out:
         Path(a.out).write_text(json.dumps(out, indent=1))
-    print("| layer | MFLOP | weights MiB | FLOP/weight byte | cold ms | cold GFLOP/s (of peak) | warm ms | "
-          "warm GFLOP/s (of peak) | cold bound GFLOP/s | cold of bound |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("| layer | MFLOP | weights MiB | FLOP/weight byte | peak GFLOP/s | cold ms | cold GFLOP/s (of peak) | "
+          "warm ms | warm GFLOP/s (of peak) | cold bound GFLOP/s | cold of bound |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['layer']} | {r['mflop']} | {r['weight_mib']} | {r['flop_per_weight_byte']} | {r['cold_ms']} | "
+        print(f"| {r['layer']} | {r['mflop']} | {r['weight_mib']} | {r['flop_per_weight_byte']} | {r['peak_gflops']} | "
+              f"{r['cold_ms']} | "
               f"{r['cold_gflops']} ({r['cold_of_peak']:.0%}) | {r['warm_ms']} | {r['warm_gflops']} "
               f"({r['warm_of_peak']:.0%}) | {r['cold_bound_gflops']} | {r['cold_of_bound']:.0%} |")
     return 0
