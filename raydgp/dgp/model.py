@@ -285,10 +285,11 @@ class InputMomentMemo:
     and two of its three scoring members (the transferred model, whose fine-tuning leaves the hidden layer as
     pre-trained, and the zero-shot pre-trained model itself) share that layer: their moments are computed once, then
     looked up by the input row's bytes. Bounded: ``max_layers`` layer states (least recently used dropped), each at
-    most ``max_rows`` rows (cleared when full). Thread-safe; the numbers are the ones computing them afresh gives.
+    most ``max_rows`` rows (cleared when full; a row costs about 350 bytes with a 37-column input). Thread-safe; the
+    numbers are the ones computing them afresh gives.
     """
 
-    def __init__(self, max_layers: int = 4, max_rows: int = 100_000):
+    def __init__(self, max_layers: int = 4, max_rows: int = 50_000):
         self.max_layers = int(max_layers)
         self.max_rows = int(max_rows)
         self._memos: OrderedDict[bytes, _RowMemo] = OrderedDict()
