@@ -39,8 +39,9 @@ def _groups(n_groups=4, per=3):
     return [(TaskPayload(f"t{i}", "{}", {"kind": "llvm"}), [f"c{i}.{j}" for j in range(per)]) for i in range(n_groups)]
 
 
-def test_every_configuration_once_each_group_on_one_measurer_and_the_measurers_overlap():
-    log, made, got = [], [], []
+def _factory(log: list):
+    """A measurer factory that keeps every measurer it made (thread-safe): ``(make, made)``."""
+    made: list = []
     lock = threading.Lock()
 
     def make(settings):
@@ -49,6 +50,12 @@ def test_every_configuration_once_each_group_on_one_measurer_and_the_measurers_o
             made.append(m)
         return m
 
+    return make, made
+
+
+def test_every_configuration_once_each_group_on_one_measurer_and_the_measurers_overlap():
+    log, got = [], []
+    make, made = _factory(log)
     used = measure_groups(_groups(), make, None, lambda i, j, o: got.append((i, j, o.result.ok)), workers=2)
     assert used == 2 and len(made) == 2 and all(m.closed for m in made)
     assert sorted(got) == [(i, j, True) for i in range(4) for j in range(3)]  # each once, nothing lost
@@ -78,15 +85,8 @@ def test_a_pool_keeps_its_measurers_and_sends_each_group_back_where_it_was_measu
     takes the others' rather than idle."""
     from raydgp.measure.parallel import MeasurerPool
 
-    log, made = [], []
-    lock = threading.Lock()
-
-    def make(settings):
-        m = _Slow(log)
-        with lock:
-            made.append(m)
-        return m
-
+    log = []
+    make, made = _factory(log)
     with MeasurerPool(make, None, workers=2) as pool:
         slot = pool.run(_groups(6, 2), lambda *a: None)
         assert sorted(set(slot)) == [0, 1] and len(made) == 2
