@@ -475,7 +475,7 @@ class DeepGPSurrogate(DeepGP):
         fo = _layer_factors(self.output, x.dtype)
         chunk = max(int(chunk), 1)
         # the first hidden layer's moments depend on the inputs and its parameters only: remembered by input row
-        first = INPUT_MOMENTS.moments(self.hidden[0], x, fh[0], chunk) if len(self.hidden) and n else None
+        first = INPUT_MOMENTS.moments(self.hidden[0], x, fh[0], chunk) if len(self.hidden) else None
         means, variances = [], []
         for i in range(0, max(n, 1), chunk):
             xc = x[i:i + chunk]

@@ -215,6 +215,7 @@ def test_first_hidden_layer_moments_are_remembered_by_value():
     cold = m.sample_moments(P, 4, torch.Generator().manual_seed(7))
     warm = [m.sample_moments(P, 4, torch.Generator().manual_seed(7)) for _ in range(2)][-1]
     assert close(cold, warm) and float(cold[0].std()) > 1e-3
+    assert all(t.shape == (4, 0) for t in m.sample_moments(P[:0], 4, torch.Generator().manual_seed(7)))  # no rows
 
 
 @pytest.mark.parametrize("hidden,skip", [((3,), False), ((4, 2), False), ((), False), ((3,), True)])
