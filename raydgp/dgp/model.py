@@ -182,6 +182,13 @@ def _layer_moments(layer: "DGPLayer", x: torch.Tensor, factors: tuple | None = N
     return mean, var.clamp_min(1e-9)
 
 
+def _state_key(layer: "DGPLayer", dtype: torch.dtype) -> tuple:
+    """What identifies a state of the layer's parameters cheaply: every parameter's identity and in-place version
+    counter (an optimiser step, a ``load_state_dict`` or a new tensor all change it), with the dtype and jitter."""
+    return (dtype, layer.variational_strategy.jitter_val,
+            tuple((id(p), p.data_ptr(), p._version) for p in layer.parameters()))
+
+
 @torch.no_grad()
 def _layer_factors(layer: "DGPLayer", dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(lam, P, v)`` of :func:`_layer_moments`: what depends on the layer's parameters only, not on the inputs
@@ -192,8 +199,7 @@ def _layer_factors(layer: "DGPLayer", dtype: torch.dtype) -> tuple[torch.Tensor,
     every parameter's identity and in-place version counter, so an optimiser step, a ``load_state_dict`` or a new
     tensor all recompute it.
     """
-    key = (dtype, layer.variational_strategy.jitter_val,
-           tuple((id(p), p.data_ptr(), p._version) for p in layer.parameters()))
+    key = _state_key(layer, dtype)
     hit = layer.__dict__.get("_factors_cache")
     if hit is not None and hit[0] == key:
         return hit[1]
@@ -226,8 +232,7 @@ def _layer_fingerprint(layer: "DGPLayer", dtype: torch.dtype) -> bytes:
     """A digest of the layer's parameter VALUES (and the jitter and dtype its moments use), kept per state of the
     parameters like :func:`_layer_factors`: two layers with equal digests compute equal moments, whichever objects
     they are (a search's transferred model keeps the pre-trained hidden layer frozen in a deep copy of it)."""
-    key = (dtype, layer.variational_strategy.jitter_val,
-           tuple((id(p), p.data_ptr(), p._version) for p in layer.parameters()))
+    key = _state_key(layer, dtype)
     hit = layer.__dict__.get("_fingerprint_cache")
     if hit is not None and hit[0] == key:
         return hit[1]

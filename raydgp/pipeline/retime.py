@@ -111,9 +111,7 @@ def retime_best(layers, store: RecordStore, make_measurer: Callable[[MeasureSett
     n2 = 0
     # the workers keep each layer's built kernels for the second round (sent to the measurer that built them)
     keep = max([len(c) for _, c in groups] + [1]) if confirm_k > 0 else 0
-    if isinstance(settings, MeasureSettings):
-        settings = dataclasses.replace(settings, keep_built=keep)
-    with MeasurerPool(make_measurer, settings, workers) as pool:
+    with MeasurerPool(make_measurer, dataclasses.replace(settings, keep_built=keep), workers) as pool:
         slot = pool.run([(l.task, [l.space.trace_json(c) for c in cands]) for l, cands in groups], first)
         used = pool.opened
         if confirm_k > 0:

@@ -120,7 +120,7 @@ def test_retime_takes_own_and_sibling_candidates_and_the_build_prefers_them(tmp_
     import math
 
     from raydgp.models.base import ModelLayer
-    from raydgp.measure.protocol import TaskPayload
+    from raydgp.measure.protocol import MeasureSettings, TaskPayload
     from raydgp.pipeline.retime import candidates, retime_best
     from raydgp.records import RETIME_TAG, MeasureResult, Record, RecordStore
     from raydgp.testing import FakeMeasurer, fake_space
@@ -139,7 +139,10 @@ def test_retime_takes_own_and_sibling_candidates_and_the_build_prefers_them(tmp_
     store.append([Record.now(sb.workload, sb.target, c, MeasureResult("ok", (1.0 + i,))) for i, c in enumerate(cb)])
     got = candidates(la, store.records(), [lb], own_k=3, group_k=2)
     assert got[:3] == ca[:3] and got[3:] == cb[:2]
-    out = retime_best([la, lb], store, lambda s: FakeMeasurer(), None, {"kind": "llvm"})
+    asked = []  # the settings the measurers are made with: the re-timing asks workers to keep what they build
+    out = retime_best([la, lb], store, lambda s: asked.append(s) or FakeMeasurer(), MeasureSettings(),
+                      {"kind": "llvm"})
+    assert asked and all(s.keep_built >= 5 for s in asked)
     assert set(out) == {"a", "b"} and all(math.isfinite(v) for v in out.values())
     re_a = [r for r in store.records() if r.workload.key == "a" and r.tag == RETIME_TAG]
     assert len(re_a) == 5 + 2  # five candidates, the first round's two fastest timed again
@@ -189,7 +192,7 @@ def test_retime_times_each_layers_fastest_again_later_and_counts_the_faster_timi
 
     from raydgp.measure.base import Outcome
     from raydgp.models.base import ModelLayer
-    from raydgp.measure.protocol import TaskPayload
+    from raydgp.measure.protocol import MeasureSettings, TaskPayload
     from raydgp.pipeline.retime import retime_best
     from raydgp.records import RETIME_TAG, MeasureResult, Record, RecordStore
     from raydgp.testing import FakeMeasurer, fake_latency_ms, fake_space
@@ -216,7 +219,8 @@ def test_retime_times_each_layers_fastest_again_later_and_counts_the_faster_timi
         layers.append(ModelLayer(k, TaskPayload(k, "{}", {"kind": "llvm"}), sp))
         store.append([Record.now(sp.workload, sp.target, c, MeasureResult("ok", (1.0 + i,)))
                       for i, c in enumerate(sp.sample_many(5, rng))])
-    out = retime_best(layers, store, lambda s: SlowFirstRoundOfA(), None, {"kind": "llvm"}, own_k=5, workers=1)
+    out = retime_best(layers, store, lambda s: SlowFirstRoundOfA(), MeasureSettings(), {"kind": "llvm"}, own_k=5,
+                      workers=1)
     # round one: a's five, b's five; round two: b's two fastest, then a's two fastest
     assert order == ["a"] * 5 + ["b"] * 5 + ["b"] * 2 + ["a"] * 2
     sa = layers[0].space
@@ -226,6 +230,6 @@ def test_retime_times_each_layers_fastest_again_later_and_counts_the_faster_timi
     one = RecordStore(tmp_path / "one")
     one.append([r for r in store.records() if r.tag != RETIME_TAG])
     order.clear()
-    single = retime_best(layers, one, lambda s: SlowFirstRoundOfA(), None, {"kind": "llvm"}, own_k=5, workers=1,
-                         confirm_k=0)
+    single = retime_best(layers, one, lambda s: SlowFirstRoundOfA(), MeasureSettings(), {"kind": "llvm"}, own_k=5,
+                         workers=1, confirm_k=0)
     assert single["a"] > 2.5 * true_a and len(order) == 10  # one round: a is judged by its slow phase
