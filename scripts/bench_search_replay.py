@@ -31,6 +31,12 @@ default: every task in turn is the target), or only ResNet-18's layers with Mobi
   ``dgp`` whose cold member is fitted afresh (exact-GP start) only once the target's data grew by 25% since its last
   fresh fit, and warm-started (``refit_steps``) in between (``cold_refresh=0.25``; the fresh fit was about half of a
   proposal batch's time in a profile of 2026-12-06);
+* ``dgp_top``: ``dgp`` whose trust counts only the pairs of measured configurations whose better one is among the
+  best quarter (``trust_pairs="top"``); ``dgp_rand_top``: ``dgp_rand`` with it
+  (the live default on a layer whose shape no history holds is ``init=random``);
+* ``dgp_share``: ``dgp`` whose members' EIs are each divided by their own largest over the pool before the weighted
+  sum (``member_mix="share"``: the trust weights, not the EI scales, decide who leads); ``dgp_rand_share``:
+  ``dgp_rand`` with it; ``dgp_rand_share_top``: ``dgp_rand`` with both;
 * ``dgp_h03``: ``dgp`` with the hidden GPs' output scale starting at 0.3 instead of 0.01 (``hidden_noise``);
 * ``mtgp``, ``rgpe``, ``fsbo``: the transfer peers of ``scripts/transfer_peers.py`` (BoTorch ``MultiTaskGP``, the
   RGPE ranking-weighted ensemble, an FSBO deep-kernel GP) on the same history, candidates and budget;
@@ -63,7 +69,7 @@ from transfer_peers import PEERS, peer_search
 
 METHODS = ("random", "cold", "dgp", "dgp_rand", "dgp_zs", "exact_gp", "dgp_notrust", "sgp", "dgp_h03", "mtgp", "rgpe",
            "fsbo", "dgp_ri", "dgp_nozs", "dgp_nocs", "dgp_sm", "dgp_mp", "cold_add", "dgp_add", "cold_cs20", "dgp_cm50", "dgp_rs15",
-           "dgp_idle0", "dgp_cm10", "dgp_gpyt", "dgp_cr25")
+           "dgp_idle0", "dgp_cm10", "dgp_gpyt", "dgp_cr25", "dgp_top", "dgp_rand_top", "dgp_share", "dgp_rand_share", "dgp_rand_share_top")
 
 
 def main(argv=None) -> int:
@@ -73,6 +79,11 @@ def main(argv=None) -> int:
     ap.add_argument("--targets", default=None, help="';'-separated dataset specs (default: every task, or with "
                                                     "--lomo every MobileNet-v1 task)")
     ap.add_argument("--lomo", action="store_true", help="history: ResNet-18 only; targets: MobileNet-v1")
+    ap.add_argument("--live", nargs="+", default=None, metavar="DIR",
+                    help="run directories of live per-layer searches (`raydgp layer --out`, `scripts/bench.py`'s "
+                         "layers part: a summary.json naming the layer and a records/ store): their layers become "
+                         "extra targets, every configuration they measured a candidate at the median of its "
+                         "measurements; with --targets unset, only these layers are the targets")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--random-seeds", type=int, default=50)
     ap.add_argument("--budget", type=int, default=40)
@@ -104,6 +115,14 @@ def main(argv=None) -> int:
     store = RecordStore(args.history)
     recs = [r for r in store.records() if r.config.sketch >= 0]
     spaces = {k: DesignSpace.from_json(e["space"]) for k, e in store.workload_entries().items() if e.get("space")}
+    live_specs = []
+    if args.live:
+        try:
+            extra, extra_spaces, live_specs = _live_records(args.live, {r.workload.key for r in recs})
+        except ValueError as e:
+            ap.error(str(e))
+        recs += extra
+        spaces.update({k: DesignSpace.from_json(v) for k, v in extra_spaces.items()})
     from raydgp.datasets import layer_spec, layers_of
 
     spec_of = {r.workload.key: layer_spec(r.tag) for r in recs}
@@ -113,6 +132,8 @@ def main(argv=None) -> int:
     allowed = set(MODELS["resnet18"]) if args.lomo else None
     if args.targets:
         targets = args.targets.split(";")
+    elif live_specs:
+        targets = live_specs
     elif args.lomo:
         targets = [s for s in dict.fromkeys(MODELS["mobilenet_v1"]) if s in key_of and s not in allowed]
     else:
@@ -149,7 +170,7 @@ def main(argv=None) -> int:
         if len(hist) > args.max_history:
             idx = np.sort(np.random.default_rng(0).choice(len(hist), args.max_history, replace=False))
             hist = History(hist.X[idx], hist.y[idx])
-        lat = {r.config: r.result.median_ms for r in recs if r.workload.key == tkey and r.result.ok}
+        lat = _latencies(recs, tkey, median=spec in live_specs)
         sp = spaces[tkey]
         best = min(lat.values())
         out = {"candidates": len(lat), "best_ms": best, "history_points": len(hist)}
@@ -185,6 +206,48 @@ def main(argv=None) -> int:
     _finish(results, all_curves, ["random"] + methods, args, earlier)
     print(_table(results, list(results["median_over_targets"])))
     return 0
+
+
+def _latencies(recs, key, median: bool = False) -> dict:
+    """``{config: ms}`` of the ``ok`` records of workload ``key``: with ``median``, the median of a configuration's
+    records' medians (live runs measure a configuration several times); else its last record's (the recorded
+    dataset, whose few repeats the replay has always read this way)."""
+    by: dict = {}
+    for r in recs:
+        if r.workload.key == key and r.result.ok:
+            by.setdefault(r.config, []).append(r.result.median_ms)
+    return {c: float(np.median(v)) if median else v[-1] for c, v in by.items()}
+
+
+def _live_records(dirs, history_keys) -> tuple[list, dict, list]:
+    """The records of live per-layer search runs (``dirs``), retagged ``dataset:<layer>`` so that the replay holds
+    their layer out of the history and can make it a target; their workloads' design spaces; the layers' specs.
+
+    Raises:
+        ValueError: a directory without ``summary.json`` or ``records/``, or a layer the history also holds.
+    """
+    import dataclasses
+
+    from raydgp.records import RecordStore
+
+    recs, spaces, specs = [], {}, []
+    for d in dirs:
+        d = Path(d)
+        if (d / "database_tuning_record.json").is_file() and not (d / "records").is_dir():
+            print(f"--live {d}: a MetaSchedule run (its own database, no raydgp records): skipped", file=sys.stderr)
+            continue
+        if not (d / "summary.json").is_file() or not (d / "records").is_dir():
+            raise ValueError(f"--live {d}: not a live search's run directory (no summary.json or records/ there)")
+        spec = json.loads((d / "summary.json").read_text())["workload"]
+        store = RecordStore(d / "records")
+        got = [dataclasses.replace(r, tag=f"dataset:{spec}") for r in store.records() if r.config.sketch >= 0]
+        if any(r.workload.key in history_keys for r in got):
+            raise ValueError(f"--live {d}: its layer {spec} is in the history already; give a history without it")
+        recs += got
+        spaces.update({k: e["space"] for k, e in store.workload_entries().items() if e.get("space")})
+        if spec not in specs:
+            specs.append(spec)
+    return recs, spaces, specs
 
 
 def _task_histories(recs, spaces) -> dict:
@@ -246,8 +309,10 @@ def _run(method, sp, lat, hist, seed, budget, cache) -> list:
         kw = {"dgp": DGPSettings(elbo="gpytorch")}
     elif method == "dgp_cr25":
         kw = {"cold_refresh": 0.25}
+    elif method in ("dgp_top", "dgp_rand_top", "dgp_share", "dgp_rand_share", "dgp_rand_share_top"):
+        kw = {"trust_pairs": "top"}
     # The candidates are the recorded configurations: no evolution (bred children would have no recorded latency).
-    st = SearchSettings(seed=seed, init="random" if method == "dgp_rand" else "dgp", pool_size=len(lat),
+    st = SearchSettings(seed=seed, init="random" if method.startswith("dgp_rand") else "dgp", pool_size=len(lat),
                         pool_refresh=1.0, pretrain_seed=0, evolve_generations=0, **kw)
     # the additive member needs the space's column groups: only the *_add methods see them, so the other methods
     # stay what they were when recorded

@@ -47,6 +47,28 @@ log = logging.getLogger("raydgp.search")
 TRUST_MIN_POINTS = 4
 
 
+class _Member(NamedTuple):
+    """A scoring member: its BoTorch model, the weight its EI is scaled by, and its trust weight."""
+
+    model: object
+    weight: float
+    trust: float
+
+
+#: ``member_mix="share"``: the largest factor a member's EI is scaled up by (e^50: a member that expects no
+#: improvement anywhere in the pool stays out of the lead instead of overflowing).
+MAX_SHARE_LOG = 50.0
+
+
+def _shares(members: list, parts: list) -> list:
+    """``member_mix="share"``: each member's weight divided by its largest EI over the pool (``parts``: each member's
+    log EI of the pool), so that its best candidate scores its trust weight: the weights, not the members' EI scales,
+    decide who leads. Returns :class:`_Member` triples."""
+    top = [float(p.max()) if len(p) else 0.0 for p in parts]
+    hi = max(top)
+    return [_Member(m, w * math.exp(min(hi - t, MAX_SHARE_LOG)), w) for (m, w), t in zip(members, top)]
+
+
 class _Scored(NamedTuple):
     """A scored candidate pool: configurations, their normalised inputs, scores and the scoring members."""
 
@@ -105,7 +127,7 @@ class DGPSearch:
         else:
             names = (("transfer",) + (("zeroshot",) if settings.zero_shot_member else ())
                      + ("cold",) + (("stacked",) if settings.stacked_member else ()))
-        self.trust = TrustTracker(names + (("additive",) if self._groups else ()))
+        self.trust = TrustTracker(names + (("additive",) if self._groups else ()), pairs=settings.trust_pairs)
         self._lead = self._base_lead = "transfer" if self.history is not None else "cold"
         self._fitted_on = -1
         self._scaler: InputScaler | None = None
@@ -469,7 +491,8 @@ class DGPSearch:
             return owed[0]
         best = int(torch.argmax(scores))
         chosen = pool[best]
-        bm = max(members, key=lambda t: t[1])[0]  # joint rescoring with pending points: the leading member
+        # joint rescoring with pending points: the leading member (by trust weight, not by a share's scaled weight)
+        bm = max(members, key=lambda t: getattr(t, "trust", t[1]))[0]
         if pending:
             P = self._scaler_for().transform(self._encode(list(pending)))
             # candidates that encode exactly like a pending point add nothing and make the joint covariance singular
@@ -510,14 +533,18 @@ class DGPSearch:
         members = self._scoring_members(model)
         fail = self._failure_model()
         self._fail = fail
+        pool_parts = [log_ei_pool(m, X, best_f) for m, _ in members]
+        if s.member_mix == "share" and len(members) > 1:
+            members = _shares(members, pool_parts)
 
-        def acquisition(Xc: torch.Tensor) -> torch.Tensor:
+        def acquisition(Xc: torch.Tensor, parts=None) -> torch.Tensor:
             # EI under the mixture of the members' posteriors: log sum_m w_m EI_m, plus log P(not failing).
-            parts = [math.log(w) + log_ei_pool(m, Xc, best_f) for m, w in members]
+            parts = [log_ei_pool(mw[0], Xc, best_f) for mw in members] if parts is None else parts
+            parts = [math.log(mw[1]) + p for mw, p in zip(members, parts)]
             ei = parts[0] if len(parts) == 1 else torch.logsumexp(torch.stack(parts), dim=0)
             return ei + fail.log_ok(Xc)
 
-        scores = acquisition(X)
+        scores = acquisition(X, pool_parts)
         if s.evolve_generations > 0:
             pool, X, scores = self._evolve(pool, X, scores, exclude, acquisition)
         if self._lead != self._base_lead:  # proposals led by another member than the search's own model

@@ -10,6 +10,8 @@ from raydgp.errors import ConfigError
 INIT_MODES = ("dgp", "random")
 QUEUE_MODES = ("auto", "on", "off")
 MEMBER_PICKS = ("mixture", "sample")
+TRUST_PAIRS = ("all", "top")
+MEMBER_MIXES = ("ei", "share")
 #: When the additive member is fitted (``additive_member``).
 ADDITIVE_MODES = ("auto", "on", "off")
 SKETCH_MIN_WHEN = ("distrust", "always")
@@ -113,6 +115,15 @@ class SearchSettings:
             follows its own EI (Thompson sampling over the members: with the cold member at weight 0.8, four
             proposals in five are the search without history). Seeded on its own stream; the drawn member leads
             (``<member>_led`` in the stats). A batch (``suggest_batch``) follows one draw.
+        member_mix: with ``member_pick="mixture"``, how the members' EIs add up: ``ei`` (``sum_m w_m EI_m``: a member
+            whose posterior expects large improvements somewhere leads even at a small weight, as a history fitted on
+            thousands of points does where it is confidently wrong); ``share`` (each member's EI divided by its own
+            largest EI over the pool first: a member's best candidate scores its weight, so the trust weights decide
+            who leads).
+        trust_pairs: which pairs of measured configurations the trust's ranking test counts
+            (:class:`~raydgp.search.trust.TrustTracker`): ``all`` every pair, ``top`` only pairs whose better point
+            is among the best quarter measured, so that a member earns weight by telling the fast configurations from
+            the rest and ordering them, where the search decides.
         stacked_member: with ``trust``, a fourth member (:mod:`raydgp.dgp.stacked`): a cold DGP fitted on the
             residuals of the zero-shot model's mean, scaled by a slope fitted on the target's results (``>= 0``), as
             Google Vizier stacks a study's GP on its predecessors'. A history that ranks the target well lends its
@@ -178,6 +189,8 @@ class SearchSettings:
     sketch_min: int = 0
     sketch_min_when: str = "distrust"
     member_pick: str = "mixture"
+    trust_pairs: str = "all"
+    member_mix: str = "ei"
     stacked_member: bool = False
     additive_member: str = "auto"
 
@@ -200,6 +213,10 @@ class SearchSettings:
             raise ConfigError(f"queue_staleness={self.queue_staleness}: must be >= 0 or None")
         if not 0.0 <= self.random_interleave < 1.0:
             raise ConfigError(f"random_interleave={self.random_interleave}: must be in [0, 1)")
+        if self.member_mix not in MEMBER_MIXES:
+            raise ConfigError(f"member_mix={self.member_mix!r}: choose one of {MEMBER_MIXES}")
+        if self.trust_pairs not in TRUST_PAIRS:
+            raise ConfigError(f"trust_pairs={self.trust_pairs!r}: choose one of {TRUST_PAIRS}")
         if self.member_pick not in MEMBER_PICKS:
             raise ConfigError(f"member_pick={self.member_pick!r}: choose one of {MEMBER_PICKS}")
         if self.additive_member not in ADDITIVE_MODES:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from raydgp.search import DGPSearch, History, SearchSettings
-from raydgp.search.trust import TrustTracker, pair_accuracy
+from raydgp.search.trust import TrustTracker, pair_accuracy, top_pair_weights
 
 FAST = SearchSettings(n_init=4, pool_size=150, refit_steps=5, cold_steps=10, seed=3, evolve_generations=1,
                       evolve_population=16)
@@ -28,6 +28,49 @@ def test_pair_accuracy_counts_ordered_pairs_and_skips_ties():
     assert pair_accuracy(0.0, np.array([1.0, 0.5]), 2.0, np.array([1.0, 1.5])) == 0.0
     assert pair_accuracy(0.0, np.array([1.0]), 1.0, np.array([1.0])) is None  # tied observations: no pair
     assert pair_accuracy(1.0, np.array([1.0]), 2.0, np.array([1.0])) == 0.5  # tied prediction: half
+
+
+def test_top_pairs_count_only_pairs_whose_better_point_is_among_the_best():
+    y = np.arange(12, dtype=float)[::-1].copy()  # y[0] best; the best quarter: ranks 0-2
+    np.testing.assert_array_equal(top_pair_weights(y, 0), np.ones(11))  # the best point: every pair counts
+    np.testing.assert_array_equal(top_pair_weights(y, 5), [1, 1, 1] + [0] * 8)  # a poor one: only against the best
+    assert top_pair_weights(np.arange(40.0), 0).sum() == 10  # a quarter of 40
+    # the weighted fraction: the counted pair is wrong, the uncounted ones right
+    acc = pair_accuracy(0.0, np.array([-1.0, -0.5, -2.0]), 1.0, np.array([3.0, 0.5, -1.0]),
+                        weights=np.array([1.0, 0.0, 0.0]))
+    assert acc == 0.0
+    assert pair_accuracy(0.0, np.array([-1.0, -0.5, -2.0]), 1.0, np.array([3.0, 0.5, -1.0]),
+                         weights=np.array([2.0, 0.5, 0.5])) == pytest.approx(1.0 / 3.0)
+    assert pair_accuracy(0.0, np.array([1.0]), 1.0, np.array([0.0]), weights=np.array([0.0])) is None
+
+
+def test_top_pairs_prefer_the_member_that_orders_the_fast_configurations():
+    """One member orders the poor configurations and scrambles the best; the other the reverse: over all pairs the
+    first scores higher, over the pairs that hold a fast configuration the second."""
+    rng = np.random.default_rng(0)
+    y = np.sort(rng.normal(size=40))[::-1].copy()  # y[0] best
+    top, rest = np.arange(10), np.arange(10, 40)
+    knows_rest = y.copy()
+    knows_rest[top] = y[top][rng.permutation(10)] + 10  # the 10 best ahead of the rest, scrambled among themselves
+    knows_top = y.copy()
+    knows_top[rest] = rng.normal(size=30) - 10  # the rest behind the best, scrambled among themselves
+    configs = list(range(40))
+    for pairs, leader in (("all", "knows_rest"), ("top", "knows_top")):
+        tr = TrustTracker(("knows_rest", "knows_top"), pairs=pairs)
+        tr.record("knows_rest", configs, range(40), knows_rest, y)
+        tr.record("knows_top", configs, range(40), knows_top, y)
+        w = tr.weights(seed=0)
+        assert w[leader] > 0.7, (pairs, w)
+
+
+def test_trust_pairs_is_validated():
+    from raydgp.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="trust_pairs"):
+        SearchSettings(trust_pairs="best")
+    from raydgp.testing import fake_space
+
+    assert DGPSearch(fake_space("trust", (64, 32)), SearchSettings(trust_pairs="top")).trust.pairs == "top"
 
 
 def test_weights_follow_the_better_ranker_and_are_seeded():
@@ -309,3 +352,42 @@ def test_idle_member_settings_are_checked():
     for kw in ({"idle_member_weight": 1.0}, {"idle_member_weight": -0.1}, {"idle_member_every": 0}):
         with pytest.raises(ConfigError, match="idle_member"):
             SearchSettings(**kw)
+
+
+def test_member_mix_share_lets_the_trust_weights_decide_who_leads():
+    import math
+
+    import torch
+
+    from raydgp.search.loop import MAX_SHARE_LOG, _shares
+
+    # member a expects large improvements (log EI near 0), member b small ones (near -20), at weights 0.3 and 0.7
+    parts = [torch.tensor([0.0, -1.0, -5.0]), torch.tensor([-20.0, -30.0, -19.0])]
+    members = [("a", 0.3), ("b", 0.7)]
+
+    def mix(ms):
+        return torch.logsumexp(torch.stack([math.log(m[1]) + p for m, p in zip(ms, parts)]), dim=0)
+
+    assert int(torch.argmax(mix(members))) == 0  # plain EI: the confident member leads at the smaller weight
+    shared = _shares(members, parts)
+    assert int(torch.argmax(mix(shared))) == 2  # shares: the heavier member's best candidate
+    assert [m.trust for m in shared] == [0.3, 0.7] and [m.model for m in shared] == ["a", "b"]
+    # each member's best candidate scores its weight (up to the common factor)
+    best = [float(math.log(m.weight) + p.max()) for m, p in zip(shared, parts)]
+    assert best[1] - best[0] == pytest.approx(math.log(0.7 / 0.3))
+    # a member that expects nothing anywhere is scaled up by at most e^MAX_SHARE_LOG
+    far = _shares(members, [parts[0], torch.tensor([-500.0, -600.0, -550.0])])
+    assert far[1].weight == pytest.approx(0.7 * math.exp(MAX_SHARE_LOG))
+
+
+def test_member_mix_is_validated_and_a_shared_search_notices_a_misleading_history():
+    from raydgp.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="member_mix"):
+        SearchSettings(member_mix="max")
+    s = _search(lambda sp: _history(sp, True), 20, member_mix="share", trust_pairs="top")
+    w = s.trust_weights()
+    assert w["cold"] == max(w.values()), s.trust.summary()
+    assert len(s.observed) == 20 and s.stats["model"] > 0
+    batch = s.suggest_batch(3, pending=[])  # the believer batch takes the shares too
+    assert len(set(batch)) == 3 and not set(batch) & set(s.observed)
