@@ -36,7 +36,7 @@ default: every task in turn is the target), or only ResNet-18's layers with Mobi
   (the live default on a layer whose shape no history holds is ``init=random``);
 * ``dgp_share``: ``dgp`` whose members' EIs are each divided by their own largest over the pool before the weighted
   sum (``member_mix="share"``: the trust weights, not the EI scales, decide who leads); ``dgp_rand_share``:
-  ``dgp_rand`` with it; ``dgp_rand_share_top``: ``dgp_rand`` with both;
+  ``dgp_rand`` with it; ``dgp_share_top``, ``dgp_rand_share_top``: ``dgp``, ``dgp_rand`` with both;
 * ``dgp_h03``: ``dgp`` with the hidden GPs' output scale starting at 0.3 instead of 0.01 (``hidden_noise``);
 * ``mtgp``, ``rgpe``, ``fsbo``: the transfer peers of ``scripts/transfer_peers.py`` (BoTorch ``MultiTaskGP``, the
   RGPE ranking-weighted ensemble, an FSBO deep-kernel GP) on the same history, candidates and budget;
@@ -69,7 +69,7 @@ from transfer_peers import PEERS, peer_search
 
 METHODS = ("random", "cold", "dgp", "dgp_rand", "dgp_zs", "exact_gp", "dgp_notrust", "sgp", "dgp_h03", "mtgp", "rgpe",
            "fsbo", "dgp_ri", "dgp_nozs", "dgp_nocs", "dgp_sm", "dgp_mp", "cold_add", "dgp_add", "cold_cs20", "dgp_cm50", "dgp_rs15",
-           "dgp_idle0", "dgp_cm10", "dgp_gpyt", "dgp_cr25", "dgp_top", "dgp_rand_top", "dgp_share", "dgp_rand_share", "dgp_rand_share_top")
+           "dgp_idle0", "dgp_cm10", "dgp_gpyt", "dgp_cr25", "dgp_top", "dgp_rand_top", "dgp_share", "dgp_rand_share", "dgp_rand_share_top", "dgp_share_top")
 
 
 def main(argv=None) -> int:
