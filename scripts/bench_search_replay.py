@@ -31,6 +31,9 @@ default: every task in turn is the target), or only ResNet-18's layers with Mobi
   ``dgp`` whose cold member is fitted afresh (exact-GP start) only once the target's data grew by 25% since its last
   fresh fit, and warm-started (``refit_steps``) in between (``cold_refresh=0.25``; the fresh fit was about half of a
   proposal batch's time in a profile of 2026-12-06);
+* ``dgp_prev``, ``dgp_rand_prev``: ``dgp``, ``dgp_rand`` with the trust of the defaults before 2026-12-06 15:30
+  (``member_mix="ei"``, ``trust_pairs="all"``: every pair counts, the members' EIs summed as they are); the variants
+  below name what they set and keep the other of the two at its old default;
 * ``dgp_top``: ``dgp`` whose trust counts only the pairs of measured configurations whose better one is among the
   best quarter (``trust_pairs="top"``); ``dgp_rand_top``: ``dgp_rand`` with it
   (the live default on a layer whose shape no history holds is ``init=random``);
@@ -69,7 +72,7 @@ from transfer_peers import PEERS, peer_search
 
 METHODS = ("random", "cold", "dgp", "dgp_rand", "dgp_zs", "exact_gp", "dgp_notrust", "sgp", "dgp_h03", "mtgp", "rgpe",
            "fsbo", "dgp_ri", "dgp_nozs", "dgp_nocs", "dgp_sm", "dgp_mp", "cold_add", "dgp_add", "cold_cs20", "dgp_cm50", "dgp_rs15",
-           "dgp_idle0", "dgp_cm10", "dgp_gpyt", "dgp_cr25", "dgp_top", "dgp_rand_top", "dgp_share", "dgp_rand_share", "dgp_rand_share_top", "dgp_share_top")
+           "dgp_idle0", "dgp_cm10", "dgp_gpyt", "dgp_cr25", "dgp_top", "dgp_rand_top", "dgp_share", "dgp_rand_share", "dgp_rand_share_top", "dgp_share_top", "dgp_prev", "dgp_rand_prev")
 
 
 def main(argv=None) -> int:
@@ -89,6 +92,10 @@ def main(argv=None) -> int:
     ap.add_argument("--budget", type=int, default=40)
     ap.add_argument("--methods", default="cold,dgp,dgp_rand,dgp_zs,exact_gp")
     ap.add_argument("--max-history", type=int, default=4000, help="history subsample (as `raydgp tune` uses)")
+    ap.add_argument("--subsample", choices=("own", "random"), default="own",
+                    help="how the history is cut to --max-history: `own` as `raydgp tune` does (the target's own "
+                         "kind of hardware first, up to 3/4: raydgp.pipeline.history.subsample_history); `random` a "
+                         "uniform draw (every replay before 2026-12-06 15:30)")
     ap.add_argument("--cache", default=None, help="pre-trained weights cache (default: a temporary directory)")
     ap.add_argument("--out", default=None)
     ap.add_argument("--plot", default=None, help="PNG of the median curves")
@@ -105,9 +112,10 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(1)
     from raydgp.records import RecordStore
+    from raydgp.models.layer_specs import MODELS
+    from raydgp.pipeline.history import subsample_history
     from raydgp.search import History, history_from_records
     from raydgp.space.design_space import DesignSpace
-    from raydgp.models.layer_specs import MODELS
 
     if not any((Path(args.history) / f).is_file() for f in ("records.jsonl", "records.jsonl.gz")):
         ap.error(f"--history {args.history}: no record store there (a relative path is taken from the working "
@@ -151,10 +159,11 @@ def main(argv=None) -> int:
     cache = args.cache or tempfile.mkdtemp(prefix="raydgp-replay-")
     per_task = _task_histories(recs, spaces) if set(methods) & set(PEERS) else {}
     results = {"budget": args.budget, "seeds": args.seeds, "lomo": args.lomo, "max_history": args.max_history,
-               "targets": {}, "curves": {}}
+               "subsample": args.subsample, "targets": {}, "curves": {}}
     all_curves: dict[str, list] = {m: [] for m in ["random"] + methods}
     if earlier is not None:
-        same = {k: earlier[k] for k in ("budget", "seeds", "lomo", "max_history")}
+        same = {k: earlier[k] for k in ("budget", "seeds", "lomo", "max_history")} | {
+            "subsample": earlier.get("subsample", "random")}
         if same != {k: results[k] for k in same}:
             ap.error(f"--add-to {args.add_to} ran with {same}; run the added methods with the same settings")
         results["added"] = earlier.get("added", []) + [{"methods": methods, "date": time.strftime("%Y-%m-%d %H:%M")}]
@@ -167,7 +176,9 @@ def main(argv=None) -> int:
         src = [r for r in recs if spec_of[r.workload.key] != spec
                and (allowed is None or spec_of[r.workload.key] in allowed)]
         hist = history_from_records(src, spaces, exclude_workload=tkey)
-        if len(hist) > args.max_history:
+        if args.subsample == "own":
+            hist, _ = subsample_history(hist, spaces[tkey].target, args.max_history, seed=0)
+        elif len(hist) > args.max_history:
             idx = np.sort(np.random.default_rng(0).choice(len(hist), args.max_history, replace=False))
             hist = History(hist.X[idx], hist.y[idx])
         lat = _latencies(recs, tkey, median=spec in live_specs)
@@ -267,11 +278,30 @@ def _task_histories(recs, spaces) -> dict:
 
 
 def _run(method, sp, lat, hist, seed, budget, cache) -> list:
-    from raydgp.dgp.model import DGPSettings
-    from raydgp.search import DGPSearch, SearchSettings
+    from raydgp.search import DGPSearch
 
     if method == "exact_gp":
         return _exact_gp_search(sp, hist, lat, seed, budget)
+    st = method_settings(method, seed, len(lat))
+    # the additive member needs the space's column groups: only the *_add methods see them, so the other methods
+    # stay what they were when recorded
+    s = DGPSearch(_Replay(sp, lat, groups=method.endswith("_add")), st,
+                  history=None if method in ("cold", "cold_add", "cold_cs20") else hist, cache_dir=cache)
+    order = []
+    for _ in range(budget):
+        c = s.suggest()
+        if c is None:
+            break
+        s.observe(c, lat[c])
+        order.append(c)
+    return order
+
+
+def method_settings(method: str, seed: int, n_candidates: int):
+    """The :class:`~raydgp.search.SearchSettings` of a replay method (every DGP method of :data:`METHODS`)."""
+    from raydgp.dgp.model import DGPSettings
+    from raydgp.search import SearchSettings
+
     kw = {}
     if method == "dgp_zs":
         kw = {"refit_steps": 0, "dgp": DGPSettings(finetune_steps=0), "trust": False}
@@ -309,23 +339,17 @@ def _run(method, sp, lat, hist, seed, budget, cache) -> list:
         kw = {"dgp": DGPSettings(elbo="gpytorch")}
     elif method == "dgp_cr25":
         kw = {"cold_refresh": 0.25}
-    elif method in ("dgp_top", "dgp_rand_top", "dgp_share", "dgp_rand_share", "dgp_rand_share_top"):
-        kw = {"trust_pairs": "top"}
+    elif method in ("dgp_top", "dgp_rand_top"):
+        kw = {"trust_pairs": "top", "member_mix": "ei"}
+    elif method in ("dgp_share", "dgp_rand_share"):
+        kw = {"member_mix": "share", "trust_pairs": "all"}
+    elif method in ("dgp_share_top", "dgp_rand_share_top"):
+        kw = {"member_mix": "share", "trust_pairs": "top"}
+    elif method in ("dgp_prev", "dgp_rand_prev"):
+        kw = {"member_mix": "ei", "trust_pairs": "all"}
     # The candidates are the recorded configurations: no evolution (bred children would have no recorded latency).
-    st = SearchSettings(seed=seed, init="random" if method.startswith("dgp_rand") else "dgp", pool_size=len(lat),
-                        pool_refresh=1.0, pretrain_seed=0, evolve_generations=0, **kw)
-    # the additive member needs the space's column groups: only the *_add methods see them, so the other methods
-    # stay what they were when recorded
-    s = DGPSearch(_Replay(sp, lat, groups=method.endswith("_add")), st,
-                  history=None if method in ("cold", "cold_add", "cold_cs20") else hist, cache_dir=cache)
-    order = []
-    for _ in range(budget):
-        c = s.suggest()
-        if c is None:
-            break
-        s.observe(c, lat[c])
-        order.append(c)
-    return order
+    return SearchSettings(seed=seed, init="random" if method.startswith("dgp_rand") else "dgp",
+                          pool_size=n_candidates, pool_refresh=1.0, pretrain_seed=0, evolve_generations=0, **kw)
 
 
 class _Replay:

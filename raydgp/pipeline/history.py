@@ -67,7 +67,7 @@ def load_history(paths, target_space, exclude_target: bool = True, max_points: i
     Returns:
         A :class:`~raydgp.search.History`, or None when the stores hold nothing usable.
     """
-    from raydgp.search import History, history_from_records
+    from raydgp.search import history_from_records
     from raydgp.space.design_space import DesignSpace
 
     records, spaces = [], {}
@@ -81,7 +81,7 @@ def load_history(paths, target_space, exclude_target: bool = True, max_points: i
                     spaces[key] = sp
     if not records:
         return None
-    from raydgp.space.hardware import HARDWARE_FEATURES, hardware_features, hardware_tag
+    from raydgp.space.hardware import hardware_tag
 
     # A CPU history says nothing about GPU schedules (other sketches, thread bindings) and vice versa; inside one kind
     # the hardware features tell the machines apart. (Mixed in, the kind's features would be constant in the history
@@ -98,25 +98,47 @@ def load_history(paths, target_space, exclude_target: bool = True, max_points: i
     exclude = target_space.workload.key if exclude_target else None
     here = hardware_tag(target_space.target)
     hist = history_from_records(records, spaces, exclude_workload=exclude, exclude_hardware=here)
-    hw = np.array(hardware_features(target_space.target))
-    same = np.all(np.isclose(hist.X[:, hist.X.shape[1] - len(HARDWARE_FEATURES):], hw), axis=1) if len(hist) else \
-        np.zeros(0, bool)
-    if max_points is not None and len(hist) > max_points:
-        # This machine's own kind of hardware first (up to 3/4 of the points): a user store that grows on a new
-        # machine takes over from the shipped history recorded elsewhere.
-        rng = np.random.default_rng(seed)
-        mine, other = np.flatnonzero(same), np.flatnonzero(~same)
-        n_mine = min(len(mine), int(0.75 * max_points))
-        n_other = min(len(other), max_points - n_mine)
-        n_mine = min(len(mine), max_points - n_other)
-        idx = np.sort(np.concatenate([rng.choice(mine, n_mine, replace=False),
-                                      rng.choice(other, n_other, replace=False)]).astype(int))
-        hist, same = History(hist.X[idx], hist.y[idx]), same[idx]
+    hist, same = subsample_history(hist, target_space.target, max_points, seed)
     machines = sorted({hardware_tag(r.target) for r in records if r.workload.key in spaces})
     n_work = len(spaces) - (exclude in spaces)
     log.info("history: %d measurements of %d workloads (%d on this hardware kind, %s); machines: %s", len(hist),
              n_work, int(same.sum()), here, ", ".join(machines))
     return hist if len(hist) else None
+
+
+#: :func:`subsample_history`: the largest share of the points the target's own kind of hardware gets.
+OWN_HARDWARE_SHARE = 0.75
+
+
+def subsample_history(hist, target: dict, max_points: int | None, seed: int = 0):
+    """At most ``max_points`` points of ``hist``, the target's own kind of hardware first (up to
+    :data:`OWN_HARDWARE_SHARE` of them; seeded): a user store that grows on a new machine takes over from the shipped
+    history recorded elsewhere. What :func:`load_history` does, and the replay benchmark with it.
+
+    Args:
+        hist: a :class:`~raydgp.search.History` whose rows end in the hardware features they were measured on.
+        target: the target being tuned (its hardware features pick the own-hardware rows).
+        max_points: the most points to keep (None: all).
+
+    Returns:
+        ``(history, same)``: the kept points (in their original order) and which of them are on the target's hardware.
+    """
+    from raydgp.search import History
+    from raydgp.space.hardware import HARDWARE_FEATURES, hardware_features
+
+    hw = np.array(hardware_features(target))
+    same = np.all(np.isclose(hist.X[:, hist.X.shape[1] - len(HARDWARE_FEATURES):], hw), axis=1) if len(hist) else \
+        np.zeros(0, bool)
+    if max_points is None or len(hist) <= max_points:
+        return hist, same
+    rng = np.random.default_rng(seed)
+    mine, other = np.flatnonzero(same), np.flatnonzero(~same)
+    n_mine = min(len(mine), int(OWN_HARDWARE_SHARE * max_points))
+    n_other = min(len(other), max_points - n_mine)
+    n_mine = min(len(mine), max_points - n_other)
+    idx = np.sort(np.concatenate([rng.choice(mine, n_mine, replace=False),
+                                  rng.choice(other, n_other, replace=False)]).astype(int))
+    return History(hist.X[idx], hist.y[idx]), same[idx]
 
 
 def top_configs(records: Iterable[Record], per_workload: int = 3) -> list[tuple[float, str, object]]:

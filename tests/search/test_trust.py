@@ -219,8 +219,10 @@ def test_member_pick_sample_draws_one_member_per_proposal_by_the_trust_weights()
         s._scoring_members(model)
         again.append(s._lead)
     assert again == leads
-    mix = _search(lambda sp: _history(sp, True), 14, cold_start=False)
-    assert len(mix._scoring_members(mix._fit())) > 1  # the default scores with the mixture
+    # the default member_pick scores with the mixture (with the trust of the defaults before 2026-12-06 the weights
+    # stay split on this history; with today's the cold member takes over 99% here and scores alone)
+    mix = _search(lambda sp: _history(sp, True), 14, cold_start=False, trust_pairs="all", member_mix="ei")
+    assert len(mix._scoring_members(mix._fit())) > 1
 
 
 def test_member_pick_is_validated():

@@ -1,0 +1,67 @@
+"""The replay benchmark's method table (``scripts/bench_search_replay.py``): each method name runs the search settings
+it says it does (a name that silently ran another method's settings once made three replay variants one), and
+``--live`` turns live runs' record stores into targets."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+
+import bench_search_replay as replay  # noqa: E402
+
+from raydgp.search import SearchSettings  # noqa: E402
+
+DEFAULT = SearchSettings()
+
+
+@pytest.mark.parametrize("method, init, mix, pairs", [
+    ("dgp", "dgp", DEFAULT.member_mix, DEFAULT.trust_pairs),
+    ("dgp_rand", "random", DEFAULT.member_mix, DEFAULT.trust_pairs),
+    ("dgp_prev", "dgp", "ei", "all"), ("dgp_rand_prev", "random", "ei", "all"),
+    ("dgp_top", "dgp", "ei", "top"), ("dgp_rand_top", "random", "ei", "top"),
+    ("dgp_share", "dgp", "share", "all"), ("dgp_rand_share", "random", "share", "all"),
+    ("dgp_share_top", "dgp", "share", "top"), ("dgp_rand_share_top", "random", "share", "top"),
+])
+def test_each_trust_variant_runs_the_settings_it_names(method, init, mix, pairs):
+    st = replay.method_settings(method, seed=3, n_candidates=120)
+    assert (st.init, st.member_mix, st.trust_pairs) == (init, mix, pairs)
+    assert st.seed == 3 and st.pool_size == 120 and st.evolve_generations == 0
+
+
+def test_every_dgp_method_has_distinct_settings():
+    dgp = [m for m in replay.METHODS if m not in ("random", "exact_gp", "mtgp", "rgpe", "fsbo")
+           and not m.startswith("cold")]
+    settings = {m: replay.method_settings(m, 0, 10) for m in dgp}
+    # only the name that spells out today's defaults runs what `dgp` runs
+    assert {m for m in dgp if settings[m] == settings["dgp"]} == {"dgp", "dgp_share_top"}
+    assert {m for m in dgp if settings[m] == settings["dgp_rand"]} == {"dgp_rand", "dgp_rand_share_top"}
+
+
+def test_live_run_directories_become_targets(tmp_path):
+    from raydgp.records import Config, MeasureResult, Record, RecordStore, Workload
+
+    run = tmp_path / "dgp-conv-s0"
+    store = RecordStore(run / "records")
+    w = Workload(key="conv2d-llvm-abc", name="conv2d_1_8_8_8_8_3_1_1", op="conv2d", features={"op_conv2d": 1.0})
+    for i, ms in enumerate((2.0, 1.0, 3.0)):
+        store.append(Record(workload=w, config=Config(sketch=0, decisions=((i,),)), target={"kind": "llvm"},
+                            result=MeasureResult(status="ok", latencies_ms=(ms,)), tag="dgp"))
+    (run / "summary.json").write_text(json.dumps({"workload": "conv2d:1,8,8,8,8,3,1,1"}))
+    recs, spaces, specs = replay._live_records([run], history_keys=set())
+    assert specs == ["conv2d:1,8,8,8,8,3,1,1"] and len(recs) == 3
+    assert {r.tag for r in recs} == {"dataset:conv2d:1,8,8,8,8,3,1,1"}
+    # a configuration measured twice counts at the median of its measurements
+    again = Record(workload=w, config=Config(sketch=0, decisions=((1,),)), target={"kind": "llvm"},
+                   result=MeasureResult(status="ok", latencies_ms=(5.0,)), tag="dgp")
+    lat = replay._latencies(recs + [again, again], "conv2d-llvm-abc", median=True)
+    assert lat[Config(sketch=0, decisions=((1,),))] == 5.0 and len(lat) == 3
+    assert replay._latencies(recs + [again], "conv2d-llvm-abc")[Config(sketch=0, decisions=((1,),))] == 5.0
+    with pytest.raises(ValueError, match="in the history already"):
+        replay._live_records([run], history_keys={"conv2d-llvm-abc"})
+    with pytest.raises(ValueError, match="not a live search's run directory"):
+        replay._live_records([tmp_path], history_keys=set())
