@@ -38,8 +38,9 @@ def test_every_dgp_method_has_distinct_settings():
            and not m.startswith("cold")]
     settings = {m: replay.method_settings(m, 0, 10) for m in dgp}
     # only the name that spells out today's defaults runs what `dgp` runs
-    assert {m for m in dgp if settings[m] == settings["dgp"]} == {"dgp", "dgp_share_top"}
-    assert {m for m in dgp if settings[m] == settings["dgp_rand"]} == {"dgp_rand", "dgp_rand_share_top"}
+    spelled = {("ei", "all"): "prev", ("share", "top"): "share_top"}[(DEFAULT.member_mix, DEFAULT.trust_pairs)]
+    assert {m for m in dgp if settings[m] == settings["dgp"]} == {"dgp", f"dgp_{spelled}"}
+    assert {m for m in dgp if settings[m] == settings["dgp_rand"]} == {"dgp_rand", f"dgp_rand_{spelled}"}
 
 
 def test_live_run_directories_become_targets(tmp_path):

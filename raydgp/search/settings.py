@@ -115,23 +115,22 @@ class SearchSettings:
             follows its own EI (Thompson sampling over the members: with the cold member at weight 0.8, four
             proposals in five are the search without history). Seeded on its own stream; the drawn member leads
             (``<member>_led`` in the stats). A batch (``suggest_batch``) follows one draw.
-        member_mix: with ``member_pick="mixture"``, how the members' EIs add up: ``share`` (the default: each member's
-            EI divided by its own largest over the pool first, so that a member's best candidate scores its weight and
-            the trust weights decide who leads); ``ei`` (``sum_m w_m EI_m``, the default before 2026-12-06: a member
-            whose posterior expects large improvements somewhere leads even at a small weight, as a history fitted on
-            thousands of points does where it is confidently wrong). With ``trust_pairs="top"``, live on two convs no
-            history holds (emeraldrapids, 64 trials, 2 seeds, every method re-timed together; BENCHMARKS.md 7
-            (``emeraldrapids-2c``), method ``dgp_shtop``): re-timed medians 1.09 and 4.05 ms against the cold DGP's
-            1.13 and 4.55 and the previous default's 1.34 and 5.37; in the replay of those layers' recorded
-            configurations the search with a random tuning set came within 5% of the best in 20 trials (median of
-            4 seeds) where the previous default never did in 64 (the cold DGP: 28); on the 8 leave-one-task-out
-            replay targets the same on 6, better on none, worse on 2 (15 -> 27 and 25.5 -> 26.5 trials).
+        member_mix: with ``member_pick="mixture"``, how the members' EIs add up: ``ei`` (the default:
+            ``sum_m w_m EI_m``; a member whose posterior expects large improvements somewhere leads even at a small
+            weight, as a history fitted on thousands of points does where it is confidently wrong); ``share`` (each
+            member's EI divided by its own largest over the pool first, so that a member's best candidate scores its
+            weight and the trust weights decide who leads). Measured with ``trust_pairs="top"`` (2026-12-06,
+            emeraldrapids): live on two convs no history holds (64 trials, 2 seeds, every method re-timed together;
+            BENCHMARKS.md 7 (``emeraldrapids-2c``), method ``dgp_shtop``) re-timed medians 1.09 and 4.05 ms against
+            the cold DGP's 1.13 and 4.55 and the default's 1.34 and 5.37; but in the leave-one-task-out replay (8
+            layers x 2 seeds, budget 40) median trials to 5% 29 vs 25.5 with the history's tuning set and 32.5 vs
+            25 with a random one (worse on 5 of 8 layers, better on 1): not the default (BENCHMARKS.md 7.2b).
         trust_pairs: which pairs of measured configurations the trust's ranking test counts
-            (:class:`~raydgp.search.trust.TrustTracker`): ``top`` (the default) only pairs whose better point is among
-            the best quarter measured, so that a member earns weight by telling the fast configurations from the rest
-            and ordering them, where the search decides; ``all`` every pair (the default before 2026-12-06: a history
-            that knows which schedules are slow on any CPU then outranks the cold model while it misleads among the
-            fast ones). Measured together with ``member_mix`` (above).
+            (:class:`~raydgp.search.trust.TrustTracker`): ``all`` (the default) every pair; ``top`` only pairs whose
+            better point is among the best quarter measured, so that a member earns weight by telling the fast
+            configurations from the rest and ordering them, where the search decides (a history that knows which
+            schedules are slow on any CPU outranks the cold model under ``all`` while it misleads among the fast
+            ones). Measured together with ``member_mix`` (above).
         stacked_member: with ``trust``, a fourth member (:mod:`raydgp.dgp.stacked`): a cold DGP fitted on the
             residuals of the zero-shot model's mean, scaled by a slope fitted on the target's results (``>= 0``), as
             Google Vizier stacks a study's GP on its predecessors'. A history that ranks the target well lends its
@@ -197,8 +196,8 @@ class SearchSettings:
     sketch_min: int = 0
     sketch_min_when: str = "distrust"
     member_pick: str = "mixture"
-    trust_pairs: str = "top"
-    member_mix: str = "share"
+    trust_pairs: str = "all"
+    member_mix: str = "ei"
     stacked_member: bool = False
     additive_member: str = "auto"
 
