@@ -92,6 +92,9 @@ def main(argv=None) -> int:
     ap.add_argument("--budget", type=int, default=40)
     ap.add_argument("--methods", default="cold,dgp,dgp_rand,dgp_zs,exact_gp")
     ap.add_argument("--max-history", type=int, default=4000, help="history subsample (as `raydgp tune` uses)")
+    ap.add_argument("--drop-hardware", default=None, metavar="TAG",
+                    help="leave the history's records measured on this hardware out (a hardware tag, e.g. "
+                         "llvm:emeraldrapids:2): what a part of the dataset does to the transfer")
     ap.add_argument("--subsample", choices=("own", "random"), default="own",
                     help="how the history is cut to --max-history: `own` as `raydgp tune` does (the target's own "
                          "kind of hardware first, up to 3/4: raydgp.pipeline.history.subsample_history); `random` a "
@@ -122,6 +125,14 @@ def main(argv=None) -> int:
                  "directory: run from the repository root, or give the path)")
     store = RecordStore(args.history)
     recs = [r for r in store.records() if r.config.sketch >= 0]
+    if args.drop_hardware:
+        from raydgp.space.hardware import hardware_tag
+
+        kept = [r for r in recs if hardware_tag(r.target or {}) != args.drop_hardware]
+        if len(kept) == len(recs):
+            ap.error(f"--drop-hardware {args.drop_hardware}: no record of the history was measured there (tags look "
+                     "like llvm:emeraldrapids:2)")
+        recs = kept
     spaces = {k: DesignSpace.from_json(e["space"]) for k, e in store.workload_entries().items() if e.get("space")}
     live_specs = []
     if args.live:
@@ -159,7 +170,7 @@ def main(argv=None) -> int:
     cache = args.cache or tempfile.mkdtemp(prefix="raydgp-replay-")
     per_task = _task_histories(recs, spaces) if set(methods) & set(PEERS) else {}
     results = {"budget": args.budget, "seeds": args.seeds, "lomo": args.lomo, "max_history": args.max_history,
-               "subsample": args.subsample, "targets": {}, "curves": {}}
+               "subsample": args.subsample, "drop_hardware": args.drop_hardware, "targets": {}, "curves": {}}
     all_curves: dict[str, list] = {m: [] for m in ["random"] + methods}
     if earlier is not None:
         same = {k: earlier[k] for k in ("budget", "seeds", "lomo", "max_history")} | {

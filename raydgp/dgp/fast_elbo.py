@@ -28,6 +28,7 @@ import math
 
 import torch
 from gpytorch.priors import LogNormalPrior
+from linear_operator.utils.cholesky import psd_safe_cholesky
 
 _SQRT5 = math.sqrt(5.0)
 _LOG_2PI = math.log(2.0 * math.pi)
@@ -83,7 +84,10 @@ def layer_moments(layer, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, t
     m = Z.shape[-2]
     jitter = vs.jitter_val
     Kzz = matern52(Z, Z, ls, os) + jitter * torch.eye(m, dtype=Z.dtype)
-    L = torch.linalg.cholesky(Kzz.double())
+    # GPyTorch's psd_safe_cholesky, as its VariationalStrategy factors K_zz: where rounding (K_zz is formed in float32)
+    # leaves it indefinite, e.g. inducing points started on near-duplicate configurations, it retries with jitter
+    # instead of failing the fit
+    L = psd_safe_cholesky(Kzz.double())
     Kzx = matern52(Z, x, ls, os)  # ... (x b) x m x n
     A = torch.linalg.solve_triangular(L, Kzx.double(), upper=False).to(x.dtype)
     vd = vs._variational_distribution

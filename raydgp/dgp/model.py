@@ -21,6 +21,7 @@ from gpytorch.means import ConstantMean, LinearMean
 from gpytorch.models.deep_gps import DeepGP, DeepGPLayer
 from gpytorch.priors import LogNormalPrior
 from gpytorch.variational import CholeskyVariationalDistribution, VariationalStrategy
+from linear_operator.utils.cholesky import psd_safe_cholesky
 
 from raydgp.errors import ConfigError
 
@@ -209,7 +210,7 @@ def _layer_factors(layer: "DGPLayer", dtype: torch.dtype) -> tuple[torch.Tensor,
     ls, os = kern.base_kernel.lengthscale, kern.outputscale
     vd = vs._variational_distribution
     Kzz = _matern52(Z, Z, ls, os) + vs.jitter_val * torch.eye(Z.shape[-2], dtype=Z.dtype)
-    L = torch.linalg.cholesky(Kzz.double())
+    L = psd_safe_cholesky(Kzz.double())  # as GPyTorch's VariationalStrategy: jitter where rounding left it indefinite
     eye = torch.eye(L.shape[-1], dtype=L.dtype)
     Linv = torch.linalg.solve_triangular(L, eye, upper=False)  # (b x) m x m
     C = vd.chol_variational_covar.double().tril()

@@ -87,7 +87,8 @@ def test_the_skip_output_layers_moments_are_gpytorchs():
     GPyTorch's. (The sampled objective is not compared there: GPyTorch draws the hidden layer jointly over the
     points for the skip layer, and its draws have about twice the layer's own marginal variance; this module, like
     prediction, draws the marginals.)"""
-    from raydgp.dgp.fast_elbo import layer_moments
+    from raydgp.dgp.fast_elbo import layer_moments, matern52
+    from raydgp.dgp.model import _matern52
 
     X, y = data()
     m = model(DGPSettings(hidden_dims=(3,), num_inducing=16, num_samples=6, skip=True), X, y, hidden_scale=0.3)
@@ -103,7 +104,8 @@ def test_the_skip_output_layers_moments_are_gpytorchs():
 
 def test_the_hidden_layers_marginals_are_gpytorchs():
     """The moments that sampling starts from are GPyTorch's (training mode), exactly."""
-    from raydgp.dgp.fast_elbo import layer_moments
+    from raydgp.dgp.fast_elbo import layer_moments, matern52
+    from raydgp.dgp.model import _matern52
 
     X, y = data()
     m = model(DGPSettings(hidden_dims=(3,), num_inducing=16, num_samples=2), X, y, hidden_scale=0.05)
@@ -162,3 +164,36 @@ def test_map_finetune_with_a_scope_trains_only_that_scope():
     moved = {k for k, v in m.named_parameters() if not torch.equal(v, before[k])}
     assert moved and all(k.startswith(("likelihood.", "output.mean_module", "output.covar_module.raw_outputscale"))
                          for k in moved), moved
+
+
+def test_an_indefinite_inducing_covariance_gets_gpytorchs_jitter_instead_of_failing_the_fit():
+    """Inducing points on near-duplicate inputs under a large output scale: K_zz, formed in float32, is indefinite
+    in float64 beyond the fixed jitter. GPyTorch's own path retries with more jitter (psd_safe_cholesky); the direct
+    ELBO and the kept prediction factors must too (a replay search once died here, in the cold member's fresh fit)."""
+    import warnings
+
+    from raydgp.dgp.fast_elbo import layer_moments, matern52
+    from raydgp.dgp.model import _matern52
+
+    X, y = data(n=60, d=5)
+    X[40:] = X[:20] + 1e-7  # duplicates, as configurations that encode alike
+    m = model(DGPSettings(hidden_dims=()), X, y)
+    Z = m.output.variational_strategy.inducing_points
+    assert Z.shape[0] == len(X)
+    with torch.no_grad():
+        Z.copy_(X)  # the inducing points on the data, duplicates included
+        m.output.covar_module.outputscale = torch.tensor(300.0)
+    k = m.output.covar_module
+    eye = m.output.variational_strategy.jitter_val * torch.eye(len(Z))
+    for kernel in (matern52, _matern52):  # the plain factorisation fails on this layer, in both formulas
+        Kzz = (kernel(Z, Z, k.base_kernel.lengthscale, k.outputscale) + eye).double()
+        assert torch.linalg.cholesky_ex(Kzz)[1] > 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # linear_operator's NumericalWarning for the added jitter
+        mean, var, kl = layer_moments(m.output, X)
+        assert torch.isfinite(mean).all() and torch.isfinite(var).all() and torch.isfinite(kl)
+        loss = neg_elbo(m, X, y, len(X), torch.Generator().manual_seed(0))
+        assert torch.isfinite(loss)
+        m.eval()
+        mu, v = m.predict(X[:5], num_samples=2)  # the kept prediction factors factor the same K_zz
+        assert torch.isfinite(mu).all() and torch.isfinite(v).all()
