@@ -54,7 +54,7 @@ def believer_batch(members: Sequence[tuple[object, float]], X: torch.Tensor, bes
     Z = torch.cat([P, X]) if P is not None else X
     p = 0 if P is None else P.shape[0]
     states = []
-    for model, w, *_ in members:  # (model, weight) or a share (model, weight, trust weight)
+    for model, w in members:
         mean, cov, noise = _joint(model, Z)
         fbest = torch.full((mean.shape[0],), float(best_f), dtype=torch.float64)
         states.append([mean, cov, noise, fbest, math.log(w) - math.log(mean.shape[0])])

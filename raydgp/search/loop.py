@@ -63,10 +63,10 @@ MAX_SHARE_LOG = 50.0
 def _shares(members: list, parts: list) -> list:
     """``member_mix="share"``: each member's weight divided by its largest EI over the pool (``parts``: each member's
     log EI of the pool), so that its best candidate scores its trust weight: the weights, not the members' EI scales,
-    decide who leads. Returns :class:`_Member` triples."""
+    decide who leads. The trust weights stay as they were."""
     top = [float(p.max()) if len(p) else 0.0 for p in parts]
     hi = max(top)
-    return [_Member(m, w * math.exp(min(hi - t, MAX_SHARE_LOG)), w) for (m, w), t in zip(members, top)]
+    return [m._replace(weight=m.weight * math.exp(min(hi - t, MAX_SHARE_LOG))) for m, t in zip(members, top)]
 
 
 class _Scored(NamedTuple):
@@ -491,8 +491,7 @@ class DGPSearch:
             return owed[0]
         best = int(torch.argmax(scores))
         chosen = pool[best]
-        # joint rescoring with pending points: the leading member (by trust weight, not by a share's scaled weight)
-        bm = max(members, key=lambda t: getattr(t, "trust", t[1]))[0]
+        bm = max(members, key=lambda m: m.trust).model  # joint rescoring with pending points: the leading member
         if pending:
             P = self._scaler_for().transform(self._encode(list(pending)))
             # candidates that encode exactly like a pending point add nothing and make the joint covariance singular
@@ -533,14 +532,14 @@ class DGPSearch:
         members = self._scoring_members(model)
         fail = self._failure_model()
         self._fail = fail
-        pool_parts = [log_ei_pool(m, X, best_f) for m, _ in members]
+        pool_parts = [log_ei_pool(m.model, X, best_f) for m in members]
         if s.member_mix == "share" and len(members) > 1:
             members = _shares(members, pool_parts)
 
         def acquisition(Xc: torch.Tensor, parts=None) -> torch.Tensor:
             # EI under the mixture of the members' posteriors: log sum_m w_m EI_m, plus log P(not failing).
-            parts = [log_ei_pool(mw[0], Xc, best_f) for mw in members] if parts is None else parts
-            parts = [math.log(mw[1]) + p for mw, p in zip(members, parts)]
+            parts = [log_ei_pool(m.model, Xc, best_f) for m in members] if parts is None else parts
+            parts = [math.log(m.weight) + p for m, p in zip(members, parts)]
             ei = parts[0] if len(parts) == 1 else torch.logsumexp(torch.stack(parts), dim=0)
             return ei + fail.log_ok(Xc)
 
@@ -677,7 +676,8 @@ class DGPSearch:
             return owed
         log_prior = self._fail.log_ok(X[top])
         try:
-            picks = believer_batch(members, X[top], best_f, q - len(owed), pending=P, log_prior=log_prior)
+            picks = believer_batch([(m.model, m.weight) for m in members], X[top], best_f, q - len(owed), pending=P,
+                                   log_prior=log_prior)
         except torch.linalg.LinAlgError:  # a singular joint posterior: the analytic ranking, counted
             self.stats["joint_fallback"] = self.stats.get("joint_fallback", 0) + 1
             picks = list(range(min(q - len(owed), len(top))))
@@ -687,8 +687,9 @@ class DGPSearch:
         self.stats["evolved"] += sum(c in self._evolved for c in chosen)
         return chosen
 
-    def _scoring_members(self, model: DeepGPSurrogate) -> list[tuple[DGPModel, float]]:
-        """``(BoTorch model, weight)`` of each member that scores candidates (weights under 1% are dropped).
+    def _scoring_members(self, model: DeepGPSurrogate) -> list[_Member]:
+        """``(BoTorch model, weight, trust weight)`` of each member that scores candidates (weights under 1% are
+        dropped; the weight is the trust weight until ``member_mix="share"`` scales it).
 
         With ``member_pick="sample"``, one member drawn by the trust weights (seeded per proposal) scores alone.
         """
@@ -697,7 +698,7 @@ class DGPSearch:
         self._lead = self._base_lead
         if self.history is None and self._additive is None or self.history is not None and (
                 not self.trusting or self._cold is None):
-            return [(DGPModel(model, seed=seed), 1.0)]
+            return [_Member(DGPModel(model, seed=seed), 1.0, 1.0)]
         w = self.trust_weights()
         self._lead = max(w, key=w.get)
         # each member's prequential ranking accuracy and test count (the evidence behind the weights), for summaries
@@ -723,8 +724,8 @@ class DGPSearch:
             rng = np.random.default_rng([s.seed, self._calls, 0x6D656D])  # its own stream: other draws unchanged
             name, m, _ = named[int(rng.choice(len(named), p=[wt / total for _, _, wt in named]))]
             self._lead = name
-            return [(DGPModel(m, seed=seed), 1.0)]
-        return [(DGPModel(m, seed=seed), wt / total) for _, m, wt in named]
+            return [_Member(DGPModel(m, seed=seed), 1.0, 1.0)]
+        return [_Member(DGPModel(m, seed=seed), wt / total, wt / total) for _, m, wt in named]
 
     def _failure_model(self) -> FailureModel:
         """The failure model on every measured configuration of the target (invalid ones included)."""

@@ -124,7 +124,8 @@ class SearchSettings:
             BENCHMARKS.md 7 (``emeraldrapids-2c``), method ``dgp_shtop``) re-timed medians 1.09 and 4.05 ms against
             the cold DGP's 1.13 and 4.55 and the default's 1.34 and 5.37; but in the leave-one-task-out replay (8
             layers x 2 seeds, budget 40) median trials to 5% 29 vs 25.5 with the history's tuning set and 32.5 vs
-            25 with a random one (worse on 5 of 8 layers, better on 1): not the default (BENCHMARKS.md 7.2b).
+            25 with a random one (worse on 2 of 8 layers with the history's tuning set, on 6 of 8 with a random one,
+            better on 1): not the default (BENCHMARKS.md 7.2b).
         trust_pairs: which pairs of measured configurations the trust's ranking test counts
             (:class:`~raydgp.search.trust.TrustTracker`): ``all`` (the default) every pair; ``top`` only pairs whose
             better point is among the best quarter measured, so that a member earns weight by telling the fast

@@ -361,11 +361,11 @@ def test_member_mix_share_lets_the_trust_weights_decide_who_leads():
 
     import torch
 
-    from raydgp.search.loop import MAX_SHARE_LOG, _shares
+    from raydgp.search.loop import MAX_SHARE_LOG, _Member, _shares
 
     # member a expects large improvements (log EI near 0), member b small ones (near -20), at weights 0.3 and 0.7
     parts = [torch.tensor([0.0, -1.0, -5.0]), torch.tensor([-20.0, -30.0, -19.0])]
-    members = [("a", 0.3), ("b", 0.7)]
+    members = [_Member("a", 0.3, 0.3), _Member("b", 0.7, 0.7)]
 
     def mix(ms):
         return torch.logsumexp(torch.stack([math.log(m[1]) + p for m, p in zip(ms, parts)]), dim=0)
@@ -382,12 +382,20 @@ def test_member_mix_share_lets_the_trust_weights_decide_who_leads():
     assert far[1].weight == pytest.approx(0.7 * math.exp(MAX_SHARE_LOG))
 
 
-def test_member_mix_is_validated_and_a_shared_search_notices_a_misleading_history():
+def test_member_mix_is_validated_and_a_shared_search_notices_a_misleading_history(monkeypatch):
     from raydgp.errors import ConfigError
+    from raydgp.search import loop
 
     with pytest.raises(ConfigError, match="member_mix"):
         SearchSettings(member_mix="max")
+    calls = []
+    shares = loop._shares
+    monkeypatch.setattr(loop, "_shares", lambda m, p: calls.append(len(m)) or shares(m, p))
     s = _search(lambda sp: _history(sp, True), 20, member_mix="share", trust_pairs="top")
+    assert calls and min(calls) > 1  # the pool scoring shared the members' EIs (with more than one member)
+    n = len(calls)
+    _search(lambda sp: _history(sp, True), 12)
+    assert len(calls) == n  # and only when asked
     w = s.trust_weights()
     assert w["cold"] == max(w.values()), s.trust.summary()
     assert len(s.observed) == 20 and s.stats["model"] > 0
