@@ -149,6 +149,15 @@ def results_file(out_dir: Path, quick: bool, key: str) -> Path:
     return out_dir / f"bench_{key}.json"
 
 
+def nhwc_spec(spec: str) -> str:
+    """A layer spec in its NHWC spelling (``conv2d:`` -> ``conv2d_nhwc:``, ``depthwise:`` -> ``depthwise_nhwc:``;
+    other ops as they are)."""
+    for op in ("conv2d", "depthwise"):
+        if spec.startswith(op + ":"):
+            return f"{op}_nhwc:" + spec.split(":", 1)[1]
+    return spec
+
+
 def file_suffix(path: Path) -> str:
     """``""`` for ``bench.json`` / ``bench_quick.json``, ``"_<key>"`` for a further machine kind's file."""
     return "" if path.stem in ("bench", "bench_quick") else path.stem[len("bench"):]
@@ -727,9 +736,12 @@ def render(results: dict, bench_md: Path, out_dir: Path, suffix: str = "") -> st
     v = mach.get("versions", {})
     begin, end = (BEGIN, END) if not suffix else (f"<!-- bench{suffix}:begin -->", f"<!-- bench{suffix}:end -->")
     title = ("## 7. Evidence: `scripts/bench.py` (issue 12)" if not suffix else
+             f"## 7 (`{suffix[1:]}`). Evidence in NHWC (`--layout NHWC`, the layers `raydgp tune` builds on CPU): "
+             "`scripts/bench.py` (issue 12)" if suffix.endswith("-nhwc") else
              f"## 7 (`{suffix[1:]}`). Evidence on another machine kind: `scripts/bench.py` (issue 12)")
     lines = [begin, title, "",
-             f"Command: `python scripts/bench.py{' --quick' if results.get('mode') == 'quick' else ''}` "
+             f"Command: `python scripts/bench.py{' --quick' if results.get('mode') == 'quick' else ''}"
+             f"{' --parts layers --layout NHWC' if suffix.endswith('-nhwc') else ''}` "
              f"({results.get('mode')} mode; raw results `{out_dir.name}/{results.get('file', 'bench.json')}`), "
              f"latest run at commit {results.get('commit')}, {results.get('date')}. Machine: {mach.get('cpu')} "
              f"(LLVM mcpu `{mach.get('mcpu')}`), {mach.get('cores')} cores, {mach.get('platform')}; Python "
@@ -1040,12 +1052,20 @@ def main(argv=None) -> int:
                          "(with --only: add them to the seeds already in the results)")
     ap.add_argument("--models", default=None, help="e2e part: (re)run only these comma-separated models of the mode's "
                          "list and keep the others' rows")
+    ap.add_argument("--layout", default="NCHW", choices=["NCHW", "NHWC"],
+                    help="layers part: tune its layers in this activation layout (NHWC: the `conv2d_nhwc:` loop "
+                         "nests `raydgp tune` builds on CPU, and the layout of the shipped history's part measured "
+                         "on emeraldrapids); NHWC results go to their own JSON (bench_<machine>-nhwc.json) and section")
     args = ap.parse_args(argv)
     mode = "quick" if args.quick else "full"
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
+    if args.layout == "NHWC" and (args.quick or args.command != "run" or args.parts != "layers"):
+        ap.error("--layout NHWC is for `run --parts layers` (full mode); `render` renders every results file")
     mach = machine() if args.command == "run" else None
-    if mach is not None:
+    if mach is not None and args.layout == "NHWC":
+        path = out_dir / f"bench_{machine_key(mach)}-nhwc.json"
+    elif mach is not None:
         path = results_file(out_dir, args.quick, machine_key(mach))
     else:  # render: every machine kind's results found in the folder
         path = out_dir / ("bench_quick.json" if args.quick else "bench.json")
@@ -1065,6 +1085,8 @@ def main(argv=None) -> int:
         if args.only:  # --only: the layers and replay parts (re)run these methods and keep the others' results
             cfg = dict(cfg, **{p: dict(cfg[p], only=args.only.split(",")) for p in ("layers", "replay", "e2e")
                                if cfg.get(p)})
+        if args.layout == "NHWC" and cfg.get("layers"):
+            cfg = dict(cfg, layers=dict(cfg["layers"], workloads=[nhwc_spec(w) for w in cfg["layers"]["workloads"]]))
         if args.seeds and cfg.get("layers"):
             try:
                 seeds = [int(x) for x in args.seeds.split(",") if x.strip()]

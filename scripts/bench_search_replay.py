@@ -95,10 +95,18 @@ def main(argv=None) -> int:
     ap.add_argument("--drop-hardware", default=None, metavar="TAG",
                     help="leave the history's records measured on this hardware out (a hardware tag, e.g. "
                          "llvm:emeraldrapids:2): what a part of the dataset does to the transfer")
-    ap.add_argument("--subsample", choices=("own", "random"), default="own",
+    ap.add_argument("--target-hardware", default=None, metavar="TAG",
+                    help="target each layer's recording on this hardware (a hardware tag, e.g. "
+                         "llvm:emeraldrapids:2: the NHWC part of the shipped history, what a live run on that machine "
+                         "tunes) instead of its recording with the most records (Zen 3, NCHW); layers not recorded "
+                         "there are no targets")
+    ap.add_argument("--subsample", choices=("own", "random", "own_only", "near"), default="own",
                     help="how the history is cut to --max-history: `own` as `raydgp tune` does (the target's own "
                          "kind of hardware first, up to 3/4: raydgp.pipeline.history.subsample_history); `random` a "
-                         "uniform draw (every replay before 2026-12-06 15:30)")
+                         "uniform draw (every replay before 2026-12-06 15:30); `own_only` only the records of the "
+                         "target's own kind of hardware (then cut as `own`); `near` whole workloads nearest the target's "
+                         "loop-nest shape first, this hardware first at equal distance "
+                         "(raydgp.pipeline.history.nearest_records)")
     ap.add_argument("--cache", default=None, help="pre-trained weights cache (default: a temporary directory)")
     ap.add_argument("--out", default=None)
     ap.add_argument("--plot", default=None, help="PNG of the median curves")
@@ -148,6 +156,15 @@ def main(argv=None) -> int:
     # A layer recorded on two machine kinds has two keys: the target is the one with the most records (the Zen 3
     # recordings), and the history leaves out the layer on every machine.
     key_of = {s: ks[0] for s, ks in layers_of(recs).items()}
+    if args.target_hardware:
+        from raydgp.space.hardware import hardware_tag
+
+        hw_of = {r.workload.key: hardware_tag(r.target or {}) for r in recs}
+        key_of = {s: next(k for k in ks if hw_of[k] == args.target_hardware) for s, ks in layers_of(recs).items()
+                  if any(hw_of[k] == args.target_hardware for k in ks)}
+        if not key_of:
+            ap.error(f"--target-hardware {args.target_hardware}: no layer was recorded there (tags look like "
+                     "llvm:emeraldrapids:2)")
     allowed = set(MODELS["resnet18"]) if args.lomo else None
     if args.targets:
         targets = args.targets.split(";")
@@ -157,6 +174,11 @@ def main(argv=None) -> int:
         targets = [s for s in dict.fromkeys(MODELS["mobilenet_v1"]) if s in key_of and s not in allowed]
     else:
         targets = sorted(key_of)
+    missing = [t for t in targets if t not in key_of]
+    if missing:
+        ap.error(f"--targets: {missing} not recorded in the history" + (
+            f" on {args.target_hardware}" if args.target_hardware else "") + "; the layers are like conv2d:1,64,56,56,"
+            "64,3,1,1 (raydgp.datasets.layer_spec)")
     if args.shard:
         i, n = map(int, args.shard.split("/"))
         targets = targets[i::n]
@@ -170,7 +192,8 @@ def main(argv=None) -> int:
     cache = args.cache or tempfile.mkdtemp(prefix="raydgp-replay-")
     per_task = _task_histories(recs, spaces) if set(methods) & set(PEERS) else {}
     results = {"budget": args.budget, "seeds": args.seeds, "lomo": args.lomo, "max_history": args.max_history,
-               "subsample": args.subsample, "drop_hardware": args.drop_hardware, "targets": {}, "curves": {}}
+               "subsample": args.subsample, "drop_hardware": args.drop_hardware,
+               "target_hardware": args.target_hardware, "targets": {}, "curves": {}}
     all_curves: dict[str, list] = {m: [] for m in ["random"] + methods}
     if earlier is not None:
         same = {k: earlier[k] for k in ("budget", "seeds", "lomo", "max_history")} | {
@@ -186,9 +209,16 @@ def main(argv=None) -> int:
         tkey = key_of[spec]
         src = [r for r in recs if spec_of[r.workload.key] != spec
                and (allowed is None or spec_of[r.workload.key] in allowed)]
+        if args.subsample == "near":
+            from raydgp.pipeline.history import nearest_records
+
+            src = nearest_records([r for r in src if r.workload.key in spaces], [spaces[tkey]], args.max_history,
+                                  seed=0)
         hist = history_from_records(src, spaces, exclude_workload=tkey)
-        if args.subsample == "own":
-            hist, _ = subsample_history(hist, spaces[tkey].target, args.max_history, seed=0)
+        if args.subsample in ("own", "own_only"):
+            hist, same = subsample_history(hist, spaces[tkey].target, args.max_history, seed=0)
+            if args.subsample == "own_only":
+                hist = History(hist.X[same], hist.y[same])
         elif len(hist) > args.max_history:
             idx = np.sort(np.random.default_rng(0).choice(len(hist), args.max_history, replace=False))
             hist = History(hist.X[idx], hist.y[idx])

@@ -87,3 +87,28 @@ def test_a_second_machine_kind_gets_its_own_results_file_and_section(tmp_path):
     # rendering the first again leaves the second in place
     bench.render({"machine": first, "e2e": {"config": {"trials": 300}, "runs": runs}}, md, tmp_path)
     assert md.read_text().count("<!-- bench_znver3-2c:begin -->") == 1 and "| 1.2 |" in md.read_text()
+
+
+def test_the_layers_part_in_nhwc_has_its_own_specs_file_and_section(tmp_path):
+    """``--layout NHWC``: the layers part's specs in their NHWC spelling, refused outside ``run --parts layers``; its
+    section is named for the layout and its command, beside the machine kind's NCHW one."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_script", ROOT / "scripts" / "bench.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.nhwc_spec("conv2d:1,160,14,14,320,3,1,1") == "conv2d_nhwc:1,160,14,14,320,3,1,1"
+    assert bench.nhwc_spec("depthwise:1,32,112,112,3,1,1") == "depthwise_nhwc:1,32,112,112,3,1,1"
+    assert bench.nhwc_spec("dense:1,512,1000") == "dense:1,512,1000"
+    p = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench.py"), "--layout", "NHWC", "--parts", "e2e",
+                        "--out", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 2 and "--layout NHWC is for `run --parts layers`" in p.stderr
+    md = tmp_path / "B.md"
+    mach = {"mcpu": "emeraldrapids", "cores": 2}
+    runs = [{"model": "resnet18", "method": "raydgp", "trials": 300, "tuning_wall_s": 200.0, "wall_s": 300.0,
+             "tuned_ms": 20.0, "verified": True, "pytorch_ms": 25.0, "onnxruntime_ms": 10.0}]
+    bench.render({"machine": mach, "e2e": {"config": {"trials": 300}, "runs": runs}}, md, tmp_path,
+                 "_emeraldrapids-2c-nhwc")
+    text = md.read_text()
+    assert "<!-- bench_emeraldrapids-2c-nhwc:begin -->" in text and "Evidence in NHWC" in text
+    assert "`python scripts/bench.py --parts layers --layout NHWC`" in text

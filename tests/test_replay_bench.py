@@ -66,3 +66,22 @@ def test_live_run_directories_become_targets(tmp_path):
         replay._live_records([run], history_keys={"conv2d-llvm-abc"})
     with pytest.raises(ValueError, match="not a live search's run directory"):
         replay._live_records([tmp_path], history_keys=set())
+
+
+def test_target_hardware_picks_the_layers_recording_on_that_machine(tmp_path):
+    """``--target-hardware``: the target is the layer's recording on that hardware (the shipped history's NHWC part
+    on emeraldrapids: 100 configurations per ResNet-18 layer) instead of the one with the most records (Zen 3: 300);
+    a tag nothing was recorded on is refused."""
+    spec = "conv2d:1,512,7,7,512,3,1,1"
+    out = {}
+    for hw in (None, "llvm:emeraldrapids:2"):
+        path = tmp_path / f"{hw}.json"
+        argv = ["--targets", spec, "--methods", "cold", "--seeds", "1", "--budget", "3", "--random-seeds", "2",
+                "--out", str(path), "--cache", str(tmp_path / "c")] + (["--target-hardware", hw] if hw else [])
+        assert replay.main(argv) == 0
+        out[hw] = json.loads(path.read_text())
+    assert out[None]["targets"][spec]["candidates"] == 300 and out[None]["target_hardware"] is None
+    assert out["llvm:emeraldrapids:2"]["targets"][spec]["candidates"] == 100
+    assert out["llvm:emeraldrapids:2"]["target_hardware"] == "llvm:emeraldrapids:2"
+    with pytest.raises(SystemExit):
+        replay.main(["--targets", spec, "--methods", "cold", "--target-hardware", "llvm:nosuchcpu:2"])
