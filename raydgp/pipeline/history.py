@@ -8,7 +8,7 @@ import math
 import os
 from importlib import resources
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -55,14 +55,21 @@ def default_history_paths() -> list[Path]:
     return ([ds] if ds else []) + ([us] if (us / "records.jsonl").exists() else [])
 
 
-def load_history(paths, target_space, exclude_target: bool = True, max_points: int | None = None, seed: int = 0):
+#: The most history records stage 1 trains on (:func:`load_history`'s cut, a layer run's and a model run's).
+HISTORY_POINTS = 4000
+
+
+def load_history(paths, target_space, exclude_target: bool = True, max_points: int | None = None, seed: int = 0,
+                 near: Sequence | None = None):
     """Stage-1 source data from record stores, each workload encoded with its own space.
 
     Args:
         paths: record-store directories (checked by :func:`check_history_paths`; an empty list gives None).
         target_space: the space being tuned: only workloads with encodings of its width are used.
         exclude_target: leave the target workload's own records out (True for a layer run: those enter as target data).
-        max_points: subsample to at most this many points (seeded), bounding stage-1 cost.
+        max_points: cut to at most this many records, the workloads nearest the layers being tuned first
+            (:func:`nearest_records`; seeded), bounding stage-1 cost.
+        near: the spaces whose loop nests pick the cut (a model's layers; default ``[target_space]``).
 
     Returns:
         A :class:`~raydgp.search.History`, or None when the stores hold nothing usable.
@@ -97,12 +104,15 @@ def load_history(paths, target_space, exclude_target: bool = True, max_points: i
 
     exclude = target_space.workload.key if exclude_target else None
     here = hardware_tag(target_space.target)
-    hist = history_from_records(records, spaces, exclude_workload=exclude, exclude_hardware=here)
-    hist, same = subsample_history(hist, target_space.target, max_points, seed)
-    machines = sorted({hardware_tag(r.target) for r in records if r.workload.key in spaces})
-    n_work = len(spaces) - (exclude in spaces)
-    log.info("history: %d measurements of %d workloads (%d on this hardware kind, %s); machines: %s", len(hist),
-             n_work, int(same.sum()), here, ", ".join(machines))
+    usable = [r for r in records if r.workload.key in spaces
+              and not (r.workload.key == exclude and hardware_tag(r.target or {}) == here)]
+    kept = nearest_records(usable, list(near) if near else [target_space], max_points, seed)
+    hist = history_from_records(kept, spaces, exclude_workload=exclude, exclude_hardware=here)
+    machines = sorted({hardware_tag(r.target or {}) for r in usable})
+    log.info("history: %d measurements of %d workloads (%d on this hardware kind, %s), the nearest of %d; machines: "
+             "%s", len(hist), len({r.workload.key for r in kept}), sum(hardware_tag(r.target or {}) == here
+                                                                        for r in kept), here, len(usable),
+             ", ".join(machines))
     return hist if len(hist) else None
 
 
@@ -113,7 +123,8 @@ OWN_HARDWARE_SHARE = 0.75
 def subsample_history(hist, target: dict, max_points: int | None, seed: int = 0):
     """At most ``max_points`` points of ``hist``, the target's own kind of hardware first (up to
     :data:`OWN_HARDWARE_SHARE` of them; seeded): a user store that grows on a new machine takes over from the shipped
-    history recorded elsewhere. What :func:`load_history` does, and the replay benchmark with it.
+    history recorded elsewhere. What :func:`load_history` did before :func:`nearest_records` (2026-12-06), kept for
+    the replay benchmark's ``--subsample own``.
 
     Args:
         hist: a :class:`~raydgp.search.History` whose rows end in the hardware features they were measured on.
@@ -139,6 +150,80 @@ def subsample_history(hist, target: dict, max_points: int | None, seed: int = 0)
     idx = np.sort(np.concatenate([rng.choice(mine, n_mine, replace=False),
                                   rng.choice(other, n_other, replace=False)]).astype(int))
     return History(hist.X[idx], hist.y[idx]), same[idx]
+
+
+#: :func:`nearest_records`: how much further away (in :func:`shape_distance`'s log2 loop-extent units) a workload
+#: measured on other hardware counts, per step of :func:`_hardware_rank` (same vector width: 1 step, other: 2).
+HARDWARE_DISTANCE = 1.0
+
+
+def nearest_records(records: Sequence[Record], spaces: Sequence, max_points: int | None, seed: int = 0) -> list:
+    """At most ``max_points`` of ``records``: this kind of hardware first, and within it (and then among the others)
+    the workloads nearest to the layers being tuned first.
+
+    Each ``(workload, hardware)`` task of the records is ranked first by whether it was measured on hardware with the
+    features of the layer's target (:func:`~raydgp.space.hardware.hardware_features`: what the model itself can tell
+    apart), then by its loop-nest distance (:func:`shape_distance`) to the nearest of ``spaces``, plus
+    :data:`HARDWARE_DISTANCE` per hardware step away from that layer's target (:func:`_hardware_rank`); workloads of
+    other ops (infinite distance) after those of the same op; ties in a seeded random order. Tasks are taken whole in
+    that order, and the first one that does not fit whole gives a seeded random part of the room left. The same layer
+    in another layout (NHWC vs NCHW) permutes the loop axes, so it is usually far and enters late.
+
+    Measured (replay, leave-one-task-out, 2026-12-06; BENCHMARKS.md 7.2c): the cut before it
+    (:func:`subsample_history`: this hardware kind first, up to 3/4, the rest a random draw of the others) filled a
+    Zen 3 NCHW layer's history with Intel NHWC records as well, and the history-chosen tuning set needed a median of
+    25.5 trials to come within 5% of the best; ordered by distance alone, 2.25, but the emeraldrapids NHWC layers then
+    took the Zen 3 NCHW records after their own and needed 12 instead of 8.
+
+    Args:
+        records: the history's records (already without the target's own).
+        spaces: the design spaces being tuned (their ``workload`` and ``target``): a layer run's one, a model's all.
+        max_points: the most records to keep (None: all, in their order).
+        seed: seeds the tie order and the part taken of the last task.
+
+    Returns:
+        The kept records, in their original order.
+    """
+    records = list(records)
+    if max_points is None or len(records) <= max_points:
+        return records
+    from raydgp.space.hardware import hardware_features, hardware_tag, vector_bits
+
+    wanted = [(shape_signature(sp.workload), hardware_tag(sp.target), vector_bits(sp.target),
+               hardware_features(sp.target)) for sp in spaces]
+    if not wanted:
+        raise ValueError("nearest_records: no spaces to measure the distance to")
+    groups: dict[tuple, list[int]] = {}
+    info: dict[tuple, tuple] = {}
+    for i, r in enumerate(records):
+        g = (r.workload.key, hardware_tag(r.target or {}))
+        if g not in groups:
+            groups[g] = []
+            info[g] = (shape_signature(r.workload), g[1], vector_bits(r.target or {}),
+                       hardware_features(r.target or {}))
+        groups[g].append(i)
+    rng = np.random.default_rng(seed)
+    tie = dict(zip(groups, rng.permutation(len(groups))))
+
+    def rank(g) -> tuple:
+        sig, tag, bits, feats = info[g]
+        best = (2, 1, math.inf, math.inf)
+        for shape, t_tag, t_bits, t_feats in wanted:
+            hw = 0 if tag == t_tag else 1 if bits == t_bits else 2
+            d = shape_distance(sig, shape)
+            key = (int(feats != t_feats),) + ((0, d + HARDWARE_DISTANCE * hw, hw) if math.isfinite(d)
+                                              else (1, float(hw), hw))
+            best = min(best, key)
+        return best + (tie[g],)
+
+    keep: list[int] = []
+    for g in sorted(groups, key=rank):
+        room = max_points - len(keep)
+        if room <= 0:
+            break
+        idx = groups[g]
+        keep.extend(idx if len(idx) <= room else rng.choice(idx, room, replace=False).tolist())
+    return [records[i] for i in sorted(keep)]
 
 
 def top_configs(records: Iterable[Record], per_workload: int = 3) -> list[tuple[float, str, object]]:
@@ -175,19 +260,42 @@ def history_shapes(paths) -> set:
     return {shape_signature(r.workload) for p in check_history_paths(paths) for r in RecordStore(p).records()}
 
 
-def tuning_set_options(options, workload, shapes: set) -> tuple:
+#: :func:`tuning_set_options`: how near (:func:`shape_distance`) a workload measured on this hardware kind must be
+#: for the history to pick the tuning set of a layer whose own shape it does not hold.
+NEAR_SHAPE = 4.0
+
+
+def tuning_set_options(options, workload, info: dict, target: Mapping | None = None) -> tuple:
     """``options`` (``(name, value)`` pairs of :class:`~raydgp.search.SearchSettings`) with ``init=random`` added when
-    the history holds no workload of ``workload``'s loop-nest shape and the options do not choose the tuning set.
+    the history holds no workload of ``workload``'s loop-nest shape (on any hardware) and none of a near shape
+    (within :data:`NEAR_SHAPE`) measured on ``target``'s hardware kind, and the options do not choose the tuning set.
+
+    Args:
+        options: the run's search options.
+        workload: the layer being tuned.
+        info: the history's workloads (:func:`donor_info`: ``{key: (shape signature, hardware tag, vector bits)}``).
+        target: the layer's target (None: only the same shape counts).
 
     A model pre-trained on other shapes picks a tuning set it cannot rank, and the tuning set is where a misleading
-    history costs most. Live on two convs no history holds (64 trials, four seeds, znver5; re-timed medians,
-    BENCHMARKS.md 7 (``znver5-2c``)): with the history's tuning set 0.694 and 3.14 ms, with a random one 0.724 and
-    2.58 ms (better in 4 of 4 seeds on the 5x5 conv, worse in 3 of 4 on the other, by less), without history 0.654
-    and 2.47 ms, MetaSchedule 0.849 and 2.60 ms. With a random tuning set the history still enters through the trust
-    mixture (:mod:`raydgp.search.trust`), weighted by how well it ranks the target's results.
+    history costs most. Live on two convs no history holds (64 trials, four seeds, znver5, a history measured on other
+    machines; re-timed medians, BENCHMARKS.md 7 (``znver5-2c``)): with the history's tuning set 0.694 and 3.14 ms, with
+    a random one 0.724 and 2.58 ms (better in 4 of 4 seeds on the 5x5 conv, worse in 3 of 4 on the other, by less),
+    without history 0.654 and 2.47 ms, MetaSchedule 0.849 and 2.60 ms. With a random tuning set the history still
+    enters through the trust mixture (:mod:`raydgp.search.trust`), weighted by how well it ranks the target's results.
+    But where this machine kind measured near shapes in the same loop-nest layout, the history's pick is the better
+    one: replayed leave-one-task-out on the NHWC part of the shipped history measured on emeraldrapids (11 ResNet-18
+    convs, each 1 to 3.4 away from its nearest other conv there; 2 seeds; BENCHMARKS.md 7.2c), the history's tuning
+    set came within 5% of the best in a median of 8 trials, a random one in 15, the cold DGP in 28.5. (The same layer
+    in the other layout is about 10 away: the axes are permuted.)
     """
     options = tuple(options)
-    if any(k == "init" for k, _ in options) or shape_signature(workload) in shapes:
+    if any(k == "init" for k, _ in options):
+        return options
+    from raydgp.space.hardware import hardware_tag
+
+    shape = shape_signature(workload)
+    tag = hardware_tag(target) if target is not None else None
+    if any(i[0] == shape or (i[1] == tag and shape_distance(i[0], shape) <= NEAR_SHAPE) for i in info.values()):
         return options
     return tuple(sorted(options + (("init", "random"),)))
 

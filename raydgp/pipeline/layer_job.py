@@ -19,7 +19,7 @@ from raydgp.logs import console
 from raydgp.measure.local import LocalMeasurer
 from raydgp.measure.protocol import TaskPayload
 from raydgp.pipeline import history as hist_mod
-from raydgp.pipeline.history import check_history_paths, load_history, tuning_set_options
+from raydgp.pipeline.history import HISTORY_POINTS, check_history_paths, load_history, tuning_set_options
 from raydgp.pipeline.phases import PhaseClock
 from raydgp.pipeline.settings import LayerRun
 from raydgp.records import RecordStore
@@ -61,15 +61,16 @@ def run_layer(run: LayerRun) -> dict:
     task = make_task(workload, target)
     space = cached_space(task)
     phase("space")
-    hist = load_history(run.history, space) if searcher == "dgp" else None
+    hist = load_history(run.history, space, max_points=HISTORY_POINTS, seed=run.seed) if searcher == "dgp" else None
     phase("history")
     options, seeds = run.search_options, []
     if hist is not None:
         donors, info = hist_mod.history_donors(run.history)
-        options = tuning_set_options(options, task.workload, {v[0] for v in info.values()})
+        options = tuning_set_options(options, task.workload, info, target)
         if options != run.search_options:
-            console("history: no workload of this loop-nest shape; the tuning set is random and the history enters "
-                    "through the trust mixture only (--search-option init=dgp: the history picks it)")
+            console("history: no workload of this loop-nest shape, nor a near one measured on this hardware kind; the "
+                    "tuning set is random and the history enters through the trust mixture only (--search-option "
+                    "init=dgp: the history picks it)")
         # The first trials: the history's best schedules of this shape and of the nearest other shapes of this op
         # (on hardware of this vector width), carried over to this space (as the model job seeds its layers).
         seeds = hist_mod.history_seeds(space, donors, info, k=min(run.seed_trials, trials // 2))

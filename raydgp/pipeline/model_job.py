@@ -174,7 +174,8 @@ def _stage1(run: ModelRun, m: LoadedModel, history_paths: list[Path], store: Rec
     own = run.out / "records"
     first = m.layers[0].space
     hist = hist_mod.load_history(paths + ([own] if store.records() else []), first, exclude_target=False,
-                                 max_points=4000, seed=run.seed)
+                                 max_points=hist_mod.HISTORY_POINTS, seed=run.seed,
+                                 near=[layer.space for layer in m.layers])
     if hist is None:
         log.info("stage 1: no history; the DGP starts cold")
         return None
@@ -207,14 +208,14 @@ def _tune_layers(run: ModelRun, m: LoadedModel, store: RecordStore, budget: Budg
     by_name = {l.name: l for l in m.layers}
     paths = list(run.history) + (hist_mod.default_history_paths() if run.default_history else [])
     donors_hist, donor_info = hist_mod.history_donors(paths) if run.searcher == "dgp" else ([], {})
-    # a layer whose loop-nest shape no history workload has gets a random tuning set (history.tuning_set_options)
-    shapes = {v[0] for v in donor_info.values()}
-    options = {l.name: hist_mod.tuning_set_options(run.search_options, l.space.workload, shapes)
+    # a layer whose loop-nest shape no history workload has, nor a near one measured on this hardware kind, gets a
+    # random tuning set (history.tuning_set_options)
+    options = {l.name: hist_mod.tuning_set_options(run.search_options, l.space.workload, donor_info, l.space.target)
                if has_history else run.search_options for l in m.layers}
     unseen = sorted(n for n, o in options.items() if o != run.search_options)
     if unseen:
-        log.info("history: no workload of the loop-nest shape of %d layers (%s): their tuning sets are random",
-                 len(unseen), ", ".join(unseen))
+        log.info("history: no workload of the loop-nest shape of %d layers (%s), nor a near one measured on this "
+                 "hardware kind: their tuning sets are random", len(unseen), ", ".join(unseen))
     cache_dir = str(default_cache_dir()) if has_history else None
     storage_path = run.storage or str((run.out / "ray").resolve())
     trial_measurer = toolchain.trial_measurer()

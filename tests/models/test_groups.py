@@ -56,11 +56,12 @@ def test_the_shipped_history_holds_every_conv_of_resnet18_in_the_cpu_default_lay
     or every conv starts from a random tuning set and the history enters only through the trust mixture."""
     from raydgp.models.importer import load_model
     from raydgp.models.tasks import extract_layers, prepare, resolve_layout
-    from raydgp.pipeline.history import history_shapes, shipped_dataset, tuning_set_options
+    from raydgp.pipeline.history import donor_info, shipped_dataset, tuning_set_options
+    from raydgp.records import RecordStore
 
     assert resolve_layout("auto", cpu_target) == "NHWC"
-    shapes = history_shapes([shipped_dataset()])
+    info = donor_info(RecordStore(shipped_dataset()).records())
     layers = extract_layers(prepare(load_model("resnet18", None, seed=0).mod, cpu_target), cpu_target)
     convs = [l for l in layers if l.task.workload.op == "conv2d"]
     assert len(convs) == 18
-    assert all(tuning_set_options((), l.task.workload, shapes) == () for l in convs)
+    assert all(tuning_set_options((), l.task.workload, info) == () for l in convs)

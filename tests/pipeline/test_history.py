@@ -48,9 +48,12 @@ def test_history_paths_are_checked_before_any_work(tmp_path):
         check_history_paths([tmp_path / "file"])
 
 
-def test_this_hardware_kind_fills_most_of_a_subsampled_history(tmp_path):
-    """With more history than stage 1 takes, records measured on this machine's kind of hardware come first (up to
-    3/4 of the sample); the others fill the rest."""
+def test_this_hardware_kind_fills_a_cut_history_first(tmp_path):
+    """With more history than stage 1 takes, records measured on this machine's kind of hardware come first among
+    workloads of the same shape (``load_history``, :func:`nearest_records`: here every workload is as far from the
+    target); the replay's older cut (``subsample_history``) gives them at most 3/4 and the others the rest."""
+    from raydgp.pipeline.history import subsample_history
+    from raydgp.search import history_from_records
     from raydgp.pipeline.history import load_history
     from raydgp.records import MeasureResult, Record, RecordStore
     from raydgp.space.design_space import DesignSpace
@@ -69,7 +72,10 @@ def test_this_hardware_kind_fills_most_of_a_subsampled_history(tmp_path):
     h = load_history([tmp_path / "s"], target, max_points=80, seed=0)
     assert len(h) == 80
     mine = np.isclose(h.X[:, -2], 9.0)  # log2(512): measured with AVX-512
-    assert mine.sum() == 60
+    assert mine.sum() == 80
+    spaces = {k: DesignSpace.from_json(e["space"]) for k, e in store.workload_entries().items()}
+    h, same = subsample_history(history_from_records(store.records(), spaces), here, 80, seed=0)
+    assert len(h) == 80 and same.sum() == 60 and np.isclose(h.X[same, -2], 9.0).all()
 
 
 def test_a_cpu_history_is_not_used_for_a_gpu_target(tmp_path):
@@ -142,25 +148,51 @@ def test_a_layer_whose_shape_no_history_holds_gets_a_random_tuning_set(tmp_path,
     the 5x5 conv's tuning set is made random, and an explicit ``init`` is never overridden."""
     from dataclasses import replace
 
-    from raydgp.pipeline.history import history_shapes, shape_signature, shipped_dataset, tuning_set_options
+    from raydgp.pipeline.history import (donor_info, history_shapes, shape_signature, shipped_dataset,
+                                         tuning_set_options)
     from raydgp.records import MeasureResult, Record, RecordStore
 
+    info = donor_info(RecordStore(shipped_dataset()).records())
     shapes = history_shapes([shipped_dataset()])
-    assert len(shapes) >= 20
+    assert len(shapes) >= 20 and {v[0] for v in info.values()} == shapes
     seen = next(iter(shapes))
     known = replace(small_space.workload, op=seen[0], features=dict(seen[1:]))
     assert shape_signature(known) == seen
-    assert tuning_set_options((), known, shapes) == ()
+    assert tuning_set_options((), known, info) == ()
     unknown = replace(small_space.workload, features={**small_space.workload.features, "log2_reduce_0": 9.0})
     assert shape_signature(unknown) not in shapes
-    assert tuning_set_options((("seed", 1),), unknown, shapes) == (("init", "random"), ("seed", 1))
-    assert tuning_set_options((("init", "dgp"),), unknown, shapes) == (("init", "dgp"),)  # the user chose
+    assert tuning_set_options((("seed", 1),), unknown, info) == (("init", "random"), ("seed", 1))
+    assert tuning_set_options((("init", "dgp"),), unknown, info) == (("init", "dgp"),)  # the user chose
     # a store of this very workload holds its shape
     store = RecordStore(tmp_path / "s")
     store.append(Record.now(unknown, small_space.target, small_space.sample_many(1, np.random.default_rng(0))[0],
                             MeasureResult("ok", (1.0,))))
     assert shape_signature(unknown) in history_shapes([tmp_path / "s"])
 
+
+def test_a_near_shape_measured_on_this_hardware_lets_the_history_pick_the_tuning_set(small_space):
+    """An unseen shape keeps the history's tuning set when a workload of a near shape (within ``NEAR_SHAPE``) was
+    measured on this hardware kind; the same near shape measured on other hardware, or a far one (the same layer in
+    the other layout: permuted axes) measured here, leaves it random."""
+    from raydgp.pipeline.history import NEAR_SHAPE, shape_distance, shape_signature, tuning_set_options
+    from raydgp.records import Workload
+
+    def conv(spatial, reduce):
+        f = {f"log2_spatial_{i}": float(np.log2(e)) for i, e in enumerate(spatial)}
+        return Workload("k", "k", "conv2d", f | {f"log2_reduce_{i}": float(np.log2(e)) for i, e in enumerate(reduce)})
+
+    here = {"kind": "llvm", "mcpu": "emeraldrapids", "num-cores": 2}
+    target = conv((1, 320, 14, 14), (160, 3, 3))
+    near, nhwc = conv((1, 256, 14, 14), (256, 3, 3)), conv((1, 14, 14, 320), (3, 3, 160))
+    assert shape_distance(shape_signature(near), shape_signature(target)) <= NEAR_SHAPE
+    assert shape_distance(shape_signature(nhwc), shape_signature(target)) > NEAR_SHAPE
+    assert tuning_set_options((), target, {"a": (shape_signature(near), "llvm:emeraldrapids:2", 512)}, here) == ()
+    for info in ({"a": (shape_signature(near), "llvm:znver3:2", 256)},
+                 {"b": (shape_signature(nhwc), "llvm:emeraldrapids:2", 512)}):
+        assert tuning_set_options((), target, info, here) == (("init", "random"),)
+    # without a target only the same shape counts
+    assert tuning_set_options((), target, {"a": (shape_signature(near), "llvm:emeraldrapids:2", 512)}) == \
+        (("init", "random"),)
 
 def test_the_nearest_shapes_best_configurations_are_carried_over_as_seeds(small_space):
     """A layer whose shape no donor has starts from the best configurations of the nearest shapes of its op measured
@@ -234,3 +266,50 @@ def test_a_layer_the_history_never_saw_starts_from_the_nearest_shapes_carried_ov
     payload = TaskPayload(task.workload.key, task.mod_json, task.target)
     outs = [measurer.measure(payload, space.trace_json(c)) for c in cfgs]
     assert sum(o.result.ok for o in outs) >= len(cfgs) - 1, [o.result.message for o in outs]
+
+
+def _conv_workload(key: str, spatial: tuple, reduce: tuple):
+    """A conv workload with the log2 loop-extent features :func:`shape_signature` reads."""
+    from raydgp.records import Workload
+
+    f = {f"log2_spatial_{i}": float(np.log2(e)) for i, e in enumerate(spatial)}
+    f |= {f"log2_reduce_{i}": float(np.log2(e)) for i, e in enumerate(reduce)}
+    return Workload(key, key, "conv2d", f | {"dtype_bits": 32.0})
+
+
+def test_the_history_cut_takes_the_nearest_shapes_and_this_hardware_first():
+    """``nearest_records``: this hardware kind first (even a near shape measured on other hardware comes after
+    everything measured here), within it whole workloads nearest the target's loop nest first: the same layer in the
+    other layout (permuted axes) after the near ones, other ops last; the task that does not fit whole gives part of
+    the room; the records keep their order."""
+    from raydgp.pipeline.history import nearest_records
+    from raydgp.records import Config, MeasureResult, Record, Workload
+    from raydgp.space.design_space import DesignSpace
+    from raydgp.testing import fake_space
+
+    here = {"kind": "llvm", "mcpu": "emeraldrapids", "num-cores": 2}
+    amd = {"kind": "llvm", "mcpu": "znver3", "num-cores": 2}
+    target_w = _conv_workload("t", (1, 256, 14, 14), (256, 3, 3))  # NCHW: n, co, h, w / ci, kh, kw
+    target = DesignSpace(target_w, here, fake_space("t").sketches)
+    works = {"near_here": (_conv_workload("a", (1, 256, 14, 14), (128, 3, 3)), here),  # 1 away, this hardware
+             "near_amd": (_conv_workload("a", (1, 256, 14, 14), (128, 3, 3)), amd),  # 1 away, other hardware
+             "nhwc_here": (_conv_workload("b", (1, 14, 14, 256), (3, 3, 256)), here),  # the target's layer in NHWC
+             "dense_here": (Workload("d", "d", "dense", {"log2_spatial_0": 9.0}), here)}  # another op
+    recs = [Record.now(w, tgt, Config(0, ((i,),)), MeasureResult("ok", (1.0,)), tag=name)
+            for name, (w, tgt) in works.items() for i in range(10)]
+    recs = recs[::-1]  # the order of the file is not the order of the ranking
+    assert nearest_records(recs, [target], None) == recs
+    kept = nearest_records(recs, [target], 25, seed=0)
+    tags = [r.tag for r in kept]
+    assert (tags.count("near_here"), tags.count("nhwc_here"), tags.count("dense_here"), tags.count("near_amd")) == \
+        (10, 10, 5, 0)
+    assert [r.tag for r in nearest_records(recs, [target], 35)].count("near_amd") == 5
+    assert kept == [r for r in recs if r in kept]  # original order
+    assert nearest_records(recs, [target], 25, seed=0) == kept  # seeded
+    assert {r.tag for r in nearest_records(recs, [target], 10)} == {"near_here"}
+    # a model's layers: the distance to the nearest of them (the NHWC layer is itself a layer being tuned)
+    nhwc_target = DesignSpace(works["nhwc_here"][0], here, fake_space("t").sketches)
+    both = nearest_records(recs, [target, nhwc_target], 20)
+    assert {r.tag for r in both} == {"near_here", "nhwc_here"}
+    with pytest.raises(ValueError, match="no spaces"):
+        nearest_records(recs, [], 5)
