@@ -482,6 +482,13 @@ def _merge(args) -> int:
     found after 10, 20 and 40 trials (the per-trial curves of a shard are medians and do not combine exactly)."""
     parts = [json.load(open(f)) for f in args.merge]
     results = {k: parts[0][k] for k in ("budget", "seeds", "lomo", "max_history")}
+    # how the history was cut and which recording was the target: kept when the shards agree (older files lack them)
+    for k in ("subsample", "drop_hardware", "target_hardware"):
+        vals = {json.dumps(p.get(k)) for p in parts}
+        if len(vals) > 1:
+            raise SystemExit(f"--merge: the shards differ in {k} ({sorted(vals)}): merge runs of one configuration")
+        if k in parts[0]:
+            results[k] = parts[0][k]
     results["targets"] = {t: v for p in parts for t, v in p["targets"].items()}
     results["merged_from"] = args.merge
     methods = [m for m in ("random",) + METHODS[1:] if all(m in v for v in results["targets"].values())]
