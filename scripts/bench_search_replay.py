@@ -75,6 +75,10 @@ METHODS = ("random", "cold", "dgp", "dgp_rand", "dgp_zs", "exact_gp", "dgp_notru
            "dgp_idle0", "dgp_cm10", "dgp_gpyt", "dgp_cr25", "dgp_top", "dgp_rand_top", "dgp_share", "dgp_rand_share", "dgp_rand_share_top", "dgp_share_top", "dgp_prev", "dgp_rand_prev")
 
 
+#: ``--methods`` when none are given.
+DEFAULT_METHODS = "cold,dgp,dgp_rand,dgp_zs,exact_gp"
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--history", default="raydgp/datasets/shipped")
@@ -90,7 +94,7 @@ def main(argv=None) -> int:
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--random-seeds", type=int, default=50)
     ap.add_argument("--budget", type=int, default=40)
-    ap.add_argument("--methods", default="cold,dgp,dgp_rand,dgp_zs,exact_gp")
+    ap.add_argument("--methods", default=DEFAULT_METHODS)
     ap.add_argument("--max-history", type=int, default=4000, help="history subsample (as `raydgp tune` uses)")
     ap.add_argument("--drop-hardware", default=None, metavar="TAG",
                     help="leave the history's records measured on this hardware out (a hardware tag, e.g. "
@@ -115,9 +119,16 @@ def main(argv=None) -> int:
                          "the other methods' results are kept as they were")
     ap.add_argument("--merge", nargs="+", default=None, metavar="JSON",
                     help="combine the outputs of sharded runs (--shard) into --out / --plot, then stop")
+    ap.add_argument("--compare", nargs="+", default=None, metavar="JSON",
+                    help="print one markdown table of earlier outputs side by side (each file's history cut, target "
+                         "hardware, and per method the median / mean trials to 5%% and the targets), then stop")
     args = ap.parse_args(argv)
     if args.merge:
         return _merge(args)
+    if args.compare:
+        print(_compare_table(args.compare, [m for m in args.methods.split(",") if m] if args.methods != DEFAULT_METHODS
+                             else None))
+        return 0
 
     import torch
 
@@ -475,6 +486,26 @@ def _finish(results, all_curves, methods, args, earlier=None):
         fig.tight_layout()
         fig.savefig(args.plot, dpi=100)
         plt.close(fig)
+
+
+def _compare_table(files, methods=None) -> str:
+    """A markdown table of several outputs: one row per (file, method), trials to 5% over the file's targets."""
+    rows = ["| file | history cut | target hardware | method | targets | median trials to 5% | mean trials to 5% |",
+            "|---|---|---|---|---|---|---|"]
+    for f in files:
+        d = json.load(open(f))
+        ts = d["targets"]
+        ms = [m for m in (methods or [k for k in next(iter(ts.values())) if isinstance(ts[next(iter(ts))].get(k), dict)
+                                      and "trials_to_5pct" in ts[next(iter(ts))][k]])]
+        for m in ms:
+            v = [t[m]["trials_to_5pct"] for t in ts.values() if m in t]
+            if not v:
+                continue
+            cut = d.get("subsample", "random (before 2026-12-06)") + (
+                f", without {d['drop_hardware']}" if d.get("drop_hardware") else "")
+            rows.append(f"| `{Path(f).name}` | {cut} | {d.get('target_hardware') or 'most records (Zen 3)'} | {m} | "
+                        f"{len(v)} | {np.median(v):.3g} | {np.mean(v):.3g} |")
+    return "\n".join(rows)
 
 
 def _merge(args) -> int:

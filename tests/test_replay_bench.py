@@ -85,3 +85,22 @@ def test_target_hardware_picks_the_layers_recording_on_that_machine(tmp_path):
     assert out["llvm:emeraldrapids:2"]["target_hardware"] == "llvm:emeraldrapids:2"
     with pytest.raises(SystemExit):
         replay.main(["--targets", spec, "--methods", "cold", "--target-hardware", "llvm:nosuchcpu:2"])
+
+
+def test_compare_prints_each_files_cut_and_methods_side_by_side(tmp_path):
+    """``--compare``: one row per (file, method) with the file's history cut and target hardware, and the median and
+    mean trials to 5% over its targets."""
+    a = {"subsample": "own", "target_hardware": "llvm:emeraldrapids:2",
+         "targets": {"t1": {"cold": {"trials_to_5pct": 10.0}, "dgp_prev": {"trials_to_5pct": 2.0}},
+                     "t2": {"cold": {"trials_to_5pct": 30.0}, "dgp_prev": {"trials_to_5pct": 4.0}},
+                     "t3": {"cold": {"trials_to_5pct": 41.0}, "dgp_prev": {"trials_to_5pct": 41.0}}}}
+    b = {"targets": {"t1": {"dgp_prev": {"trials_to_5pct": 7.0}}}}
+    (tmp_path / "a.json").write_text(json.dumps(a))
+    (tmp_path / "b.json").write_text(json.dumps(b))
+    table = replay._compare_table([str(tmp_path / "a.json"), str(tmp_path / "b.json")])
+    rows = table.splitlines()
+    assert "| `a.json` | own | llvm:emeraldrapids:2 | cold | 3 | 30 | 27 |" in rows
+    assert "| `a.json` | own | llvm:emeraldrapids:2 | dgp_prev | 3 | 4 | 15.7 |" in rows
+    assert "| `b.json` | random (before 2026-12-06) | most records (Zen 3) | dgp_prev | 1 | 7 | 7 |" in rows
+    only = replay._compare_table([str(tmp_path / "a.json")], ["dgp_prev"])
+    assert "| cold |" not in only and "| dgp_prev |" in only
