@@ -104,13 +104,15 @@ def main(argv=None) -> int:
                          "llvm:emeraldrapids:2: the NHWC part of the shipped history, what a live run on that machine "
                          "tunes) instead of its recording with the most records (Zen 3, NCHW); layers not recorded "
                          "there are no targets")
-    ap.add_argument("--subsample", choices=("own", "random", "own_only", "near"), default="own",
-                    help="how the history is cut to --max-history: `own` as `raydgp tune` does (the target's own "
-                         "kind of hardware first, up to 3/4: raydgp.pipeline.history.subsample_history); `random` a "
-                         "uniform draw (every replay before 2026-12-06 15:30); `own_only` only the records of the "
-                         "target's own kind of hardware (then cut as `own`); `near` whole workloads nearest the target's "
-                         "loop-nest shape first, this hardware first at equal distance "
-                         "(raydgp.pipeline.history.nearest_records)")
+    ap.add_argument("--subsample", choices=("own", "random", "own_only", "near"), default="near",
+                    help="how the history is cut to --max-history: `near` (default) as `raydgp tune` and `raydgp "
+                         "layer` do since 2026-12-06 19:00 (this hardware kind first, within it and then among the "
+                         "rest whole workloads nearest the target's loop nest: "
+                         "raydgp.pipeline.history.nearest_records); `own` as they did before (the target's own kind "
+                         "of hardware first, up to 3/4, the rest a random draw: "
+                         "raydgp.pipeline.history.subsample_history); `random` a uniform draw (every replay before "
+                         "2026-12-06 15:30); `own_only` only the records of the target's own kind of hardware (then "
+                         "cut as `own`)")
     ap.add_argument("--cache", default=None, help="pre-trained weights cache (default: a temporary directory)")
     ap.add_argument("--out", default=None)
     ap.add_argument("--plot", default=None, help="PNG of the median curves")
