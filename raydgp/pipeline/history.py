@@ -8,7 +8,7 @@ import math
 import os
 from importlib import resources
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -260,45 +260,30 @@ def history_shapes(paths) -> set:
     return {shape_signature(r.workload) for p in check_history_paths(paths) for r in RecordStore(p).records()}
 
 
-#: :func:`tuning_set_options`: how near (:func:`shape_distance`) a workload measured on this hardware kind must be
-#: for the history to pick the tuning set of a layer whose own shape it does not hold.
-NEAR_SHAPE = 4.0
-
-
-def tuning_set_options(options, workload, info: dict, target: Mapping | None = None) -> tuple:
+def tuning_set_options(options, workload, info: dict) -> tuple:
     """``options`` (``(name, value)`` pairs of :class:`~raydgp.search.SearchSettings`) with ``init=random`` added when
-    the history holds no workload of ``workload``'s loop-nest shape (on any hardware) and none of a near shape
-    (within :data:`NEAR_SHAPE`) measured on ``target``'s hardware kind, and the options do not choose the tuning set.
+    the history holds no workload of ``workload``'s loop-nest shape (on any hardware) and the options do not choose
+    the tuning set.
 
     Args:
         options: the run's search options.
         workload: the layer being tuned.
         info: the history's workloads (:func:`donor_info`: ``{key: (shape signature, hardware tag, vector bits)}``).
-        target: the layer's target (None: only the same shape counts).
 
     A model pre-trained on other shapes picks a tuning set it cannot rank, and the tuning set is where a misleading
     history costs most. Live on two convs no history holds (64 trials, four seeds, znver5, a history measured on other
     machines; re-timed medians, BENCHMARKS.md 7 (``znver5-2c``)): with the history's tuning set 0.694 and 3.14 ms, with
-    a random one 0.724 and 2.58 ms (better in 4 of 4 seeds on the 5x5 conv, worse in 3 of 4 on the other, by less),
-    without history 0.654 and 2.47 ms, MetaSchedule 0.849 and 2.60 ms. With a random tuning set the history still
-    enters through the trust mixture (:mod:`raydgp.search.trust`), weighted by how well it ranks the target's results.
-    But where this machine kind measured near shapes in the same loop-nest layout, the history's pick is the better
-    one: replayed leave-one-task-out on the NHWC part of the shipped history measured on emeraldrapids (11 ResNet-18
-    convs, each 1 to 3.4 away from its nearest other conv there; 2 seeds; BENCHMARKS.md 7.2c), the history's tuning
-    set came within 5% of the best in a median of 8 trials, a random one in 15, the cold DGP in 28.5. (The same layer
-    in the other layout is about 10 away: the axes are permuted.) Live on two unseen NHWC convs here (2 seeds,
-    BENCHMARKS.md 7.2c) the history's pick was level with a random one on the 160 -> 320 conv (0.64 from its nearest
-    shape: 1.09 vs 1.10 ms) and lost on the 5x5 conv (2.47 away, a kernel size the history lacks: 4.61 vs 2.81 ms);
-    both beat the cold DGP in all four layer-seeds.
+    a random one 0.724 and 2.58 ms, without history 0.654 and 2.47 ms, MetaSchedule 0.849 and 2.60 ms. With a random
+    tuning set the history still enters through the trust mixture (:mod:`raydgp.search.trust`), weighted by how well
+    it ranks the target's results. Tried and withdrawn (2026-12-06, BENCHMARKS.md 7.2c): letting the history pick
+    when a near shape was measured on this hardware kind. Replayed leave-one-task-out on the NHWC part of the shipped
+    history measured on emeraldrapids (11 ResNet-18 convs, 2 seeds) the history's pick came within 5% of the best in a
+    median of 6 trials and a random one in 18; but live on the same machine, on two NHWC convs no history holds (4
+    seeds each, re-timed together), the random tuning set won: 0.987 vs 1.16 ms (160 -> 320 channels) and 2.83 vs 4.30
+    ms (5x5), beating the cold DGP in 8 of 8 layer-seeds where the history's pick did in 6.
     """
     options = tuple(options)
-    if any(k == "init" for k, _ in options):
-        return options
-    from raydgp.space.hardware import hardware_tag
-
-    shape = shape_signature(workload)
-    tag = hardware_tag(target) if target is not None else None
-    if any(i[0] == shape or (i[1] == tag and shape_distance(i[0], shape) <= NEAR_SHAPE) for i in info.values()):
+    if any(k == "init" for k, _ in options) or shape_signature(workload) in {i[0] for i in info.values()}:
         return options
     return tuple(sorted(options + (("init", "random"),)))
 

@@ -66,11 +66,10 @@ def run_layer(run: LayerRun) -> dict:
     options, seeds = run.search_options, []
     if hist is not None:
         donors, info = hist_mod.history_donors(run.history)
-        options = tuning_set_options(options, task.workload, info, target)
+        options = tuning_set_options(options, task.workload, info)
         if options != run.search_options:
-            console("history: no workload of this loop-nest shape, nor a near one measured on this hardware kind; the "
-                    "tuning set is random and the history enters through the trust mixture only (--search-option "
-                    "init=dgp: the history picks it)")
+            console("history: no workload of this loop-nest shape; the tuning set is random and the history enters "
+                    "through the trust mixture only (--search-option init=dgp: the history picks it)")
         # The first trials: the history's best schedules of this shape and of the nearest other shapes of this op
         # (on hardware of this vector width), carried over to this space (as the model job seeds its layers).
         seeds = hist_mod.history_seeds(space, donors, info, k=min(run.seed_trials, trials // 2))

@@ -208,14 +208,13 @@ def _tune_layers(run: ModelRun, m: LoadedModel, store: RecordStore, budget: Budg
     by_name = {l.name: l for l in m.layers}
     paths = list(run.history) + (hist_mod.default_history_paths() if run.default_history else [])
     donors_hist, donor_info = hist_mod.history_donors(paths) if run.searcher == "dgp" else ([], {})
-    # a layer whose loop-nest shape no history workload has, nor a near one measured on this hardware kind, gets a
-    # random tuning set (history.tuning_set_options)
-    options = {l.name: hist_mod.tuning_set_options(run.search_options, l.space.workload, donor_info, l.space.target)
+    # a layer whose loop-nest shape no history workload has gets a random tuning set (history.tuning_set_options)
+    options = {l.name: hist_mod.tuning_set_options(run.search_options, l.space.workload, donor_info)
                if has_history else run.search_options for l in m.layers}
     unseen = sorted(n for n, o in options.items() if o != run.search_options)
     if unseen:
-        log.info("history: no workload of the loop-nest shape of %d layers (%s), nor a near one measured on this "
-                 "hardware kind: their tuning sets are random", len(unseen), ", ".join(unseen))
+        log.info("history: no workload of the loop-nest shape of %d layers (%s): their tuning sets are random",
+                 len(unseen), ", ".join(unseen))
     cache_dir = str(default_cache_dir()) if has_history else None
     storage_path = run.storage or str((run.out / "ray").resolve())
     trial_measurer = toolchain.trial_measurer()

@@ -170,29 +170,23 @@ def test_a_layer_whose_shape_no_history_holds_gets_a_random_tuning_set(tmp_path,
     assert shape_signature(unknown) in history_shapes([tmp_path / "s"])
 
 
-def test_a_near_shape_measured_on_this_hardware_lets_the_history_pick_the_tuning_set(small_space):
-    """An unseen shape keeps the history's tuning set when a workload of a near shape (within ``NEAR_SHAPE``) was
-    measured on this hardware kind; the same near shape measured on other hardware, or a far one (the same layer in
-    the other layout: permuted axes) measured here, leaves it random."""
-    from raydgp.pipeline.history import NEAR_SHAPE, shape_distance, shape_signature, tuning_set_options
+def test_only_the_same_shape_lets_the_history_pick_the_tuning_set(small_space):
+    """A near shape measured on this very hardware does not make the history pick an unseen layer's tuning set (tried
+    and withdrawn: live on two unseen convs the random tuning set won, BENCHMARKS.md 7.2c); the same shape measured
+    on any hardware does."""
+    from raydgp.pipeline.history import shape_distance, shape_signature, tuning_set_options
     from raydgp.records import Workload
 
     def conv(spatial, reduce):
         f = {f"log2_spatial_{i}": float(np.log2(e)) for i, e in enumerate(spatial)}
         return Workload("k", "k", "conv2d", f | {f"log2_reduce_{i}": float(np.log2(e)) for i, e in enumerate(reduce)})
 
-    here = {"kind": "llvm", "mcpu": "emeraldrapids", "num-cores": 2}
     target = conv((1, 320, 14, 14), (160, 3, 3))
-    near, nhwc = conv((1, 256, 14, 14), (256, 3, 3)), conv((1, 14, 14, 320), (3, 3, 160))
-    assert shape_distance(shape_signature(near), shape_signature(target)) <= NEAR_SHAPE
-    assert shape_distance(shape_signature(nhwc), shape_signature(target)) > NEAR_SHAPE
-    assert tuning_set_options((), target, {"a": (shape_signature(near), "llvm:emeraldrapids:2", 512)}, here) == ()
-    for info in ({"a": (shape_signature(near), "llvm:znver3:2", 256)},
-                 {"b": (shape_signature(nhwc), "llvm:emeraldrapids:2", 512)}):
-        assert tuning_set_options((), target, info, here) == (("init", "random"),)
-    # without a target only the same shape counts
+    near = conv((1, 256, 14, 14), (256, 3, 3))
+    assert shape_distance(shape_signature(near), shape_signature(target)) <= 1.0
     assert tuning_set_options((), target, {"a": (shape_signature(near), "llvm:emeraldrapids:2", 512)}) == \
         (("init", "random"),)
+    assert tuning_set_options((), target, {"a": (shape_signature(target), "llvm:znver3:2", 256)}) == ()
 
 def test_the_nearest_shapes_best_configurations_are_carried_over_as_seeds(small_space):
     """A layer whose shape no donor has starts from the best configurations of the nearest shapes of its op measured
