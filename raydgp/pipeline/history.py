@@ -107,7 +107,7 @@ def load_history(paths, target_space, exclude_target: bool = True, max_points: i
     usable = [r for r in records if r.workload.key in spaces
               and not (r.workload.key == exclude and hardware_tag(r.target or {}) == here)]
     kept = nearest_records(usable, list(near) if near else [target_space], max_points, seed)
-    hist = history_from_records(kept, spaces, exclude_workload=exclude, exclude_hardware=here)
+    hist = history_from_records(kept, spaces)  # the target's own records are already out (usable)
     machines = sorted({hardware_tag(r.target or {}) for r in usable})
     log.info("history: %d measurements of %d workloads (%d on this hardware kind, %s), the nearest of %d; machines: "
              "%s", len(hist), len({r.workload.key for r in kept}), sum(hardware_tag(r.target or {}) == here
@@ -209,7 +209,7 @@ def nearest_records(records: Sequence[Record], spaces: Sequence, max_points: int
         sig, tag, bits, feats = info[g]
         best = (2, 1, math.inf, math.inf)
         for shape, t_tag, t_bits, t_feats in wanted:
-            hw = 0 if tag == t_tag else 1 if bits == t_bits else 2
+            hw = _hardware_rank(info[g], t_tag, t_bits)
             d = shape_distance(sig, shape)
             key = (int(feats != t_feats),) + ((0, d + HARDWARE_DISTANCE * hw, hw) if math.isfinite(d)
                                               else (1, float(hw), hw))

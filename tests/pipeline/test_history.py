@@ -307,3 +307,26 @@ def test_the_history_cut_takes_the_nearest_shapes_and_this_hardware_first():
     assert {r.tag for r in both} == {"near_here", "nhwc_here"}
     with pytest.raises(ValueError, match="no spaces"):
         nearest_records(recs, [], 5)
+
+
+def test_a_layer_runs_history_leaves_out_its_own_records_on_this_hardware_only(tmp_path):
+    """``load_history`` (a layer run): the target workload's records measured on this hardware enter as target data,
+    not as history; the same workload measured elsewhere stays; ``exclude_target=False`` (a model run) keeps all."""
+    from raydgp.pipeline.history import load_history
+    from raydgp.records import MeasureResult, Record, RecordStore
+    from raydgp.space.design_space import DesignSpace
+    from raydgp.testing import fake_space
+
+    here = {"kind": "llvm", "mcpu": "emeraldrapids", "num-cores": 2}
+    other = {"kind": "llvm", "mcpu": "znver3", "num-cores": 2}
+    sp = fake_space("w", (64, 56))
+    target = DesignSpace(sp.workload, dict(here), sp.sketches)
+    store = RecordStore(tmp_path / "s")
+    store.add_workload(sp.workload.key, "{}", sp.to_json())
+    rng = np.random.default_rng(0)
+    for tgt, n in ((here, 7), (other, 5)):
+        store.append([Record.now(sp.workload, tgt, c, MeasureResult("ok", (1.0 + j,)))
+                      for j, c in enumerate(sp.sample_many(n, rng))])
+    h = load_history([tmp_path / "s"], target, max_points=100)
+    assert len(h) == 5 and np.isclose(h.X[:, -2], 8.0).all()  # log2(256): only the Zen 3 (AVX2) records
+    assert len(load_history([tmp_path / "s"], target, exclude_target=False, max_points=100)) == 12
