@@ -448,7 +448,11 @@ def run_layers(cfg: dict, out: Path, results: dict) -> None:
     part = results.setdefault("layers", {"config": cfg, "runs": []})
     have = {r.get("seed", 0) for r in part.get("runs", [])}
     # the stored config names every seed the runs hold (a --seeds run adds seeds to the earlier ones)
-    part["config"] = dict(cfg, seeds=sorted(have | set(cfg.get("seeds", [0]))), shipped_kinds=_shipped_kinds())
+    # ... and every workload they hold (a --workloads run adds layers to the earlier ones)
+    done = [r["workload"] for r in part.get("runs", [])]
+    workloads = list(dict.fromkeys(done + list(cfg["workloads"])))
+    part["config"] = dict(cfg, seeds=sorted(have | set(cfg.get("seeds", [0]))), workloads=workloads,
+                          shipped_kinds=_shipped_kinds())
     work = out.parent / f"bench_layers{file_suffix(out)}"
     work.mkdir(parents=True, exist_ok=True)
     for seed in cfg.get("seeds", [0]):
@@ -1052,6 +1056,9 @@ def main(argv=None) -> int:
                          "and settings, added to the earlier run's JSON)")
     ap.add_argument("--seeds", default=None, help="layers part: run these comma-separated seeds instead of the mode's "
                          "(with --only: add them to the seeds already in the results)")
+    ap.add_argument("--workloads", default=None, help="layers part: tune these semicolon-separated layer specs (e.g. "
+                         "'conv2d:1,512,14,14,512,3,1,1;dense:1,4096,1000') instead of the mode's, and keep the results "
+                         "of the others")
     ap.add_argument("--models", default=None, help="e2e part: (re)run only these comma-separated models of the mode's "
                          "list and keep the others' rows")
     ap.add_argument("--layout", default="NCHW", choices=["NCHW", "NHWC"],
@@ -1087,6 +1094,17 @@ def main(argv=None) -> int:
         if args.only:  # --only: the layers and replay parts (re)run these methods and keep the others' results
             cfg = dict(cfg, **{p: dict(cfg[p], only=args.only.split(",")) for p in ("layers", "replay", "e2e")
                                if cfg.get(p)})
+        if args.workloads and cfg.get("layers"):
+            from raydgp.errors import ConfigError
+            from raydgp.space.workloads import parse_spec
+
+            specs = [w.strip() for w in args.workloads.split(";") if w.strip()]
+            try:
+                for w in specs:
+                    parse_spec(w)
+            except ConfigError as e:
+                ap.error(f"--workloads: {e}")
+            cfg = dict(cfg, layers=dict(cfg["layers"], workloads=specs))
         if args.layout == "NHWC" and cfg.get("layers"):
             cfg = dict(cfg, layers=dict(cfg["layers"], workloads=[nhwc_spec(w) for w in cfg["layers"]["workloads"]]))
         if args.seeds and cfg.get("layers"):

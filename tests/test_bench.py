@@ -112,3 +112,26 @@ def test_the_layers_part_in_nhwc_has_its_own_specs_file_and_section(tmp_path):
     text = md.read_text()
     assert "<!-- bench_emeraldrapids-2c-nhwc:begin -->" in text and "Evidence in NHWC" in text
     assert "`python scripts/bench.py --parts layers --layout NHWC`" in text
+
+
+def test_layers_part_workloads_option_adds_layers_and_refuses_a_bad_spec(tmp_path, monkeypatch):
+    """``--workloads``: the layers part tunes the given specs and its stored config names them beside the layers the
+    results already hold; a malformed spec is refused with the spec grammar before anything runs."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_script", ROOT / "scripts" / "bench.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    ran = []
+    monkeypatch.setattr(bench, "_run_layer", lambda s, seed, *a: ran.append((s, seed)))
+    monkeypatch.setattr(bench, "_shipped_kinds", lambda: "x")
+    results = {"layers": {"config": {}, "runs": [{"workload": "conv2d:1,8,8,8,8,3,1,1", "seed": 0}]}}
+    cfg = {"workloads": ["dense:1,64,32"], "seeds": [1], "trials": 4, "methods": ["random"]}
+    bench.run_layers(cfg, tmp_path / "bench.json", results)
+    assert ran == [("dense:1,64,32", 1)]
+    assert results["layers"]["config"]["workloads"] == ["conv2d:1,8,8,8,8,3,1,1", "dense:1,64,32"]
+    assert results["layers"]["config"]["seeds"] == [0, 1]
+    p = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench.py"), "--parts", "layers", "--workloads",
+                        "conv2d:1,2,3", "--out", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 2 and "--workloads" in p.stderr and "conv2d:N,C,H,W,K,R,stride,pad" in p.stderr
+    assert not (tmp_path / "bench.json").exists()
