@@ -135,3 +135,28 @@ def test_layers_part_workloads_option_adds_layers_and_refuses_a_bad_spec(tmp_pat
                         "conv2d:1,2,3", "--out", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert p.returncode == 2 and "--workloads" in p.stderr and "conv2d:N,C,H,W,K,R,stride,pad" in p.stderr
     assert not (tmp_path / "bench.json").exists()
+
+
+def test_the_layers_targets_table_counts_each_target_per_seed():
+    """Issue 12's live targets, read off the layers part: trials for `dgp` to reach MetaSchedule's re-timed best,
+    wins over the peers at 32 trials, and the re-timed ratio to the cold DGP, each counted per seed."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_script", ROOT / "scripts" / "bench.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    fast = [5.0] * 3 + [1.0] * 61  # reaches 1.0 ms at trial 4
+    slow = [5.0] * 40 + [1.0] * 24  # at trial 41
+    runs = [{"workload": "L", "seed": s, "methods": {
+                "dgp": {"curve_ms": c, "exit": 0}, "random": {"curve_ms": [2.0] * 64, "exit": 0},
+                "tpe": {"curve_ms": [0.5] * 64, "exit": 0}, "cold": {"curve_ms": [3.0] * 64, "exit": 0},
+                "metaschedule": {"curve_ms": [1.0] * 64, "exit": 0}},
+             "retimed": {"dgp": {"median_ms": 1.0}, "cold": {"median_ms": cold}, "metaschedule": {"median_ms": 1.0}}}
+            for s, c, cold in ((0, fast, 1.2), (1, slow, 0.9))]
+    lines = bench._targets_table({"runs": runs})
+    row = next(x for x in lines if x.startswith("| L |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    # reach within 16: seed 0 (4 trials) yes, seed 1 (41) no; random beaten in seed 0 only (seed 1 is at 5 ms at
+    # trial 32), TPE in none, HEBO not run
+    assert cells[1] == "1/2 (4, 41)" and cells[2] == "1/2" and cells[3] == "0/2" and cells[4] == "-"
+    assert cells[5] == "0.83, 1.11" and cells[6] == "1/2"
