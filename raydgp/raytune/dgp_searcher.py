@@ -193,6 +193,14 @@ class DGPSearcher(JsonStateMixin, Searcher):
                                         max_batch=s.queue_max_batch, refit_every=self.queue_refit_every)
         return self._queue
 
+    def prefetch(self) -> bool:
+        """Start stage 1 (the pre-training on the history) in the background now, so that it overlaps what a job
+        does before its trials need the model (Ray's start, the untuned baseline, the first trials): see
+        :meth:`~raydgp.search.loop.DGPSearch.prefetch_pretrained`. Returns whether it started (not without a space
+        or history, nor with ``SearchSettings.prefetch`` off). One layer's job calls it; a model job, whose layers share
+        one stage 1, does not."""
+        return self._core is not None and self._settings.prefetch and self._core.prefetch_pretrained()
+
     def close(self) -> None:
         """Stop the background proposer, if any (results received are applied first)."""
         if self._queue is not None:

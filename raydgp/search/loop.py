@@ -135,6 +135,7 @@ class DGPSearch:
         self._evolved: set = set()  # the last proposal's bred candidates
         self._fail = FailureModel()  # the last proposal's failure model
         self._refit_thread: threading.Thread | None = None
+        self._prefetch: threading.Thread | None = None  # stage 1 started ahead (prefetch_pretrained)
         self._center: dict[str, torch.Tensor] | None = None  # the MAP prior's centre (pre-trained parameters)
         self.candidates = CandidatePool(space, settings.pool_size, settings.pool_refresh,
                                         lambda X: self._scaler_for().transform(X), self.rng)
@@ -195,8 +196,40 @@ class DGPSearch:
                 self._scaler = InputScaler.fit(self.space.encode_many(sample))
         return self._scaler
 
+    def prefetch_pretrained(self) -> bool:
+        """Start stage 1 now, in a background thread, so that it overlaps what comes before the first proposal that
+        needs it (a job's Ray start and untuned baseline, the seeded and random tuning-set trials) instead of
+        stalling the trials afterwards: a layer search with a random tuning set waited 25-29 s for it after its sixth
+        trial (BENCHMARKS.md 7 (``emeraldrapids-2c-nhwc``)). The thread holds the compute guard like every fit, so it
+        pauses for a kernel's timing at its optimiser steps. :meth:`pretrained` waits for it; a failure there is
+        logged and stage 1 runs again where it is needed. Returns whether a thread was started (not without history,
+        nor once stage 1 ran or started)."""
+        if self.history is None or self._pretrained is not None or self._prefetch is not None:
+            return False
+        self._scaler_for()  # made here, before a second thread could make it
+
+        def work() -> None:
+            try:
+                with self._guard():
+                    self.pretrained()
+            except Exception as e:  # noqa: BLE001 - the caller's thread trains stage 1 again and reports there
+                log.warning("stage 1 in the background failed (%s: %s); it runs again when needed",
+                            type(e).__name__, e)
+
+        self._prefetch = threading.Thread(target=work, name="raydgp-stage1", daemon=True)
+        self._prefetch.start()
+        return True
+
+    def _await_prefetch(self) -> None:
+        """Wait for a stage 1 started by :meth:`prefetch_pretrained` (outside the compute guard: a thread waiting
+        inside it would keep the guard's hold from stepping aside for a timing)."""
+        t = self._prefetch
+        if t is not None and t is not threading.current_thread():
+            t.join()
+
     def pretrained(self) -> DeepGPSurrogate | None:
         """Stage 1 (lazily, once): the DGP trained on the history, or None without history."""
+        self._await_prefetch()
         if self._pretrained is None and self.history is not None:
             t0 = time.perf_counter()
             sc = self._scaler_for()
@@ -451,6 +484,8 @@ class DGPSearch:
         """
         t0 = time.perf_counter()
         self._calls += 1
+        if self.settings.init == "dgp" or len(self.observed) + len(pending) >= self.settings.n_init:
+            self._await_prefetch()  # stage 1 is needed here: wait for it outside the guard
         with torch_threads(self.settings.torch_threads), self._guard():
             try:
                 try:
@@ -566,6 +601,8 @@ class DGPSearch:
         out: list = []
         pend = list(pending)
         s = self.settings
+        if s.init == "dgp" or len(self.observed) + len(pend) + q > s.n_init:
+            self._await_prefetch()  # stage 1 is needed in this batch: wait for it outside the guard
         with torch_threads(s.torch_threads), self._guard():
             try:
                 while len(out) < q:

@@ -156,6 +156,10 @@ class SearchSettings:
             result supersedes a batch of two before it is used and the workers wait for the model (measured on a
             2-core CPU, one conv, two trials in flight: a proposal every 2.9 s while a trial took 0.8 s). 0: always
             as wide as the search.
+        prefetch: a job that knows its history before its trials start (``raydgp layer``) starts stage 1 in the
+            background at once (:meth:`~raydgp.search.loop.DGPSearch.prefetch_pretrained`), so that it overlaps
+            Ray's start, the untuned baseline and the first trials; ``off``: stage 1 runs when the first proposal
+            needs it (proposals are the same either way).
         queue_refit_every: with the queue run wide, the results that arrive before the proposer refits while its
             newest batch still holds fresh proposals (a dry queue is refilled on the first new result; the newest
             batch believed the trials then running, Kriging believer). None (auto): 2 where the model shares the
@@ -201,6 +205,7 @@ class SearchSettings:
     member_mix: str = "ei"
     stacked_member: bool = False
     additive_member: str = "auto"
+    prefetch: bool = True
 
     def __post_init__(self):
         if self.init not in INIT_MODES:

@@ -401,3 +401,48 @@ def test_member_mix_is_validated_and_a_shared_search_notices_a_misleading_histor
     assert len(s.observed) == 20 and s.stats["model"] > 0
     batch = s.suggest_batch(3, pending=[])  # the believer batch takes the shares too
     assert len(set(batch)) == 3 and not set(batch) & set(s.observed)
+
+
+def test_stage_one_started_ahead_runs_once_under_the_guard_and_changes_no_proposal(monkeypatch):
+    """``prefetch_pretrained``: stage 1 trains in a background thread holding the compute guard, once; the search that
+    follows proposes exactly what the same search without the head start proposes (serial, same seed)."""
+    import contextlib
+    import threading
+
+    import raydgp.search.loop as loop_mod
+    from raydgp.testing import fake_latency_ms, fake_space
+
+    calls, guarded = [], []
+    real = loop_mod.pretrain
+
+    def counting(*a, **k):
+        calls.append(threading.current_thread().name)
+        return real(*a, **k)
+
+    @contextlib.contextmanager
+    def guard():
+        guarded.append(threading.current_thread().name)
+        yield
+
+    monkeypatch.setattr(loop_mod, "pretrain", counting)
+    sp = fake_space("trust", (64, 32))
+    settings = SearchSettings(**(FAST.__dict__ | {"init": "random"}))
+
+    def run(ahead: bool) -> list:
+        s = DGPSearch(sp, settings, history=_history(sp, False), compute_guard=guard)
+        if ahead:
+            assert s.prefetch_pretrained() and not s.prefetch_pretrained()  # once
+        picks = []
+        for _ in range(12):
+            picks.append(s.suggest())
+            s.observe(picks[-1], fake_latency_ms("trust", sp.trace_json(picks[-1])))
+        assert not s.prefetch_pretrained()  # stage 1 is there: nothing to start
+        return picks
+
+    plain = run(False)
+    assert calls == ["MainThread"]
+    calls.clear()
+    guarded.clear()
+    assert run(True) == plain
+    assert calls == ["raydgp-stage1"] and "raydgp-stage1" in guarded
+    assert not DGPSearch(sp, settings).prefetch_pretrained()  # no history, nothing to pre-train
