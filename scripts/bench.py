@@ -505,7 +505,10 @@ def _run_layer(spec: str, seed: int, cfg: dict, part: dict, work: Path, out: Pat
                 cmd += ["--search-option", o]
         t0 = time.monotonic()
         p = subprocess.run(cmd, cwd=ROOT, text=True, capture_output=True,
-                           env=dict(os.environ, RAYDGP_HOME=str(work / "home")))
+                           env=dict(os.environ, RAYDGP_HOME=str(work / "home"),
+                                    # --fresh-stage1: an empty stage-1 cache per run, as a user's first run of a layer
+                                    **({"RAYDGP_CACHE": str(work / "cache" / d.name)} if cfg.get("fresh_stage1")
+                                       else {})))
         wall = time.monotonic() - t0
         (work / f"{d.name}.log").write_text(p.stdout + "\n--- stderr ---\n" + p.stderr)
         entry = {"wall_s": round(wall, 1), "exit": p.returncode, "dir": d.name}
@@ -1108,6 +1111,10 @@ def main(argv=None) -> int:
     ap.add_argument("--workloads", default=None, help="layers part: tune these semicolon-separated layer specs (e.g. "
                          "'conv2d:1,512,14,14,512,3,1,1;dense:1,4096,1000') instead of the mode's, and keep the results "
                          "of the others")
+    ap.add_argument("--fresh-stage1", action="store_true",
+                    help="layers part: every run starts with an empty stage-1 cache (as a user's first run of a layer "
+                         "pays stage 1); by default the runs share ~/.cache/raydgp (or $RAYDGP_CACHE), so a run whose "
+                         "history cut an earlier run pre-trained on loads it")
     ap.add_argument("--models", default=None, help="e2e part: (re)run only these comma-separated models of the mode's "
                          "list and keep the others' rows")
     ap.add_argument("--layout", default="NCHW", choices=["NCHW", "NHWC"],
@@ -1154,6 +1161,8 @@ def main(argv=None) -> int:
             except ConfigError as e:
                 ap.error(f"--workloads: {e}")
             cfg = dict(cfg, layers=dict(cfg["layers"], workloads=specs))
+        if args.fresh_stage1 and cfg.get("layers"):
+            cfg = dict(cfg, layers=dict(cfg["layers"], fresh_stage1=True))
         if args.layout == "NHWC" and cfg.get("layers"):
             cfg = dict(cfg, layers=dict(cfg["layers"], workloads=[nhwc_spec(w) for w in cfg["layers"]["workloads"]]))
         if args.seeds and cfg.get("layers"):
