@@ -76,8 +76,8 @@ def run_layer(run: LayerRun) -> dict:
     searcher_obj = make_searcher(searcher, space, seed, hist, settings=settings, search_options=options,
                                  points_to_evaluate=seeds)
     if hist is not None:
-        # stage 1 trains while Ray starts, the untuned baseline is timed (it pauses for the timing) and the first
-        # trials run, instead of stalling the trials after the tuning set
+        # with --search-option prefetch=on: stage 1 trains while Ray starts, the untuned baseline is timed (it
+        # pauses for the timing) and the first trials run (off by default: slower on 2 cores, SearchSettings.prefetch)
         searcher_obj.prefetch()
     store = RecordStore(out / "records")
     store.add_workload(task.workload.key, task.mod_json, space.to_json())

@@ -156,10 +156,14 @@ class SearchSettings:
             result supersedes a batch of two before it is used and the workers wait for the model (measured on a
             2-core CPU, one conv, two trials in flight: a proposal every 2.9 s while a trial took 0.8 s). 0: always
             as wide as the search.
-        prefetch: a job that knows its history before its trials start (``raydgp layer``) starts stage 1 in the
-            background at once (:meth:`~raydgp.search.loop.DGPSearch.prefetch_pretrained`), so that it overlaps
-            Ray's start, the untuned baseline and the first trials; ``off``: stage 1 runs when the first proposal
-            needs it (proposals are the same either way).
+        prefetch: ``on``: a job that knows its history before its trials start (``raydgp layer``) starts stage 1
+            in the background at once (:meth:`~raydgp.search.loop.DGPSearch.prefetch_pretrained`), to overlap Ray's
+            start, the untuned baseline and the first trials; off (the default): stage 1 runs when the first
+            proposal needs it, and the trials wait for it (23-30 s on 2 cores with a fresh stage-1 cache). Proposals
+            are the same either way. Measured on 2 cores (emeraldrapids, two unseen NHWC layers x two seeds, fresh
+            caches, interleaved; ``bench/bench_prefetch_ab_emeraldrapids-2c-nhwc.json``): on, the search took longer
+            in 4 of 4 (77-104 s against 63-93 s): the stall shrank to 9 s, but stage 1 beside the builds slowed
+            both more than it saved. Off until a node with cores to spare shows otherwise.
         queue_refit_every: with the queue run wide, the results that arrive before the proposer refits while its
             newest batch still holds fresh proposals (a dry queue is refilled on the first new result; the newest
             batch believed the trials then running, Kriging believer). None (auto): 2 where the model shares the
@@ -205,7 +209,7 @@ class SearchSettings:
     member_mix: str = "ei"
     stacked_member: bool = False
     additive_member: str = "auto"
-    prefetch: bool = True
+    prefetch: bool = False
 
     def __post_init__(self):
         if self.init not in INIT_MODES:

@@ -446,3 +446,22 @@ def test_stage_one_started_ahead_runs_once_under_the_guard_and_changes_no_propos
     assert run(True) == plain
     assert calls == ["raydgp-stage1"] and "raydgp-stage1" in guarded
     assert not DGPSearch(sp, settings).prefetch_pretrained()  # no history, nothing to pre-train
+
+
+def test_the_searcher_starts_stage_one_ahead_only_when_asked():
+    """``SearchSettings.prefetch`` (off by default: slower on 2 cores, BENCHMARKS.md 7.3b): the Ray searcher's
+    ``prefetch()`` starts nothing unless it is on, and nothing without history."""
+    from raydgp.raytune.dgp_searcher import DGPSearcher
+    from raydgp.testing import fake_space
+
+    sp = fake_space("trust", (64, 32))
+    hist = _history(sp, False, n=40)
+    assert SearchSettings().prefetch is False
+    assert not DGPSearcher(sp, metric="latency_ms", mode="min", history=hist, settings=FAST).prefetch()
+    on = DGPSearcher(sp, metric="latency_ms", mode="min", history=hist,
+                     settings=SearchSettings(**(FAST.__dict__ | {"prefetch": True})), cache_dir=_CACHE.get("dir"))
+    assert on.prefetch() and not on.prefetch()
+    on._core.pretrained()  # waits for the background stage 1
+    assert on._core._pretrained is not None
+    assert not DGPSearcher(sp, metric="latency_ms", mode="min",
+                           settings=SearchSettings(**(FAST.__dict__ | {"prefetch": True}))).prefetch()
