@@ -161,7 +161,7 @@ class SearchSettings:
             start, the untuned baseline and the first trials; off (the default): stage 1 runs when the first
             proposal needs it, and the trials wait for it (23-30 s on 2 cores with a fresh stage-1 cache). Proposals
             are the same either way. Measured on 2 cores (emeraldrapids, two unseen NHWC layers x two seeds, fresh
-            caches, interleaved; ``bench/bench_prefetch_ab_emeraldrapids-2c-nhwc.json``): on, the search took longer
+            caches, interleaved; ``bench/ab_prefetch_emeraldrapids-2c-nhwc.json``): on, the search took longer
             in 4 of 4 (77-104 s against 63-93 s): the stall shrank to 9 s, but stage 1 beside the builds slowed
             both more than it saved. Off until a node with cores to spare shows otherwise.
         queue_refit_every: with the queue run wide, the results that arrive before the proposer refits while its
