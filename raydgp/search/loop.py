@@ -201,8 +201,8 @@ class DGPSearch:
         needs it (a job's Ray start and untuned baseline, the seeded and random tuning-set trials) instead of
         stalling the trials afterwards: a layer search with a random tuning set waited 23-30 s for it after its sixth
         trial on 2 cores (BENCHMARKS.md 7.3b (``emeraldrapids-2c-nhwc``); there the head start cost more than it
-        saved, so ``SearchSettings.prefetch`` is off by default). The thread holds the compute guard like every fit, so it
-        pauses for a kernel's timing at its optimiser steps. :meth:`pretrained` waits for it; a failure there is
+        saved, so ``SearchSettings.prefetch`` is off by default). The thread holds the compute guard like every fit,
+        so it pauses for a kernel's timing at its optimiser steps. :meth:`pretrained` waits for it; a failure there is
         logged and stage 1 runs again where it is needed. Returns whether a thread was started (not without history,
         nor once stage 1 ran or started)."""
         if self.history is None or self._pretrained is not None or self._prefetch is not None:
