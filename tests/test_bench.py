@@ -160,3 +160,32 @@ def test_the_layers_targets_table_counts_each_target_per_seed():
     # trial 32), TPE in none, HEBO not run
     assert cells[1] == "1/2 (4, 41)" and cells[2] == "1/2" and cells[3] == "0/2" and cells[4] == "-"
     assert cells[5] == "0.83, 1.11" and cells[6] == "1/2"
+
+
+def test_fresh_stage1_gives_every_layer_run_its_own_empty_cache(tmp_path, monkeypatch):
+    """``--fresh-stage1``: each ``raydgp layer`` run of the layers part gets its own stage-1 cache folder
+    (``RAYDGP_CACHE``), as a user's first run of a layer; without it the runs inherit the caller's cache."""
+    import importlib.util
+    import types
+
+    spec = importlib.util.spec_from_file_location("bench_script", ROOT / "scripts" / "bench.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    envs = []
+
+    def fake_run(cmd, **kw):
+        envs.append(kw["env"])
+        return types.SimpleNamespace(returncode=0, stdout="", stderr="")
+
+    monkeypatch.setattr(bench.subprocess, "run", fake_run)
+    monkeypatch.setattr(bench, "_retime", lambda *a: {})
+    monkeypatch.setattr(bench, "commit", lambda: "abc")
+    monkeypatch.delenv("RAYDGP_CACHE", raising=False)
+    work = tmp_path / "work"
+    work.mkdir()
+    for fresh in (True, False):
+        cfg = {"trials": 4, "methods": ["dgp", "cold"], "fresh_stage1": fresh}
+        bench._run_layer("dense:1,64,32", 0, cfg, {"runs": []}, work, tmp_path / "b.json", {})
+    a, b, c, d = envs
+    assert a["RAYDGP_CACHE"] != b["RAYDGP_CACHE"] and a["RAYDGP_CACHE"].startswith(str(work / "cache"))
+    assert "RAYDGP_CACHE" not in c and "RAYDGP_CACHE" not in d
