@@ -58,6 +58,7 @@ def test_layer_command_end_to_end(tmp_path):
     ("layer", "random_interleave=1.5", "random_interleave=1.5: must be in [0, 1)"),
     ("tune", "n_init", "write KEY=VALUE"),
     ("tune", "seed=4", "set by the command's own flags"),
+    ("tune", "prefetch=on", "prefetch=on is for `raydgp layer`"),
 ])
 def test_a_bad_search_option_is_one_line(tmp_path, cmd, opt, msg):
     extra = ["--searcher", "dgp"] if cmd == "layer" else []

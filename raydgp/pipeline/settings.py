@@ -145,6 +145,9 @@ class ModelRun:
                 raise ConfigError(f"tracker {t!r}: choose from {', '.join(TRACKERS)}")
         object.__setattr__(self, "trackers", names)
         object.__setattr__(self, "search_options", _search_options(self.search_options, self.searcher))
+        if dict(self.search_options).get("prefetch"):
+            raise ConfigError("search option prefetch=on is for `raydgp layer`: a model run's layers share one "
+                              "stage 1, trained once when the first layer needs it; drop it")
 
     @property
     def n_threads(self) -> int:

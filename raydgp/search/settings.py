@@ -163,7 +163,8 @@ class SearchSettings:
             are the same either way. Measured on 2 cores (emeraldrapids, two unseen NHWC layers x two seeds, fresh
             caches, interleaved; ``bench/ab_prefetch_emeraldrapids-2c-nhwc.json``): on, the search took longer
             in 4 of 4 (77-104 s against 63-93 s): the stall shrank to 9 s, but stage 1 beside the builds slowed
-            both more than it saved. Off until a node with cores to spare shows otherwise.
+            both more than it saved. Off until a node with cores to spare shows otherwise. ``raydgp tune`` refuses
+            it (its layers share one stage 1).
         queue_refit_every: with the queue run wide, the results that arrive before the proposer refits while its
             newest batch still holds fresh proposals (a dry queue is refilled on the first new result; the newest
             batch believed the trials then running, Kriging believer). None (auto): 2 where the model shares the
