@@ -478,7 +478,8 @@ LAYER_METHODS = {"dgp": ("dgp", True, ()), "cold": ("dgp", False, ()), "random":
                  "dgp_st": ("dgp", True, ("stacked_member=on",)),
                  "dgp_shtop": ("dgp", True, ("member_mix=share", "trust_pairs=top")),
                  "dgp_nopf": ("dgp", True, ("prefetch=off",)),
-                 "dgp_pf": ("dgp", True, ("prefetch=on",))}
+                 "dgp_pf": ("dgp", True, ("prefetch=on",)),
+                 "dgp_pt1": ("dgp", True, ("pretrain_threads=1",))}
 
 
 def _run_layer(spec: str, seed: int, cfg: dict, part: dict, work: Path, out: Path, results: dict) -> None:
@@ -888,7 +889,7 @@ def render(results: dict, bench_md: Path, out_dir: Path, suffix: str = "") -> st
                   "by a slope fitted on the target), `dgp_shtop` weighs the members by how well they order the fast "
                   "configurations (`trust_pairs=top`: only pairs whose better point is among the best quarter) and "
                   "lets those weights decide who leads (`member_mix=share`: each member's EI divided by its own "
-                  "largest over the pool before the weighted sum), `dgp_pf` trains stage 1 in the background from the job's start (`prefetch=on`; the default between commits 7e665b6 and the next, when those runs' `dgp` did it and `dgp_nopf` (`prefetch=off`) was today's `dgp`). Best during the search, then every method's best re-timed by the same measurer "
+                  "largest over the pool before the weighted sum), `dgp_pf` trains stage 1 in the background from the job's start (`prefetch=on`; the default between commits 7e665b6 and the next, when those runs' `dgp` did it and `dgp_nopf` (`prefetch=off`) was today's `dgp`), `dgp_pt1` trains stage 1 on one torch thread (`pretrain_threads=1`, the default before 2026-12-07; today's `dgp` uses the node's cores for it). Best during the search, then every method's best re-timed by the same measurer "
                   "(5 rounds, interleaved; median). MetaSchedule's during-search columns are its own runner's "
                   f"figures, {ms_note} (its runner times the function it tunes, which for a layout-free weight "
                   "likely still holds the weight-packing block; not verified): only the re-timed column compares "

@@ -236,7 +236,7 @@ class DGPSearch:
             sc = self._scaler_for()
             X = sc.transform(self.history.X)
             y = torch.as_tensor(self.history.y, dtype=torch.float32)
-            with torch_threads(self.settings.torch_threads):
+            with torch_threads(self.settings.pretrain_threads or self.settings.torch_threads):
                 ps = self.settings.seed if self.settings.pretrain_seed is None else self.settings.pretrain_seed
                 self._pretrained = pretrain(X, y, self.settings.dgp, seed=ps,
                                             cache_dir=self.cache_dir).model

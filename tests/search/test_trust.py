@@ -465,3 +465,36 @@ def test_the_searcher_starts_stage_one_ahead_only_when_asked():
     assert on._core._pretrained is not None
     assert not DGPSearcher(sp, metric="latency_ms", mode="min",
                            settings=SearchSettings(**(FAST.__dict__ | {"prefetch": True}))).prefetch()
+
+
+def test_stage_one_runs_on_its_own_thread_count_and_the_search_on_torch_threads(monkeypatch):
+    """``SearchSettings.pretrain_threads``: stage 1 trains with that many torch threads (a job gives it the node's
+    cores while the trials wait for it), the fits after it with ``torch_threads``, and the process setting is
+    restored; None falls back to ``torch_threads``."""
+    import torch
+
+    import raydgp.search.loop as loop_mod
+    from raydgp.errors import ConfigError
+    from raydgp.testing import fake_latency_ms, fake_space
+
+    seen = []
+    real = loop_mod.pretrain
+
+    def spy(*a, **k):
+        seen.append(torch.get_num_threads())
+        return real(*a, **k)
+
+    monkeypatch.setattr(loop_mod, "pretrain", spy)
+    sp = fake_space("trust", (64, 32))
+    before = torch.get_num_threads()
+    for threads, expect in ((2, 2), (None, 1)):
+        seen.clear()
+        s = DGPSearch(sp, SearchSettings(**(FAST.__dict__ | {"init": "random", "pretrain_threads": threads})),
+                      history=_history(sp, False, n=40))
+        for _ in range(6):
+            c = s.suggest()
+            s.observe(c, fake_latency_ms("trust", sp.trace_json(c)))
+        assert seen == [expect]
+        assert torch.get_num_threads() == before
+    with pytest.raises(ConfigError, match="pretrain_threads=0"):
+        SearchSettings(pretrain_threads=0)
