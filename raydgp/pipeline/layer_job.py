@@ -73,9 +73,6 @@ def run_layer(run: LayerRun) -> dict:
         # The first trials: the history's best schedules of this shape and of the nearest other shapes of this op
         # (on hardware of this vector width), carried over to this space (as the model job seeds its layers).
         seeds = hist_mod.history_seeds(space, donors, info, k=min(run.seed_trials, trials // 2))
-        if not any(k == "pretrain_threads" or (k == "prefetch" and v) for k, v in options):
-            # the trials wait for stage 1 (trained when the first proposal needs it): it may use the node's cores
-            options = tuple(sorted(options + (("pretrain_threads", cores),)))
     searcher_obj = make_searcher(searcher, space, seed, hist, settings=settings, search_options=options,
                                  points_to_evaluate=seeds)
     if hist is not None:

@@ -185,7 +185,8 @@ def _stage1(run: ModelRun, m: LoadedModel, history_paths: list[Path], store: Rec
     DGPSearch(first, SearchSettings(**opts),
               history=hist,
               cache_dir=str(default_cache_dir())).pretrained()
-    log.info("stage 1: deep GP pre-trained on %d measurements in %.1f s", len(hist), time.monotonic() - t0)
+    log.info("stage 1: deep GP pre-trained on %d measurements in %.1f s (%s torch threads)", len(hist),
+             time.monotonic() - t0, opts["pretrain_threads"] or opts.get("torch_threads", 1))
     return hist
 
 

@@ -61,9 +61,12 @@ class SearchSettings:
             pre-trained model (e.g. every layer chunk of a whole-model run).
         torch_threads: torch threads while fitting and scoring (small GP algebra is fastest on one thread, and on a
             tuning node the other cores are building and timing kernels).
-        pretrain_threads: torch threads of stage 1 (the pre-training on the history; None: ``torch_threads``). A job
-            sets the node's cores where nothing else computes meanwhile: on 2 cores stage 1 on 4,000 records took
-            12 s on two threads against 20.5 s on one (emeraldrapids; ``scripts/bench_stage1.py``).
+        pretrain_threads: torch threads of stage 1 (the pre-training on the history; None: ``torch_threads``).
+            ``raydgp tune`` sets the node's cores: there stage 1 runs alone on the driver before the layers start
+            (2 cores, 4,000 records: 12 s on two threads against 20.5 s on one, emeraldrapids). ``raydgp layer``
+            leaves it at one thread: there the trials wait for it, and with two threads the wait shrank by 2-9 s
+            but the whole 64-trial runs took longer in 4 of 6 paired runs, 671 s against 627 s in all
+            (``bench/ab_pretrain_threads_emeraldrapids-2c-nhwc.json``, BENCHMARKS.md 7.3b).
         async_refit: refit on new results in a background thread and keep proposing with the latest finished model
             (a result or two behind), so ``suggest()`` stays fast; proposals then depend on timing. Off: every
             ``suggest()`` first refits on all results (deterministic for a seed). The first fit of a search is

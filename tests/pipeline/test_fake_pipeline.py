@@ -13,7 +13,8 @@ import pytest
 from tests.helpers import ROOT
 
 RUN = textwrap.dedent("""
-    import json, sys
+    import json, logging, sys
+    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")  # the job's log lines, as the CLI shows
     from raydgp.pipeline.model_job import run_model
     from raydgp.pipeline.settings import ModelRun
     from raydgp.testing import FakeToolchain
@@ -62,8 +63,10 @@ def test_whole_model_with_history_reports_the_trust_in_it(tmp_path):
     first, _ = run_fake(tmp_path / "first", trials=16, searcher="random", chunk=4, warmup=4, seed=2)
     assert first["summary"]["trials_total"] == 16
     # 3 layers: a warm-up of 8 each, then one chunk of 8 proposed by the model with its trust members
-    got, _ = run_fake(tmp_path / "run", trials=32, searcher="dgp", chunk=8, warmup=8, seed=1,
+    got, p = run_fake(tmp_path / "run", trials=32, searcher="dgp", chunk=8, warmup=8, seed=1,
                       history=[str(tmp_path / "first" / "records")])
+    # stage 1 runs alone on the driver before any layer starts: on the node's cores (SearchSettings.pretrain_threads)
+    assert f"({os.cpu_count()} torch threads)" in p.stderr, p.stderr[-2000:]
     s = got["summary"]
     assert s["verified"] and s["trials_total"] == 32 and s["proposals"]["total"] == 32, s["proposals"]
     trusts = [l["proposals"]["trust"] for l in s["layers"] if "trust" in l["proposals"]]
