@@ -230,14 +230,17 @@ def _searcher(method: str, seed: int):
     """A Ray Tune searcher by name, or ``(None, reason)`` when it cannot be built here."""
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
-    if method in ("dgp", "dgp_sync"):
+    if method in ("dgp", "dgp_sync", "dgp_mb8"):
         from raydgp.raytune.dgp_searcher import DGPSearcher
         from raydgp.search import SearchSettings
 
         # dgp: as a user gets it (2 trials at a time: proposals from the background queue); dgp_sync: every
-        # proposal computed inside suggest() on a model refitted on every result (the quality reference)
+        # proposal computed inside suggest() on a model refitted on every result (the quality reference);
+        # dgp_mb8: dgp whose queue batches grow up to 8 when the model is slower than the trials (queue_max_batch=8,
+        # the default for every searcher between 2026-12-05 and 2026-12-07, now only in raydgp's own jobs)
         return DGPSearcher(metric="loss", mode="min", settings=SearchSettings(
-            seed=seed, async_refit=method == "dgp", queue="auto" if method == "dgp" else "off")), None
+            seed=seed, async_refit=method != "dgp_sync", queue="off" if method == "dgp_sync" else "auto",
+            **({"queue_max_batch": 8} if method == "dgp_mb8" else {}))), None
     if method == "random":
         return BasicVariantGenerator(random_state=seed), None
     if method == "tpe":
@@ -299,18 +302,24 @@ def run_searchers(cfg: dict, out: Path, results: dict) -> None:
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     storage = tempfile.mkdtemp(prefix="raydgp-bench-")
     part = results.setdefault("searchers", {})
+    only = cfg.get("only")
+    # --only: (re)run these methods, keep the other methods' runs of the same problems and seeds
+    kept = [r for r in part.get("runs", []) if only and r["method"] not in only]
+    methods = list(dict.fromkeys((part.get("config") or {}).get("methods", []) + list(only))) if only and kept \
+        else (list(only) if only else cfg["methods"])
+    cfg = {k: v for k, v in cfg.items() if k != "only"} | {"methods": methods}
     part["config"] = cfg
-    runs = part["runs"] = []
+    runs = part["runs"] = kept
     plans = [(p, "fast", sp, cfg["trials"]) for p in cfg["problems"] for _, sp in cfg["speeds"].items()]
     if cfg.get("slow"):
         plans += [(p, "slow", cfg["slow"]["sleep_s"], cfg["slow"]["trials"]) for p in cfg["slow"]["problems"]]
     try:
         for problem, speed, sleep_s, trials in plans:
             for seed in range(cfg["seeds"]):
-                for method in cfg["methods"]:  # interleaved: every method within each seed
+                for method in only or cfg["methods"]:  # interleaved: every method within each seed
                     r = _one_search(problem, method, seed, trials, sleep_s, storage)
                     runs.append({"problem": problem, "speed": speed, "sleep_s": sleep_s, "seed": seed,
-                                 "method": method} | r)
+                                 "method": method, "commit": results.get("commit")} | r)
                     print(f"searchers {problem} {speed} seed {seed} {method}: "
                           f"{r.get('skipped') or r['best_regret'][-1]:.4g}" if "best_regret" in r and r["best_regret"]
                           else f"searchers {problem} {speed} seed {seed} {method}: {r.get('skipped')}", flush=True)
@@ -319,6 +328,17 @@ def run_searchers(cfg: dict, out: Path, results: dict) -> None:
         ray.shutdown()
     part["summary"] = summarise_searchers(runs, cfg)
     _save(out, results)
+
+
+def _commits_by_method(runs: list) -> str:
+    """" Methods run at different commits: ..." when the runs of a part come from more than one commit."""
+    by: dict = {}
+    for r in runs:
+        by.setdefault(r.get("commit") or "?", set()).add(r["method"])
+    if len(by) < 2:
+        return ""
+    return " Methods run at different commits: " + "; ".join(
+        f"{', '.join(f'`{m}`' for m in sorted(ms))} at {c}" for c, ms in by.items()) + "."
 
 
 def summarise_searchers(runs: list, cfg: dict) -> list:
@@ -788,7 +808,11 @@ def render(results: dict, bench_md: Path, out_dir: Path, suffix: str = "") -> st
                   "trial returns at once (faster than a refit); "
                   + (f"`slow`: each trial sleeps {cfg['slow']['sleep_s']} s. " if cfg.get("slow") else "")
                   + "`dgp`: DGPSearcher's default (background refits, at most one result behind); `dgp_sync`: "
-                    "refit on every result before proposing.", ""]
+                    "refit on every result before proposing"
+                  + ("; `dgp_mb8`: `dgp` whose queue batches grow up to 8 proposals when the model is slower than "
+                     "the trials (`queue_max_batch=8`: every searcher's default from 2026-12-05 to 2026-12-07, now "
+                     "raydgp's own jobs' only)" if "dgp_mb8" in cfg["methods"] else "") + "."
+                  + _commits_by_method(s.get("runs", [])), ""]
         for row in s["summary"]:
             bs = row["budgets"]
             lines += [f"**{row['problem']}, {row['speed']} trials**", "",
@@ -1105,7 +1129,7 @@ def main(argv=None) -> int:
     ap.add_argument("--parts", default=None, help=f"comma-separated, from {PARTS} (default: all of the mode's)")
     ap.add_argument("--out", default=str(ROOT / "bench"), help="folder of the JSON and the plots (default bench/)")
     ap.add_argument("--benchmarks", default=str(ROOT / "BENCHMARKS.md"), help="the markdown file to (re)write")
-    ap.add_argument("--only", default=None, help="layers, replay and e2e parts: (re)run only these comma-separated methods and "
+    ap.add_argument("--only", default=None, help="layers, replay, e2e and searchers parts: (re)run only these comma-separated methods and "
                          "keep the others' results (layers: all are re-timed together again; replay: same targets "
                          "and settings, added to the earlier run's JSON)")
     ap.add_argument("--seeds", default=None, help="layers part: run these comma-separated seeds instead of the mode's "
@@ -1150,7 +1174,7 @@ def main(argv=None) -> int:
                        machine=mach)
         cfg = MODES[mode]
         if args.only:  # --only: the layers and replay parts (re)run these methods and keep the others' results
-            cfg = dict(cfg, **{p: dict(cfg[p], only=args.only.split(",")) for p in ("layers", "replay", "e2e")
+            cfg = dict(cfg, **{p: dict(cfg[p], only=args.only.split(",")) for p in ("layers", "replay", "e2e", "searchers")
                                if cfg.get(p)})
         if args.workloads and cfg.get("layers"):
             from raydgp.errors import ConfigError

@@ -176,6 +176,15 @@ class DGPSearcher(JsonStateMixin, Searcher):
         k = self._settings.queue_refit_every
         return int(k) if k is not None else (2 if self._compute_guard is not None else 1)
 
+    @property
+    def queue_max_batch(self) -> int:
+        """The most proposals one queue batch may hold when the model is slower than the trials
+        (``queue_max_batch``; auto: 8 where the model shares the node's cores with the trials, i.e. the searcher has a
+        compute guard (raydgp's own jobs), else 0: batches as wide as the search, so fast trials do not get
+        proposals from a model up to 8 results old)."""
+        k = self._settings.queue_max_batch
+        return int(k) if k is not None else (8 if self._compute_guard is not None else 0)
+
     def _proposal_queue(self):
         if self._queue is None:
             from dataclasses import replace
@@ -190,7 +199,7 @@ class DGPSearcher(JsonStateMixin, Searcher):
             self._queue = ProposalQueue(self._core, batch_size=self._width, max_staleness=staleness,
                                         wait_s=0.05 if self._width > 1 else 30.0,
                                         serial=self._width == 1, running=list(self._live.values()),
-                                        max_batch=s.queue_max_batch, refit_every=self.queue_refit_every)
+                                        max_batch=self.queue_max_batch, refit_every=self.queue_refit_every)
         return self._queue
 
     def prefetch(self) -> bool:

@@ -161,7 +161,12 @@ class SearchSettings:
             many as the results expected while the next one is computed, plus one, up to this: otherwise every
             result supersedes a batch of two before it is used and the workers wait for the model (measured on a
             2-core CPU, one conv, two trials in flight: a proposal every 2.9 s while a trial took 0.8 s). 0: always
-            as wide as the search.
+            as wide as the search. None (auto): 8 where the model shares the node's cores with the trials (raydgp's
+            own jobs: the searcher has a compute guard), 0 elsewhere: a Ray Tune user's fast trials then get
+            proposals at most one batch of the search's width behind, not up to 8 results (as a plain searcher on
+            Hartmann-6 with trials faster than a refit, 40 trials 2 at a time, the growing batches left a median
+            regret of 1.3 over 5 seeds where refitting on every result reached 0.14: BENCHMARKS.md 7.1
+            (``emeraldrapids-2c``)).
         prefetch: ``on``: a job that knows its history before its trials start (``raydgp layer``) starts stage 1
             in the background at once (:meth:`~raydgp.search.loop.DGPSearch.prefetch_pretrained`), to overlap Ray's
             start, the untuned baseline and the first trials; off (the default): stage 1 runs when the first
@@ -206,7 +211,7 @@ class SearchSettings:
     zero_shot_member: bool = True
     queue: str = "auto"
     queue_staleness: int | None = None
-    queue_max_batch: int = 8
+    queue_max_batch: int | None = None
     queue_refit_every: int | None = None
     random_interleave: float = 0.0
     cold_start: bool = True
@@ -230,8 +235,9 @@ class SearchSettings:
             raise ConfigError("prior_strength must be >= 0")
         if self.queue not in QUEUE_MODES:
             raise ConfigError(f"queue={self.queue!r}: choose one of {QUEUE_MODES}")
-        if self.queue_max_batch < 0:
-            raise ConfigError(f"queue_max_batch={self.queue_max_batch}: must be >= 0 (0: batches as wide as the search)")
+        if self.queue_max_batch is not None and self.queue_max_batch < 0:
+            raise ConfigError(f"queue_max_batch={self.queue_max_batch}: must be >= 0 (0: batches as wide as the "
+                              f"search) or None (auto)")
         if self.queue_refit_every is not None and self.queue_refit_every < 1:
             raise ConfigError(f"queue_refit_every={self.queue_refit_every}: must be >= 1 or None (auto)")
         if self.queue_staleness is not None and self.queue_staleness < 0:

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from raydgp.dgp.model import DGPSettings
+from raydgp.errors import ConfigError
 from raydgp.search import DGPSearch, SearchSettings
 from raydgp.search.proposer import ProposalQueue
 from raydgp.space.param_space import Dim, ParamSpace
@@ -173,6 +174,31 @@ def test_the_searcher_paces_refits_where_it_shares_the_node_cores():
     explicit = DGPSearcher(sp, metric="m", mode="min", settings=replace(FAST, queue_refit_every=3),
                            compute_guard=NodeComputeGuard("/tmp/x.lock"))
     assert explicit.queue_refit_every == 3
+
+
+def test_batches_grow_only_where_the_model_shares_the_node_cores():
+    """``queue_max_batch`` auto: a plain Ray Tune searcher keeps its batches as wide as the search (trials faster than
+    a refit would otherwise get proposals from a model up to 8 results old: BENCHMARKS.md 7.1 (emeraldrapids-2c));
+    raydgp's own jobs (a compute guard) let them grow to 8; an explicit value wins; the queue gets it."""
+    from raydgp.measure.node_locks import NodeComputeGuard
+    from raydgp.raytune.dgp_searcher import DGPSearcher
+
+    sp = _space()
+    plain = DGPSearcher(sp, metric="m", mode="min", settings=FAST)
+    assert plain.queue_max_batch == 0
+    guarded = DGPSearcher(sp, metric="m", mode="min", settings=FAST, compute_guard=NodeComputeGuard("/tmp/x.lock"))
+    assert guarded.queue_max_batch == 8
+    explicit = DGPSearcher(sp, metric="m", mode="min", settings=replace(FAST, queue_max_batch=5))
+    assert explicit.queue_max_batch == 5
+    for s, expect in ((plain, 2), (guarded, 8), (explicit, 5)):
+        s.set_max_concurrency(2)
+        q = s._proposal_queue()
+        try:
+            assert q.batch_size == 2 and q.max_batch == expect
+        finally:
+            q.close()
+    with pytest.raises(ConfigError, match="queue_max_batch=-1"):
+        SearchSettings(queue_max_batch=-1)
 
 
 def test_serial_queue_is_deterministic_and_matches_refit_on_every_result():
