@@ -164,9 +164,9 @@ class SearchSettings:
             as wide as the search. None (auto): 8 where the model shares the node's cores with the trials (raydgp's
             own jobs: the searcher has a compute guard), 0 elsewhere: a Ray Tune user's fast trials then get
             proposals at most one batch of the search's width behind, not up to 8 results (as a plain searcher on
-            Hartmann-6 with trials faster than a refit, 40 trials 2 at a time, the growing batches left a median
-            regret of 1.3 over 5 seeds where refitting on every result reached 0.14: BENCHMARKS.md 7.1
-            (``emeraldrapids-2c``)).
+            Hartmann-6 with trials faster than a refit, 40 trials 2 at a time, median of 5 seeds: regret 1.32 with
+            growing batches, random search 1.30, batches as wide as the search 0.34, Optuna TPE 0.50, refitting on
+            every result 0.157: BENCHMARKS.md 7.1 (``emeraldrapids-2c``)).
         prefetch: ``on``: a job that knows its history before its trials start (``raydgp layer``) starts stage 1
             in the background at once (:meth:`~raydgp.search.loop.DGPSearch.prefetch_pretrained`), to overlap Ray's
             start, the untuned baseline and the first trials; off (the default): stage 1 runs when the first
