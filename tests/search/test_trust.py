@@ -468,9 +468,9 @@ def test_the_searcher_starts_stage_one_ahead_only_when_asked():
 
 
 def test_stage_one_runs_on_its_own_thread_count_and_the_search_on_torch_threads(monkeypatch):
-    """``SearchSettings.pretrain_threads``: stage 1 trains with that many torch threads (a job gives it the node's
-    cores while the trials wait for it), the fits after it with ``torch_threads``, and the process setting is
-    restored; None falls back to ``torch_threads``."""
+    """``SearchSettings.pretrain_threads``: stage 1 trains with that many torch threads (``raydgp tune`` gives it the
+    node's cores: its stage 1 runs alone on the driver), the process setting is restored after it, None falls back to
+    ``torch_threads``, and 0 is refused."""
     import torch
 
     import raydgp.search.loop as loop_mod
