@@ -108,10 +108,21 @@ class LibraryRun:
         return float(np.median(self.latencies_ms)) if self.latencies_ms else float("nan")
 
 
+def _library_cmd(lib, inp: Path, out: Path, repeat: int, min_repeat_ms: float, device: str) -> list[str]:
+    return [sys.executable, "-m", "raydgp.models.run_library", str(lib), str(inp), str(out), str(int(repeat)),
+            str(int(min_repeat_ms)), device]
+
+
+def _read_outputs(out: Path) -> list:
+    with np.load(out) as z:
+        return [z[f"arr_{i}"] for i in range(len(z.files))]
+
+
 def run_library(lib: str | os.PathLike, inputs: Mapping[str, np.ndarray], *, threads: int, repeat: int = 10,
                 min_repeat_ms: int = 50, device: str = "cpu", timeout_s: float = 600.0,
                 workdir: str | os.PathLike | None = None) -> LibraryRun:
-    """Load ``lib`` in a fresh Python process, run it on ``inputs`` and time it (``repeat`` medians of >= ``min_repeat_ms``).
+    """Load ``lib`` in a fresh Python process, run it on ``inputs`` and time it (``repeat`` medians of >= ``min_repeat_ms``;
+    ``repeat=1, min_repeat_ms=0``: one call, after the call that produced the outputs).
 
     Raises:
         RayDGPError: the library failed to load or run, or did not finish within ``timeout_s``.
@@ -121,21 +132,64 @@ def run_library(lib: str | os.PathLike, inputs: Mapping[str, np.ndarray], *, thr
     out = workdir / ".run_outputs.npz"
     np.savez(inp, *[np.ascontiguousarray(v) for v in inputs.values()])
     env = dict(os.environ, TVM_NUM_THREADS=str(int(threads)))
-    cmd = [sys.executable, "-m", "raydgp.models.run_library", str(lib), str(inp), str(out), str(int(repeat)),
-           str(int(min_repeat_ms)), device]
     try:
-        p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=env)
+        p = subprocess.run(_library_cmd(lib, inp, out, repeat, min_repeat_ms, device), capture_output=True, text=True,
+                           timeout=timeout_s, env=env)
     except subprocess.TimeoutExpired:
         raise RayDGPError(f"running {lib} took longer than {timeout_s:.0f} s") from None
     if p.returncode != 0:
         tail = (p.stderr or p.stdout).strip().splitlines()[-1:] or [f"exit status {p.returncode}"]
         raise RayDGPError(f"running {lib} failed: {tail[0]}")
     info = json.loads(p.stdout.strip().splitlines()[-1])
-    with np.load(out) as z:
-        outputs = [z[f"arr_{i}"] for i in range(len(z.files))]
+    outputs = _read_outputs(out)
     inp.unlink(missing_ok=True)
     out.unlink(missing_ok=True)
     return LibraryRun(outputs=outputs, latencies_ms=info["latencies_ms"])
+
+
+class LibraryTimer:
+    """``lib`` loaded once in a fresh process (:mod:`raydgp.models.rounds`): its ``outputs`` on the inputs, then a
+    timing round (``repeat`` medians of >= ``min_repeat_ms``) each time :meth:`round` is called. Use as a context
+    manager, or :meth:`close` it.
+
+    Raises:
+        RayDGPError: (at the start or any round) the library failed to load or run, or a step took longer than
+            ``timeout_s``.
+    """
+
+    def __init__(self, lib: str | os.PathLike, inputs: Mapping[str, np.ndarray], *, threads: int, repeat: int = 10,
+                 min_repeat_ms: int = 50, device: str = "cpu", timeout_s: float = 600.0,
+                 workdir: str | os.PathLike | None = None):
+        from raydgp.models.rounds import RoundsProcess
+
+        workdir = Path(workdir or Path(lib).parent)
+        inp, out = workdir / ".timer_inputs.npz", workdir / ".timer_outputs.npz"
+        np.savez(inp, *[np.ascontiguousarray(v) for v in inputs.values()])
+        try:
+            self._proc = RoundsProcess(_library_cmd(lib, inp, out, repeat, min_repeat_ms, device) + ["rounds"],
+                                       dict(os.environ, TVM_NUM_THREADS=str(int(threads))), timeout_s,
+                                       what=f"running {lib}")
+            try:
+                self.outputs: list = _read_outputs(out)
+            except (OSError, ValueError, KeyError) as e:
+                self._proc.close()
+                raise RayDGPError(f"running {lib}: its outputs could not be read ({e})") from None
+        finally:
+            inp.unlink(missing_ok=True)
+            out.unlink(missing_ok=True)
+
+    def round(self) -> list[float]:
+        """One timing round's latencies (ms)."""
+        return [float(v) for v in self._proc.round()["latencies_ms"]]
+
+    def close(self) -> None:
+        self._proc.close()
+
+    def __enter__(self) -> "LibraryTimer":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def compare(outputs: list, reference: list, rtol: float = 1e-3, atol_rel: float = 1e-4) -> tuple[bool, float, str]:

@@ -1,6 +1,9 @@
 """Run an exported Relax library in this (fresh) process: ``python -m raydgp.models.run_library LIB IN.npz OUT.npz
-REPEAT MIN_REPEAT_MS DEVICE``. Writes the outputs to OUT.npz and one JSON line ``{"latencies_ms": [...]}`` to stdout.
-Set ``TVM_NUM_THREADS`` in the environment before starting it."""
+REPEAT MIN_REPEAT_MS DEVICE [rounds]``. Writes the outputs to OUT.npz, then prints one JSON line
+``{"latencies_ms": [...]}`` to stdout; with ``rounds`` it prints ``{"ready": true}`` after the outputs instead and
+times a round per ``go`` line on stdin (:mod:`raydgp.models.rounds`). ``MIN_REPEAT_MS`` 0 with ``REPEAT`` 1 times one
+call in Python after the outputs' call (a baseline of seconds per call: TVM's timer would add a warm-up call of its
+own). Set ``TVM_NUM_THREADS`` in the environment before starting it."""
 
 from __future__ import annotations
 
@@ -24,7 +27,10 @@ def _flatten(x) -> list:
 
 
 def main(argv: list[str]) -> int:
-    lib, inp, outp, repeat, min_ms, device = argv
+    lib, inp, outp, repeat, min_ms, device = argv[:6]
+    rounds = argv[6:7] == ["rounds"]
+    import time
+
     from raydgp.tvm_loader import import_tvm
 
     tvm = import_tvm()
@@ -37,11 +43,22 @@ def main(argv: list[str]) -> int:
     args = [tvm.runtime.tensor(a, dev) for a in arrays]
     outs = _flatten(vm["main"](*args))
     np.savez(outp, *outs)
-    timer = vm.time_evaluator("main", dev, number=1, repeat=int(repeat), min_repeat_ms=int(min_ms))
-    res = timer(*args)
-    print(json.dumps({"latencies_ms": [float(r) * 1e3 for r in res.results]}))
-    return 0
 
+    def time_round() -> dict:
+        if int(repeat) == 1 and float(min_ms) <= 0:  # one call; the outputs' call above warmed it up
+            t0 = time.perf_counter()
+            vm["main"](*args)
+            dev.sync()
+            return {"latencies_ms": [(time.perf_counter() - t0) * 1e3]}
+        timer = vm.time_evaluator("main", dev, number=1, repeat=int(repeat), min_repeat_ms=int(min_ms))
+        return {"latencies_ms": [float(r) * 1e3 for r in timer(*args).results]}
+
+    if rounds:
+        from raydgp.models.rounds import serve
+
+        return serve(time_round)
+    print(json.dumps(time_round()))
+    return 0
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))

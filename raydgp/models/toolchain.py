@@ -65,8 +65,8 @@ class TVMToolchain(Toolchain):
 
     def deploy(self, model: LoadedModel, store: RecordStore, tuned_keys: set, out, threads: int,
                compare_reference: bool, log: Callable[[str], Any]) -> Deployment:
-        from raydgp.models.build import compare, compile_tuned, compile_untuned, export, run_library
-        from raydgp.models.run_reference import reference_latencies
+        from raydgp.models.build import LibraryTimer, compare, compile_tuned, compile_untuned, export, run_library
+        from raydgp.models.run_reference import ReferenceTimer
         from raydgp.space.ms_database import export_to_metaschedule
 
         h = model.handle
@@ -81,45 +81,61 @@ class TVMToolchain(Toolchain):
         t0 = time.monotonic()
         lib = export(compile_tuned(prepared, model.target, dbdir), out / f"{m.name}.so")
         build_s = time.monotonic() - t0
-        # The tuned library and the framework reference are timed in alternating fresh processes (tuned, reference,
-        # tuned, ...; ``TIMING_ROUNDS`` rounds of ``TIMING_REPEAT`` medians each, pooled), so a change of the machine's
-        # load during the timing falls on both sides of the ratio, not on one.
-        try:
-            tuned = run_library(lib, m.inputs, threads=threads, device=device, repeat=TIMING_REPEAT)
-            ok, err, msg = compare(tuned.outputs, reference)
-            lat = list(tuned.latencies_ms)
-        except RayDGPError as e:  # the tuned library crashed or hung: not verified, and said so
-            ok, err, msg, lat = False, float("inf"), f"the tuned library did not run: {e}", []
-        log(f"tuned library {lib} ({n_db} layer schedules, built in {build_s:.1f} s): "
-            + (f"verified against {m.reference_name} (max abs err {err:.2e})" if ok
-               else f"VERIFICATION FAILED against {m.reference_name}: {msg}"))
         un_lib = export(compile_untuned(prepared, model.target), out / ".untuned" / f"{m.name}.so")
         try:
-            # one timed run: the untuned build is a baseline two orders of magnitude off, seconds per call
-            untuned_ms = run_library(un_lib, m.inputs, threads=threads, repeat=1, min_repeat_ms=1,
+            # one timed call after the call that gives the outputs: the untuned build is a baseline two orders of
+            # magnitude off, seconds per call
+            untuned_ms = run_library(un_lib, m.inputs, threads=threads, repeat=1, min_repeat_ms=0,
                                      device=device).median_ms
         except RayDGPError as e:
             log(f"warning: the untuned library did not run ({e})")
             untuned_ms = None
+        # The tuned library and the framework reference are timed in alternation (tuned, reference, tuned, ...;
+        # ``TIMING_ROUNDS`` rounds of ``TIMING_REPEAT`` medians each, pooled), each side in a fresh process of its own
+        # that starts once and waits idle while the other times (:mod:`raydgp.models.rounds`), so a change of the
+        # machine's load during the timing falls on both sides of the ratio, not on one.
+        timers: list = []
         raw: dict = {}
-        # Rounds alternate with the reference; without one, a single round of the tuned library is its timing.
-        rounds = TIMING_ROUNDS if compare_reference else 1
-        for rnd in range(rounds):
+        lat: list = []
+        try:
+            try:
+                tuned = LibraryTimer(lib, m.inputs, threads=threads, device=device, repeat=TIMING_REPEAT)
+                timers.append(tuned)
+                ok, err, msg = compare(tuned.outputs, reference)
+            except RayDGPError as e:  # the tuned library crashed or hung: not verified, and said so
+                tuned, ok, err, msg = None, False, float("inf"), f"the tuned library did not run: {e}"
+            log(f"tuned library {lib} ({n_db} layer schedules, built in {build_s:.1f} s): "
+                + (f"verified against {m.reference_name} (max abs err {err:.2e})" if ok
+                   else f"VERIFICATION FAILED against {m.reference_name}: {msg}"))
+            ref = None
             if compare_reference:
-                got = reference_latencies(m.extra.get("path") or h["arg"], h["input_shape"], h["seed"], threads,
-                                          repeat=TIMING_REPEAT)
-                if got is None:
-                    log(f"warning: could not time the {m.reference_name} reference")
-                    compare_reference = False  # it will not run the next time either
-                else:
-                    for k, v in got.items():
-                        raw.setdefault(k, []).extend(v)
-            if ok and lat and rnd < rounds - 1:
                 try:
-                    lat += run_library(lib, m.inputs, threads=threads, device=device, repeat=TIMING_REPEAT).latencies_ms
-                except RayDGPError as e:  # it ran once and verified, then failed: not a deployable library
-                    ok, msg = False, f"the tuned library failed on a later timing run: {e}"
-                    log(f"NOT VERIFIED: {msg}")
+                    ref = ReferenceTimer(m.extra.get("path") or h["arg"], h["input_shape"], h["seed"], threads,
+                                         repeat=TIMING_REPEAT)
+                    timers.append(ref)
+                except RayDGPError as e:
+                    log(f"warning: could not time the {m.reference_name} reference ({e})")
+                    compare_reference = False
+            # Rounds alternate with the reference; without one, a single round of the tuned library is its timing.
+            rounds = TIMING_ROUNDS if compare_reference else 1
+            for _ in range(rounds):
+                if tuned is not None:
+                    try:
+                        lat += tuned.round()
+                    except RayDGPError as e:  # it ran and verified, then failed: not a deployable library
+                        tuned, ok = None, False
+                        msg = f"the tuned library failed on a timing run: {e}"
+                        log(f"NOT VERIFIED: {msg}")
+                if ref is not None:
+                    try:
+                        for k, v in ref.round().items():
+                            raw.setdefault(k, []).extend(v)
+                    except RayDGPError as e:
+                        log(f"warning: the {m.reference_name} reference stopped ({e}); its rounds so far count")
+                        ref = None
+        finally:
+            for t in timers:
+                t.close()
         refs = {k: float(statistics.median(v)) for k, v in raw.items()}
         import math
 
@@ -128,8 +144,8 @@ class TVMToolchain(Toolchain):
                           end_to_end_latencies_ms=lat if ok else [], unverified_ms=None if ok else med,
                           max_abs_err=err if math.isfinite(err) else None, untuned_ms=untuned_ms,
                           reference_ms=refs, schedules=n_db, build_s=build_s, ms_database=str(dbdir),
-                          timing=(f"tuned library and {m.reference_name} in alternating fresh processes, "
-                                  f"{rounds} rounds of {TIMING_REPEAT} medians of >= 50 ms each, pooled")
+                          timing=(f"tuned library and {m.reference_name} in alternation, each in one fresh process "
+                                  f"started once, {rounds} rounds of {TIMING_REPEAT} medians of >= 50 ms each, pooled")
                           if compare_reference else
                           f"tuned library alone (no reference timed), {rounds} round(s) of {TIMING_REPEAT} medians "
                           f"of >= 50 ms each")

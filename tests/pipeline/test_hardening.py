@@ -123,17 +123,30 @@ def test_the_tvm_toolchain_reports_a_library_that_crashes(monkeypatch, tmp_path)
         def reference(xs):
             return [np.zeros(2)]
 
+    def untuned(lib, inputs, **kw):
+        assert "untuned" in str(lib)
+        return build.LibraryRun(outputs=[np.zeros(2)], latencies_ms=[5.0])
+
     def crash(lib, inputs, **kw):
-        if "untuned" in str(lib):
-            return build.LibraryRun(outputs=[np.zeros(2)], latencies_ms=[5.0])
         raise RayDGPError(f"running {lib} failed: killed by SIGSEGV")
+
+    class Ref:
+        def __init__(self, *a, **k):
+            pass
+
+        def round(self):
+            return {"pytorch": [1.0]}
+
+        def close(self):
+            pass
 
     monkeypatch.setattr(msdb, "export_to_metaschedule", lambda store, d, **kw: (os.makedirs(d, exist_ok=True), 1)[1])
     monkeypatch.setattr(build, "compile_tuned", lambda *a: None)
     monkeypatch.setattr(build, "compile_untuned", lambda *a: None)
     monkeypatch.setattr(build, "export", lambda ex, path: path)
-    monkeypatch.setattr(build, "run_library", crash)
-    monkeypatch.setattr(rr, "reference_latencies", lambda *a, **k: {"pytorch": [1.0]})
+    monkeypatch.setattr(build, "run_library", untuned)
+    monkeypatch.setattr(build, "LibraryTimer", crash)
+    monkeypatch.setattr(rr, "ReferenceTimer", Ref)
     lm = LoadedModel("m", "builtin", "pytorch", {"kind": "llvm"}, [],
                      handle={"imported": M, "prepared": None, "arg": "m", "input_shape": None, "seed": 0,
                              "device": "cpu"})
@@ -142,16 +155,17 @@ def test_the_tvm_toolchain_reports_a_library_that_crashes(monkeypatch, tmp_path)
     assert dep.untuned_ms == 5.0 and (tmp_path / "ms_database").is_dir()
 
 
-def test_deploy_times_the_tuned_library_and_the_reference_in_alternation(monkeypatch, tmp_path):
-    """Tuned and reference timings alternate (tuned, reference, tuned, ...), and the medians pool every round: a load
-    change during the timing falls on both sides of the ratio."""
+def _fake_deploy(monkeypatch, tmp_path, order: list, tuned_fails_at: int | None = None, ref_fails: str = ""):
+    """Run TVMToolchain.deploy with fake builds and fake timing processes that note what they do in ``order``: U
+    (untuned run), T+ / R+ (a tuned / reference process started), T / R (a round), T- / R- (closed)."""
     import numpy as np
 
     import raydgp.models.build as build
     import raydgp.models.run_reference as rr
     import raydgp.space.ms_database as msdb
+    from raydgp.errors import RayDGPError
     from raydgp.models.base import LoadedModel
-    from raydgp.models.toolchain import TIMING_ROUNDS, TVMToolchain
+    from raydgp.models.toolchain import TVMToolchain
 
     class M:
         name, reference_name, inputs, extra = "m", "pytorch", {"x": np.zeros(2)}, {}
@@ -160,34 +174,94 @@ def test_deploy_times_the_tuned_library_and_the_reference_in_alternation(monkeyp
         def reference(xs):
             return [np.zeros(2)]
 
-    order = []
+    def untuned(lib, inputs, **kw):
+        assert "untuned" in str(lib) and kw["repeat"] == 1 and kw["min_repeat_ms"] == 0  # one timed call
+        order.append("U")
+        return build.LibraryRun(outputs=[np.zeros(2)], latencies_ms=[50.0])
 
-    def run(lib, inputs, **kw):
-        if "untuned" in str(lib):
-            order.append("U")
-            return build.LibraryRun(outputs=[np.zeros(2)], latencies_ms=[50.0])
-        order.append("T")
-        return build.LibraryRun(outputs=[np.zeros(2)], latencies_ms=[10.0 + order.count("T")])
+    class Tuned:
+        def __init__(self, lib, inputs, **kw):
+            order.append("T+")
+            self.outputs = [np.zeros(2)]
 
-    def ref(*a, **k):
-        order.append("R")
-        return {"pytorch": [20.0 + order.count("R")], "onnxruntime": [5.0]}
+        def round(self):
+            order.append("T")
+            if tuned_fails_at is not None and order.count("T") == tuned_fails_at:
+                raise RayDGPError("running m.so failed: killed by SIGSEGV")
+            return [10.0 + order.count("T")]
+
+        def close(self):
+            order.append("T-")
+
+    class Ref:
+        def __init__(self, *a, **k):
+            if ref_fails == "start":
+                raise RayDGPError("timing the reference of m failed: ModuleNotFoundError: torch")
+            order.append("R+")
+
+        def round(self):
+            order.append("R")
+            if ref_fails == "round" and order.count("R") == 2:
+                raise RayDGPError("timing the reference of m failed: killed")
+            return {"pytorch": [20.0 + order.count("R")], "onnxruntime": [5.0]}
+
+        def close(self):
+            order.append("R-")
 
     monkeypatch.setattr(msdb, "export_to_metaschedule", lambda store, d, **kw: (os.makedirs(d, exist_ok=True), 1)[1])
     monkeypatch.setattr(build, "compile_tuned", lambda *a: None)
     monkeypatch.setattr(build, "compile_untuned", lambda *a: "untuned")
     monkeypatch.setattr(build, "export", lambda ex, path: path)
-    monkeypatch.setattr(build, "run_library", run)
-    monkeypatch.setattr(rr, "reference_latencies", ref)
+    monkeypatch.setattr(build, "run_library", untuned)
+    monkeypatch.setattr(build, "LibraryTimer", Tuned)
+    monkeypatch.setattr(rr, "ReferenceTimer", Ref)
     lm = LoadedModel("m", "builtin", "pytorch", {"kind": "llvm"}, [],
                      handle={"imported": M, "prepared": None, "arg": "m", "input_shape": None, "seed": 0,
                              "device": "cpu"})
-    dep = TVMToolchain().deploy(lm, None, set(), tmp_path, 2, True, lambda *_: None)
+    logged: list = []
+    return TVMToolchain().deploy(lm, None, set(), tmp_path, 2, True, logged.append), logged
+
+
+def test_deploy_times_the_tuned_library_and_the_reference_in_alternation(monkeypatch, tmp_path):
+    """Tuned and reference timings alternate (tuned, reference, tuned, ...), each side in one process started once and
+    closed at the end, and the medians pool every round: a load change during the timing falls on both sides of the
+    ratio."""
+    import numpy as np
+
+    from raydgp.models.toolchain import TIMING_ROUNDS
+
+    order: list = []
+    dep, _ = _fake_deploy(monkeypatch, tmp_path, order)
     assert TIMING_ROUNDS >= 2
-    assert "".join(order).replace("U", "") == "TR" * TIMING_ROUNDS, order
+    assert order == ["U", "T+", "R+"] + ["T", "R"] * TIMING_ROUNDS + ["T-", "R-"], order
     assert dep.verified and dep.end_to_end_latencies_ms == [10.0 + i for i in range(1, TIMING_ROUNDS + 1)]
     assert dep.reference_ms["pytorch"] == float(np.median([20.0 + i for i in range(1, TIMING_ROUNDS + 1)]))
-    assert dep.reference_ms["onnxruntime"] == 5.0
+    assert dep.reference_ms["onnxruntime"] == 5.0 and dep.untuned_ms == 50.0
+    assert "one fresh process started once" in dep.timing
+
+
+def test_deploy_when_a_timing_process_fails_midway(monkeypatch, tmp_path):
+    """A tuned library that crashes on a later round is not verified (its rounds so far stay as the unverified
+    latency); a reference that cannot start leaves one round of the tuned library, said in the log; a reference that
+    dies midway keeps its rounds so far. Every process is closed."""
+    from raydgp.models.toolchain import TIMING_ROUNDS
+
+    order: list = []
+    dep, logged = _fake_deploy(monkeypatch, tmp_path, order, tuned_fails_at=2)
+    assert not dep.verified and dep.end_to_end_ms is None and "SIGSEGV" in dep.verify_message
+    assert dep.unverified_ms == 11.0 and order.count("R") == TIMING_ROUNDS and order.count("T") == 2
+    assert order[-2:] == ["T-", "R-"] and any("NOT VERIFIED" in m for m in logged)
+
+    order = []
+    dep, logged = _fake_deploy(monkeypatch, tmp_path, order, ref_fails="start")
+    assert dep.verified and order == ["U", "T+", "T", "T-"] and dep.reference_ms == {}
+    assert any("could not time the pytorch reference" in m and "torch" in m for m in logged)
+    assert "no reference timed" in dep.timing
+
+    order = []
+    dep, logged = _fake_deploy(monkeypatch, tmp_path, order, ref_fails="round")
+    assert dep.verified and order.count("R") == 2 and order.count("T") == TIMING_ROUNDS
+    assert dep.reference_ms["pytorch"] == 21.0 and any("reference stopped" in m for m in logged)
 
 
 def test_progress_layers_done_never_goes_backwards():
