@@ -152,3 +152,60 @@ def test_model_run_rejects_an_unknown_layout(tmp_path):
 
     with pytest.raises(ConfigError, match="layout 'nhwc'.*NHWC"):
         ModelRun(model="resnet18", out=tmp_path, layout="nhwc")
+
+
+def test_numpy_fold_computes_what_fold_constant_computes(cpu_target):
+    """Batch-norm folding and the NHWC weight transposes are folded in NumPy (no LLVM build per constant): after
+    NumpyFold no call of its operators has only constant inputs, and every constant of the prepared model equals what
+    TVM's own FoldConstant computed (to float32 rounding), in the same order and shapes."""
+    from raydgp.models.importer import load_model
+    from raydgp.models.tasks import _NUMPY_OPS, NumpyFold, prepare
+    from raydgp.space.metaschedule import make_target
+    from raydgp.tvm_loader import import_tvm
+
+    tvm = import_tvm()
+    from tvm import relax
+
+    def constant_calls(mod):
+        found = []
+        for _, f in mod.functions_items():
+            if isinstance(f, relax.Function):
+                binds = {}
+
+                def visit(e):
+                    if isinstance(e, relax.VarBinding):
+                        binds[e.var] = e.value
+                    elif isinstance(e, relax.Call) and getattr(e.op, "name", None) in _NUMPY_OPS and all(
+                            isinstance(a, tvm.ir.expr.Constant) or isinstance(binds.get(a), tvm.ir.expr.Constant)
+                            for a in e.args[:_NUMPY_OPS[e.op.name][0]]):
+                        found.append(e.op.name)
+                for block in f.body.blocks:
+                    for b in block.bindings:
+                        visit(b)
+                        visit(b.value)
+        return found
+
+    def constants(mod):
+        out = []
+        relax.analysis.post_order_visit(mod["main"], lambda e: out.append(np.asarray(e.value.numpy() if hasattr(e.value, 'numpy') else e.value))
+                                        if isinstance(e, tvm.ir.expr.Constant) else None)
+        return out
+
+    m = load_model("tiny_cnn")
+    with make_target(cpu_target):
+        bn = relax.transform.FoldBatchnormToConv2D()(m.mod)
+        assert len(constant_calls(bn)) >= 3  # the batch-norm arithmetic on the weights (its first steps)
+        assert constant_calls(NumpyFold()(bn)) == []
+
+        def passes(numpy_first):
+            fold = [NumpyFold(), relax.transform.FoldConstant()] if numpy_first else [relax.transform.FoldConstant()]
+            return tvm.transform.Sequential([
+                *fold, relax.transform.DecomposeOpsForInference(), relax.transform.CanonicalizeBindings(), *fold,
+                relax.transform.ConvertLayout({"relax.nn.conv2d": ["NHWC", "HWIO"]}), *fold,
+                relax.transform.CanonicalizeBindings(), relax.transform.DeadCodeElimination()])
+
+        a, b = constants(passes(False)(bn)), constants(passes(True)(bn))
+    assert len(a) == len(b) >= 6
+    for x, y in zip(a, b):
+        assert x.shape == y.shape and x.dtype == y.dtype
+        np.testing.assert_allclose(y, x, rtol=2e-6, atol=1e-7)
