@@ -430,11 +430,12 @@ def render(args) -> None:
                          f"{ort} | {_r(r.get('untuned_ms'), 0)} | {ratio(t, pt)} | {ratio(t, ort)} | "
                          f"{_r(r.get('layer_best_sum_ms'), 2)} | {r['wall_s']:.0f} s | {r.get('verified')} | "
                          f"{r.get('history', '?')} | {r.get('commit', '?')}{_options(r)} |")
-        last = data["models"][-1]
-        pk = f"{last['peak_gflops']:.0f}" if last.get("peak_gflops") else "?"
-        mcpu = last["machine"]["mcpu"]
-        for model in dict.fromkeys(r["model"] for r in data["models"] if r["machine"]["mcpu"] == mcpu):
-            lines += _per_layer(data["models"], model, mcpu, pk, last["machine"]["cores"])
+        # per-layer tables of every machine kind, the one measured last first (each with its own last peak)
+        for mcpu in dict.fromkeys(r["machine"]["mcpu"] for r in reversed(data["models"])):
+            last = [r for r in data["models"] if r["machine"]["mcpu"] == mcpu][-1]
+            pk = f"{last['peak_gflops']:.0f}" if last.get("peak_gflops") else "?"
+            for model in dict.fromkeys(r["model"] for r in data["models"] if r["machine"]["mcpu"] == mcpu):
+                lines += _per_layer(data["models"], model, mcpu, pk, last["machine"]["cores"])
     if data["layers"]:
         lines += ["", "Single layers, equal trials, one after the other; both best schedules re-timed by raydgp's "
                   "measurer (cold caches), interleaved, 5 rounds, medians:", "",
