@@ -45,6 +45,8 @@ log = logging.getLogger("raydgp.search")
 
 #: Target points before a cold member is fitted beside the transferred model.
 TRUST_MIN_POINTS = 4
+#: The trust members that carry the history (their weight together decides :meth:`DGPSearch._cold_member_steps`).
+HISTORY_MEMBERS = ("transfer", "zeroshot", "stacked")
 
 
 class _Member(NamedTuple):
@@ -263,6 +265,7 @@ class DGPSearch:
         if self.trusting or self._groups:
             self._update_trust(X, y, configs)
         due = self._refit_due(len(y))
+        cold_steps = self._cold_member_steps()
         s = self.settings
         if self._model is not None and s.async_refit:
             # Refit copies in the background and score with the current models meanwhile, but never from a model
@@ -277,7 +280,8 @@ class DGPSearch:
                 torch.set_num_threads(s.torch_threads)  # the worker thread shares the process setting
                 work = (copy.deepcopy(self._model), copy.deepcopy(self._cold), self._stacked, self._additive)
                 self._refit_thread = threading.Thread(target=self._refit_in_background,
-                                                      args=(work, X, y, configs, base, due), daemon=True,
+                                                      args=(work, X, y, configs, base, due, cold_steps),
+                                                      daemon=True,
                                                       name="raydgp-refit")
                 self._refit_thread.start()
                 if len(y) - self._fitted_on > s.max_staleness:
@@ -285,7 +289,7 @@ class DGPSearch:
                     self.stats["refit_waits"] = self.stats.get("refit_waits", 0) + 1
             return self._model
         new, fitted = self._refit_members((self._model, self._cold, self._stacked, self._additive), X, y, base,
-                                          configs, due)
+                                          configs, due, cold_steps)
         self._install(new, fitted, configs)
         return self._model
 
@@ -309,10 +313,22 @@ class DGPSearch:
         return {m: w.get(m, 1.0) >= s.idle_member_weight or n - self._fit_n.get(m, -n) >= s.idle_member_every
                 for m in names}
 
-    def _refit_in_background(self, models, X, y, configs, base, due) -> None:
+    def _cold_member_steps(self) -> int:
+        """Adam steps of the cold member's next fresh fit: ``cold_member_steps`` while the history's members carry
+        weight; ``cold_steps`` (what the search without history fits) once they together hold less than
+        ``idle_member_weight`` of the trust (``distrust_cold_steps``): the cold member then leads alone."""
+        s = self.settings
+        if not (s.distrust_cold_steps and self.trusting and self._cold is not None):
+            return s.cold_member_steps
+        w = self.trust_weights()
+        if sum(v for k, v in w.items() if k in HISTORY_MEMBERS) < s.idle_member_weight:
+            return s.cold_steps
+        return s.cold_member_steps
+
+    def _refit_in_background(self, models, X, y, configs, base, due, cold_steps=None) -> None:
         try:
             with self._guard():
-                new, fitted = self._refit_members(models, X, y, base, configs, due)
+                new, fitted = self._refit_members(models, X, y, base, configs, due, cold_steps)
         except Exception as e:  # noqa: BLE001 - a failed refit keeps the previous model (counted and logged)
             self.stats["refit_failures"] += 1
             log.warning("background refit failed (%s: %s); proposing with the previous model", type(e).__name__, e)
@@ -325,10 +341,11 @@ class DGPSearch:
         if t is not None:
             t.join(timeout)
 
-    def _refit_members(self, models, X, y, base, configs, due=None):
+    def _refit_members(self, models, X, y, base, configs, due=None, cold_steps=None):
         """Refit the transferred (or, without history, cold) model and, when trusting, the cold member (and the
         stacked one, ``stacked_member``); and the additive member (``additive_member``). ``due``: which of the first
-        two to fit (:meth:`_refit_due`; None: both).
+        two to fit (:meth:`_refit_due`; None: both); ``cold_steps``: Adam steps of a fresh fit of the cold member
+        (:meth:`_cold_member_steps`; None: ``cold_member_steps``).
 
         Returns:
             ``((model, cold, stacked, additive), names of the members fitted on these results)``.
@@ -352,7 +369,10 @@ class DGPSearch:
                                 and len(y) >= (1.0 + s.cold_refresh) * self._cold_fresh_n):
                 # A fresh fit (inducing points on the data, exact-GP start) once the data grew by ``cold_refresh``
                 # (by default on every refit, as the search without history fits itself; about a second each).
-                cold = self._refit(None, X, y, None, steps=s.cold_member_steps, warm=cold)
+                steps = s.cold_member_steps if cold_steps is None else cold_steps
+                if steps != s.cold_member_steps:
+                    self.stats["cold_full_fits"] = self.stats.get("cold_full_fits", 0) + 1
+                cold = self._refit(None, X, y, None, steps=steps, warm=cold)
                 self._cold_fresh_n = len(y)
             else:
                 t0 = time.perf_counter()

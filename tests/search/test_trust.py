@@ -498,3 +498,36 @@ def test_stage_one_runs_on_its_own_thread_count_and_the_search_on_torch_threads(
         assert torch.get_num_threads() == before
     with pytest.raises(ConfigError, match="pretrain_threads=0"):
         SearchSettings(pretrain_threads=0)
+
+
+def test_the_cold_member_fits_as_the_search_without_history_once_the_history_is_distrusted(monkeypatch):
+    """``distrust_cold_steps``: the cold member's fresh fits take ``cold_steps`` (the search without history's) once
+    the history's members together hold less than ``idle_member_weight``, ``cold_member_steps`` while they carry
+    weight (and for its first fit, before any trust exists); off: ``cold_member_steps`` always."""
+    weights: dict = {}
+    cold_fits: list = []  # Adam steps of every fresh cold fit, in order
+    real = DGPSearch._refit
+
+    def spy(self, model, X, y, base, steps=None, warm=None):
+        if base is None and model is None:
+            cold_fits.append(steps)
+        return real(self, model, X, y, base, steps, warm)
+
+    monkeypatch.setattr(DGPSearch, "_refit", spy)
+    monkeypatch.setattr(DGPSearch, "trust_weights",
+                        lambda self: dict(weights) if self._cold is not None else {"transfer": 1.0})
+    runs = {}
+    for name, w, kw in (("distrusted", {"transfer": 0.08, "zeroshot": 0.07, "cold": 0.85}, {}),
+                        ("carried", {"transfer": 0.15, "zeroshot": 0.1, "cold": 0.75}, {}),
+                        ("off", {"transfer": 0.08, "zeroshot": 0.07, "cold": 0.85}, {"distrust_cold_steps": False})):
+        weights.clear()
+        weights.update(w)
+        cold_fits[:] = []
+        runs[name] = (_search(lambda sp: _history(sp, True), 16, cold_steps=12, cold_member_steps=5, **kw),
+                      list(cold_fits))
+    s, fits = runs["distrusted"]
+    assert len(fits) >= 3 and fits[0] == 5 and set(fits[1:]) == {12}, fits
+    assert s.stats["cold_full_fits"] == len(fits) - 1
+    for name in ("carried", "off"):
+        s, fits = runs[name]
+        assert len(fits) >= 3 and set(fits) == {5} and "cold_full_fits" not in s.stats, (name, fits)
