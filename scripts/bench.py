@@ -500,7 +500,7 @@ LAYER_METHODS = {"dgp": ("dgp", True, ()), "cold": ("dgp", False, ()), "random":
                  "dgp_nopf": ("dgp", True, ("prefetch=off",)),
                  "dgp_pf": ("dgp", True, ("prefetch=on",)),
                  "dgp_pt1": ("dgp", True, ("pretrain_threads=1",)),
-                 "dgp_cm20": ("dgp", True, ("distrust_cold_steps=off",))}
+                 "dgp_dcs": ("dgp", True, ("distrust_cold_steps=on",))}
 
 
 def _run_layer(spec: str, seed: int, cfg: dict, part: dict, work: Path, out: Path, results: dict) -> None:
@@ -914,7 +914,7 @@ def render(results: dict, bench_md: Path, out_dir: Path, suffix: str = "") -> st
                   "by a slope fitted on the target), `dgp_shtop` weighs the members by how well they order the fast "
                   "configurations (`trust_pairs=top`: only pairs whose better point is among the best quarter) and "
                   "lets those weights decide who leads (`member_mix=share`: each member's EI divided by its own "
-                  "largest over the pool before the weighted sum), `dgp_pf` trains stage 1 in the background from the job's start (`prefetch=on`; the default between commits 7e665b6 and the next, when those runs' `dgp` did it and `dgp_nopf` (`prefetch=off`) was today's `dgp`), `dgp_pt1` trains stage 1 on one torch thread (`pretrain_threads=1`; a layer run's default, so today's `dgp` does the same: in the A/B file of 2026-12-07 `dgp`, at 7945985, trained it on the node's cores), `dgp_cm20` keeps the cold member's fresh fits at 20 Adam steps when the history's members hold under 0.2 of the weight (`distrust_cold_steps=off`; the default before 2026-12-07 04:30, so the `znver3-2c-nhwc` runs at 48bad0f, `dgp` when they ran, are `dgp_cm20` rows). Best during the search, then every method's best re-timed by the same measurer "
+                  "largest over the pool before the weighted sum), `dgp_pf` trains stage 1 in the background from the job's start (`prefetch=on`; the default between commits 7e665b6 and the next, when those runs' `dgp` did it and `dgp_nopf` (`prefetch=off`) was today's `dgp`), `dgp_pt1` trains stage 1 on one torch thread (`pretrain_threads=1`; a layer run's default, so today's `dgp` does the same: in the A/B file of 2026-12-07 `dgp`, at 7945985, trained it on the node's cores), `dgp_dcs` fits the cold member with 50 Adam steps instead of 20 while the history's members together hold under 0.2 of the weight (`distrust_cold_steps=on`; the default at commit 51ed046 only, whose `znver3-2c-nhwc` runs were named `dgp` then). Best during the search, then every method's best re-timed by the same measurer "
                   "(5 rounds, interleaved; median). MetaSchedule's during-search columns are its own runner's "
                   f"figures, {ms_note} (its runner times the function it tunes, which for a layout-free weight "
                   "likely still holds the weight-packing block; not verified): only the re-timed column compares "

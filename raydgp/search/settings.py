@@ -44,12 +44,11 @@ class SearchSettings:
             model, here the mixture's other members carry the search while it is young.
         distrust_cold_steps: with ``trust``, the cold member's fresh fit takes ``cold_steps`` instead of
             ``cold_member_steps`` while the history's members (transferred, zero-shot, stacked) together hold less
-            than ``idle_member_weight`` of the weight: the cold member then carries the search alone, and with 20
-            steps it is a weaker model than the one the search without history fits (live on znver3, NHWC, a
-            160->320 3x3 conv no history holds, 3 seeds: the history's members ranked the target's pairs at
-            0.48-0.56 accuracy, chance, and held 0.11-0.23 of the weight together at the end; the transfer search
-            ended 1.30x behind the cold search in one seed; BENCHMARKS.md 7 (``znver3-2c-nhwc``)). Off:
-            ``cold_member_steps`` always.
+            than ``idle_member_weight`` of the weight (the cold member then carries the search alone). Off by
+            default: live on znver3 (NHWC, two convs no history holds, 3 seeds each; BENCHMARKS.md 7
+            (``znver3-2c-nhwc``), method ``dgp_dcs``) it fired in 3 of 6 searches and the searches where it never
+            fired moved as much between reruns, so no effect could be told from run-to-run variation; the replay
+            had found 50 steps no better than 20 while the cold member led (BENCHMARKS.md section 3).
         cold_refresh: with ``trust``, the cold member is fitted afresh (inducing points on the data, exact-GP start,
             ``cold_member_steps``) once the target's data grew by this fraction since its last fresh fit, and
             warm-started (``refit_steps``) in between. 0 (the default): afresh on every refit while the data fit in
@@ -202,7 +201,7 @@ class SearchSettings:
     refit_steps: int = 30
     cold_steps: int = 50
     cold_member_steps: int = 20
-    distrust_cold_steps: bool = True
+    distrust_cold_steps: bool = False
     cold_refresh: float = 0.0
     idle_member_weight: float = 0.2
     idle_member_every: int = 4

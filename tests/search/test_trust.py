@@ -517,9 +517,11 @@ def test_the_cold_member_fits_as_the_search_without_history_once_the_history_is_
     monkeypatch.setattr(DGPSearch, "trust_weights",
                         lambda self: dict(weights) if self._cold is not None else {"transfer": 1.0})
     runs = {}
-    for name, w, kw in (("distrusted", {"transfer": 0.08, "zeroshot": 0.07, "cold": 0.85}, {}),
-                        ("carried", {"transfer": 0.15, "zeroshot": 0.1, "cold": 0.75}, {}),
-                        ("off", {"transfer": 0.08, "zeroshot": 0.07, "cold": 0.85}, {"distrust_cold_steps": False})):
+    on = {"distrust_cold_steps": True}
+    assert SearchSettings().distrust_cold_steps is False  # the default (no measured effect yet)
+    for name, w, kw in (("distrusted", {"transfer": 0.08, "zeroshot": 0.07, "cold": 0.85}, on),
+                        ("carried", {"transfer": 0.15, "zeroshot": 0.1, "cold": 0.75}, on),
+                        ("off", {"transfer": 0.08, "zeroshot": 0.07, "cold": 0.85}, {})):
         weights.clear()
         weights.update(w)
         cold_fits[:] = []
