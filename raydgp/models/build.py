@@ -19,6 +19,7 @@ from typing import Mapping
 import numpy as np
 
 from raydgp.errors import RayDGPError
+from raydgp.models.rounds import RoundsTimer
 from raydgp.tvm_loader import import_tvm
 
 
@@ -147,7 +148,7 @@ def run_library(lib: str | os.PathLike, inputs: Mapping[str, np.ndarray], *, thr
     return LibraryRun(outputs=outputs, latencies_ms=info["latencies_ms"])
 
 
-class LibraryTimer:
+class LibraryTimer(RoundsTimer):
     """``lib`` loaded once in a fresh process (:mod:`raydgp.models.rounds`): its ``outputs`` on the inputs, then a
     timing round (``repeat`` medians of >= ``min_repeat_ms``) each time :meth:`round` is called. Use as a context
     manager, or :meth:`close` it.
@@ -181,15 +182,6 @@ class LibraryTimer:
     def round(self) -> list[float]:
         """One timing round's latencies (ms)."""
         return [float(v) for v in self._proc.round()["latencies_ms"]]
-
-    def close(self) -> None:
-        self._proc.close()
-
-    def __enter__(self) -> "LibraryTimer":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
 
 def compare(outputs: list, reference: list, rtol: float = 1e-3, atol_rel: float = 1e-4) -> tuple[bool, float, str]:

@@ -157,3 +157,18 @@ def serve(time_round: Callable[[], dict], ready: dict | None = None, stdin=None,
         stdout.flush()
     return 0
 
+
+class RoundsTimer:
+    """Base of the timers that own a :class:`RoundsProcess` (``self._proc``): closed by :meth:`close` or as a context
+    manager."""
+
+    _proc: RoundsProcess
+
+    def close(self) -> None:
+        self._proc.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

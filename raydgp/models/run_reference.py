@@ -15,6 +15,7 @@ import time
 from typing import Any, Callable
 
 from raydgp.errors import RayDGPError
+from raydgp.models.rounds import RoundsTimer
 
 
 def reference_latencies(model: str, input_shape, seed: int, threads: int, repeat: int = 10,
@@ -44,7 +45,7 @@ def _as_latencies(info: dict) -> dict:
     return got
 
 
-class ReferenceTimer:
+class ReferenceTimer(RoundsTimer):
     """The framework references loaded once in a fresh process on ``threads`` threads (a PyTorch model exported to
     ONNX once), then a round of :func:`reference_latencies`'s timings each time :meth:`round` is called. Use as a
     context manager, or :meth:`close` it.
@@ -68,15 +69,6 @@ class ReferenceTimer:
         except (KeyError, TypeError, ValueError) as e:
             self.close()
             raise RayDGPError(f"timing the reference: unexpected answer ({e})") from None
-
-    def close(self) -> None:
-        self._proc.close()
-
-    def __enter__(self) -> "ReferenceTimer":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
 
 def time_reference(model: str, input_shape, seed: int, threads: int, repeat: int = 10,
