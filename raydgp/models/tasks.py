@@ -13,6 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Mapping
 
+import numpy as np
+
 from raydgp.space.workloads import Task, make_task
 from raydgp.tvm_loader import import_tvm
 
@@ -106,7 +108,7 @@ _NUMPY_OPS = {
     "relax.subtract": (2, lambda a, attrs, shape: a[0] - a[1]),
     "relax.multiply": (2, lambda a, attrs, shape: a[0] * a[1]),
     "relax.divide": (2, lambda a, attrs, shape: a[0] / a[1]),
-    "relax.sqrt": (1, lambda a, attrs, shape: __import__("numpy").sqrt(a[0])),
+    "relax.sqrt": (1, lambda a, attrs, shape: np.sqrt(a[0])),
     "relax.reshape": (1, lambda a, attrs, shape: a[0].reshape(shape)),
     "relax.permute_dims": (1, lambda a, attrs, shape: a[0].transpose(
         None if attrs.axes is None else [int(v) for v in attrs.axes])),
@@ -123,7 +125,6 @@ def NumpyFold():  # noqa: N802 - a pass, named like Relax's
     still folds there.
     """
     tvm = import_tvm()
-    import numpy as np
     from tvm import relax
     from tvm.relax.expr_functor import PyExprMutator, mutator
 
@@ -199,7 +200,6 @@ def mean_as_matmul(mod):
     matmul the channels are the vectorized innermost loop of a multi-level tiled dense task. The reshapes are views.
     """
     tvm = import_tvm()
-    import numpy as np
     from tvm import relax
     from tvm.relax.dpl import is_op, rewrite_call, wildcard
 
