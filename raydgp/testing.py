@@ -90,11 +90,13 @@ class FakeToolchain(Toolchain):
 
     ``deploy`` "builds" the model as the weighted sum of each layer's best fake latency (verified), or, with
     ``crash_library``, reports a library that did not run (``verified`` False), as the TVM toolchain does.
+    With ``siblings``, layers 0 and 1 are one sibling group (the same loop nest, as a conv with two epilogues).
     """
 
     def __init__(self, layers: int = 3, crash_library: bool = False, fail_every: int = 0, delay_s: float = 0.0,
-                 log_path: str | None = None):
+                 log_path: str | None = None, siblings: bool = False):
         self.n_layers = int(layers)
+        self.siblings = siblings
         self.crash_library = crash_library
         self.fail_every = fail_every
         self.delay_s, self.log_path = delay_s, log_path
@@ -108,9 +110,11 @@ class FakeToolchain(Toolchain):
         layers = []
         for i in range(self.n_layers):
             key = f"fake-{i}"
-            sp = fake_space(key, (64 * (i + 1), 56))
+            sib = self.siblings and i < 2
+            sp = fake_space(key, (64 * (1 if sib else i + 1), 56))
             layers.append(ModelLayer(name=f"fused_fake_{i}", task=TaskPayload(key, "{}", {"kind": "llvm"}), space=sp,
-                                     weight=1 + i % 2, op="conv2d", flops=2.0 ** sp.workload.features["log2_flops"]))
+                                     weight=1 + i % 2, op="conv2d", flops=2.0 ** sp.workload.features["log2_flops"],
+                                     group="fake-g0" if sib else ""))
         return LoadedModel("fake", "fake", "fake", {"kind": "llvm"}, layers)
 
     def measurer(self, settings: MeasureSettings) -> FakeMeasurer:

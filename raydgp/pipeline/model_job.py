@@ -7,9 +7,11 @@ Output directory layout (``out``)::
     untuned.json        each layer's untuned latency (measured once; written atomically)
     ms_database/        MetaSchedule JSONDatabase with the best record of every layer (replaced atomically)
     <model>.so          the tuned library (tvm.runtime.load_module + relax.VirtualMachine)
-    ray/                Ray Tune experiment state, one experiment per layer chunk (``<layer>.t<trials-before>.<run>``)
+    ray/                Ray Tune experiment state, one experiment per layer chunk (``<layer>.t<trials-before>.<run>``);
+                        a direct chunk (a follower's sync: given configurations only) has none
     tuning_curves.png   the model's estimated latency vs trials, and the layers that weigh most
-    chunks.json         each finished layer chunk's costs: wall, start delay, time to its first result (seconds)
+    chunks.json         each finished layer chunk's costs: wall, start delay, time to its first result (seconds),
+                        whether it was direct
     summary.json        see :func:`run_model` (written atomically)
 
 Re-running the same command after a kill (even SIGKILL, at any moment) continues from ``records/``: finished
@@ -235,7 +237,7 @@ def _tune_layers(run: ModelRun, m: LoadedModel, store: RecordStore, budget: Budg
             # end on one long chunk while the other slots idle
             left = run.time_budget_s - (time.monotonic() - t_start) if run.time_budget_s is not None else None
             # seconds per trial of the finished chunks, all in (each experiment's start included)
-            rates = sorted(c["wall_s"] / c["trials"] for c in chunk_log)
+            rates = sorted(c["wall_s"] / c["trials"] for c in chunk_log if not c.get("direct"))
             per_trial = rates[len(rates) // 2] if rates else None
             fits = max(2, int(left / per_trial)) if left is not None and per_trial else None
             nxt = budget.next_chunk(max_trials=fits)
@@ -260,6 +262,8 @@ def _tune_layers(run: ModelRun, m: LoadedModel, store: RecordStore, budget: Budg
             near = hist_mod.near_donors(rest + donors_hist, info, l.space) if run.searcher == "dgp" else []
             seeds = hist_mod.seed_configs(l.space, {r.config for r in recs}, donors, k=k_seeds, near=near,
                                           k_near=0 if sib else min(2, k_seeds))
+            # a chunk of given configurations only (a follower's sync) has nothing to search: no experiment
+            direct = len(seeds) >= n
             runner.submit(ChunkSpec(
                 name=name, experiment=experiment_name(f"{name}.t{st.trials}.{run_id}"), task=l.task, space=l.space,
                 searcher=run.searcher, seed=run.seed * 100003 + n_chunks, trials=n,
@@ -269,7 +273,7 @@ def _tune_layers(run: ModelRun, m: LoadedModel, store: RecordStore, budget: Budg
                 prior=tuple((l.space.to_params(r.config), r.result.status,
                              r.result.median_ms if r.result.ok else None) for r in recs if r.config.sketch >= 0),
                 cache_dir=cache_dir, pretrain_seed=run.seed, trackers=run.trackers, model=m.name,
-                seeds=tuple(seeds), measurer=trial_measurer, search_options=options[name]))
+                seeds=tuple(seeds), measurer=trial_measurer, search_options=options[name], direct=direct))
             n_chunks += 1
         if not runner.running:
             break
@@ -283,6 +287,7 @@ def _tune_layers(run: ModelRun, m: LoadedModel, store: RecordStore, budget: Budg
             budget.finish(name, lats, n)
             if res.wall_s and lats:
                 chunk_log.append({"layer": name, "trials": len(lats), "wall_s": round(res.wall_s, 2),
+                                  "direct": res.direct,
                                   "first_result_s": round(res.first_result_s, 2) if res.first_result_s else None,
                                   "start_delay_s": round(res.start_delay_s, 2) if res.start_delay_s else None})
             agg = proposals.setdefault(name, {})

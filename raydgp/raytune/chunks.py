@@ -1,6 +1,12 @@
 """Layer chunks as Ray work: each chunk of one layer's trials is its own Ray Tune experiment, run inside a Ray remote
 task pinned to the driver's node (``Tuner.fit`` in threads races in Tune's registry), several at once.
 
+A chunk whose every trial is a given configuration (a follower's sync: its group leader's best configurations) has
+nothing to search: it is *direct*, measured one configuration after another in one Ray task that holds a trial's
+resources (:func:`run_direct_chunk`), through the same measurement code and record writing as a trial. An experiment
+would start a Tune controller and a fresh trial-actor process (``import ray.tune``: about 2 s of a core here) to
+measure two known configurations.
+
 :class:`ChunkRunner` is everything the model job needs from Ray: start or join Ray, the node's warm measurement
 service, submitting chunks and waiting for the next finished one. A failed chunk comes back as data (its error), and
 its finished measurements are in the record store either way.
@@ -51,6 +57,12 @@ class ChunkSpec:
     search_options: tuple = ()
     max_concurrent: int | None = None
     submitted_at: float | None = None  # time.time() when the driver submitted it
+    direct: bool = False  # every trial is one of ``seeds``: measured in one Ray task, no Tune experiment
+
+    def __post_init__(self):
+        if self.direct and len(self.seeds) < self.trials:
+            raise ValueError(f"a direct chunk measures given configurations only: {self.trials} trials, "
+                             f"{len(self.seeds)} seeds")
 
 
 @dataclass(frozen=True)
@@ -59,7 +71,7 @@ class ChunkResult:
     ``error`` is set (one line) when the experiment itself failed; ``wall_s`` is the chunk's wall time in its Ray task,
     all in, ``first_result_s`` the time until its first trial's result reached the record writer (Tune's start, the
     searcher's first fit and one measurement), ``start_delay_s`` the time from its submission to its Ray task's start
-    (a worker process started or freed), seconds."""
+    (a worker process started or freed), seconds; ``direct``: measured by :func:`run_direct_chunk`."""
 
     latencies_ms: list = field(default_factory=list)
     proposals: dict = field(default_factory=dict)
@@ -67,6 +79,33 @@ class ChunkResult:
     wall_s: float | None = None
     first_result_s: float | None = None
     start_delay_s: float | None = None
+    direct: bool = False  # measured without an experiment (run_direct_chunk)
+
+
+def run_direct_chunk(spec: ChunkSpec) -> ChunkResult:
+    """A direct chunk (runs inside a Ray task holding one trial's resources): measure ``spec.seeds[:spec.trials]`` one
+    after another with the trials' own code (:func:`~raydgp.raytune.trainable.measure_config`: on a CPU node through
+    its warm measurement service, on a GPU the one Ray gave this task) and append each record as it is measured, as
+    the trials' :class:`~raydgp.raytune.callbacks.RecordWriter` does: a kill loses no finished measurement."""
+    import time
+
+    from raydgp.raytune.callbacks import record_from_result
+    from raydgp.raytune.trainable import measure_config
+
+    t0, wall0 = time.monotonic(), time.time()
+    store = RecordStore(spec.store_path)
+    lats, first = [], None
+    for params in spec.seeds[:spec.trials]:
+        result = measure_config(params, spec.task, spec.space, spec.settings, spec.measurer)
+        rec = record_from_result(spec.space, params, result, tag=spec.name)
+        store.append(rec)
+        first = first if first is not None else rec.time
+        lats.append(rec.result.median_ms if rec.result.ok else math.nan)
+    n = len(lats)
+    return ChunkResult(lats, {"model": 0, "tuning_set": 0, "random": 0, "refit_failures": 0, "evolved": 0,
+                              "seeded": n, "fallback": 0, "total": n},
+                       wall_s=time.monotonic() - t0, first_result_s=first - wall0 if first is not None else None,
+                       start_delay_s=wall0 - spec.submitted_at if spec.submitted_at else None, direct=True)
 
 
 def run_chunk(spec: ChunkSpec, history=None, callbacks=None) -> ChunkResult:
@@ -134,6 +173,9 @@ class ChunkRunner:
         if env:
             opts["runtime_env"] = {"env_vars": env}
         self._remote = ray.remote(num_cpus=0)(run_chunk).options(**opts)
+        # a direct chunk's task holds what its trial would: the node's CPUs it builds on, the GPU it times on
+        self._direct = ray.remote(run_direct_chunk).options(num_cpus=cpus_per_trial, num_gpus=1 if gpu else 0,
+                                                            **opts)
         self._service = None
         if service and not gpu:
             from raydgp.raytune.measure_service import start_service
@@ -168,7 +210,8 @@ class ChunkRunner:
         return len(self._inflight) < self.width
 
     def submit(self, spec: ChunkSpec) -> None:
-        self._inflight[self._remote.remote(spec, self._hist_ref, self._callbacks)] = (spec.name, spec.trials)
+        ref = self._direct.remote(spec) if spec.direct else self._remote.remote(spec, self._hist_ref, self._callbacks)
+        self._inflight[ref] = (spec.name, spec.trials)
 
     def wait(self, timeout_s: float = 2.0) -> list[tuple[str, int, ChunkResult]]:
         """Finished chunks as ``(layer, trials handed out, result)``; empty after ``timeout_s`` without one."""

@@ -20,7 +20,8 @@ RUN = textwrap.dedent("""
     from raydgp.testing import FakeToolchain
     args = json.loads(sys.argv[1])
     tc = FakeToolchain(layers=args.pop("layers", 3), crash_library=args.pop("crash", False),
-                       delay_s=args.pop("delay", 0.0), log_path=args.pop("log", None))
+                       delay_s=args.pop("delay", 0.0), log_path=args.pop("log", None),
+                       siblings=args.pop("siblings", False))
     s = run_model(ModelRun(model="fake", compare_reference=False, default_history=False, **args), toolchain=tc)
     print("RESULT " + json.dumps({"summary": s, "tvm_imported": "tvm" in sys.modules}))
 """)
@@ -236,3 +237,31 @@ def test_retime_times_each_layers_fastest_again_later_and_counts_the_faster_timi
     single = retime_best(layers, one, lambda s: SlowFirstRoundOfA(), MeasureSettings(), {"kind": "llvm"}, own_k=5,
                          workers=1, confirm_k=0)
     assert single["a"] > 2.5 * true_a and len(order) == 10  # one round: a is judged by its slow phase
+
+
+def test_a_followers_syncs_are_measured_without_an_experiment(tmp_path):
+    """Layers 0 and 1 are siblings: the follower gets its leader's best configurations, measured directly in a Ray
+    task (no Tune experiment, no trial actor), recorded like trials, and counted in the budget."""
+    out = tmp_path / "run"
+    got, p = run_fake(out, trials=24, searcher="random", chunk=4, warmup=4, seed=3, siblings=True)
+    s = got["summary"]
+    n = s["trials_total"]  # the budget may keep a last sync's trials unspent: the follower's leader did not improve
+    assert s["verified"] and 20 <= n <= 24
+    chunks = json.loads((out / "chunks.json").read_text())
+    direct = [c for c in chunks if c["direct"]]
+    assert direct and sum(c["trials"] for c in chunks) == n
+    # one Tune experiment directory per searched chunk, none for a direct one
+    assert len([d for d in (out / "ray").iterdir() if d.is_dir()]) == len(chunks) - len(direct)
+    recs = [json.loads(l) for l in (out / "records" / "records.jsonl").read_text().splitlines()]
+    trials = [r for r in recs if r.get("tag") != "retime"]
+    assert len(trials) == n
+    by_layer = {}
+    for r in trials:
+        by_layer.setdefault(r["tag"], []).append(json.dumps(r["config"], sort_keys=True))
+    followers = {c["layer"] for c in direct}
+    assert followers <= {"fused_fake_0", "fused_fake_1"}
+    for f in followers:  # what a sync measured is its leader's: the sibling's configurations
+        leader = ({"fused_fake_0", "fused_fake_1"} - {f}).pop()
+        synced = by_layer[f][-sum(c["trials"] for c in direct if c["layer"] == f):]
+        assert set(synced) <= set(by_layer[leader])
+        assert all(r["result"]["status"] == "ok" for r in trials if r["tag"] == f)
