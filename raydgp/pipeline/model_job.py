@@ -25,6 +25,8 @@ import math
 import time
 from pathlib import Path
 
+import numpy as np
+
 from raydgp.atomic import write_json_atomic
 from raydgp.logs import console
 from raydgp.pipeline import history as hist_mod
@@ -202,6 +204,17 @@ def _prior_records(store: RecordStore, m: LoadedModel) -> dict[str, list[Record]
     return prior
 
 
+def _cover_tiny_space(space, own: set, seeds: list, n: int, seed: int) -> list:
+    """``seeds`` (trial parameters), completed with the rest of ``space`` when a chunk of ``n`` trials covers all of
+    what is left of it (``own``: configurations measured already), e.g. a reshape's one-point space: then every trial
+    of the chunk is given, and nothing is left to search."""
+    if len(seeds) >= n or space.size > len(own) + n:
+        return seeds
+    given = set(own) | {space.from_params(p) for p in seeds}
+    rest = space.sample_many(n - len(seeds), np.random.default_rng(seed), exclude=given)
+    return list(seeds) + [space.to_params(c) for c in rest]
+
+
 def _tune_layers(run: ModelRun, m: LoadedModel, store: RecordStore, budget: Budget, runner, has_history: bool,
                  toolchain: Toolchain, t_start: float):
     """Hand out chunks until the budget (or the time budget) is spent. Returns ``(stopped by time, proposal stats per
@@ -262,7 +275,9 @@ def _tune_layers(run: ModelRun, m: LoadedModel, store: RecordStore, budget: Budg
             near = hist_mod.near_donors(rest + donors_hist, info, l.space) if run.searcher == "dgp" else []
             seeds = hist_mod.seed_configs(l.space, {r.config for r in recs}, donors, k=k_seeds, near=near,
                                           k_near=0 if sib else min(2, k_seeds))
-            # a chunk of given configurations only (a follower's sync) has nothing to search: no experiment
+            seeds = _cover_tiny_space(l.space, {r.config for r in recs}, seeds, n, seed=n_chunks)
+            # a chunk of given configurations only (a follower's sync, a tiny space) has nothing to search: no
+            # experiment
             direct = len(seeds) >= n
             runner.submit(ChunkSpec(
                 name=name, experiment=experiment_name(f"{name}.t{st.trials}.{run_id}"), task=l.task, space=l.space,

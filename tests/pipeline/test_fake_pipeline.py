@@ -265,3 +265,20 @@ def test_a_followers_syncs_are_measured_without_an_experiment(tmp_path):
         synced = by_layer[f][-sum(c["trials"] for c in direct if c["layer"] == f):]
         assert set(synced) <= set(by_layer[leader])
         assert all(r["result"]["status"] == "ok" for r in trials if r["tag"] == f)
+
+
+def test_a_chunk_that_covers_a_tiny_space_is_given_its_points():
+    import numpy as np
+
+    from raydgp.pipeline.model_job import _cover_tiny_space
+    from raydgp.records import Workload
+    from raydgp.space.design_space import DesignSpace, Sketch
+    from raydgp.testing import fake_space
+
+    one = DesignSpace(Workload("r", "reshape", "other", {}), {"kind": "llvm"}, (Sketch([], ()),))  # one point
+    got = _cover_tiny_space(one, set(), [], 1, seed=0)
+    assert len(got) == 1 and one.from_params(got[0]) in set(one.sample_many(1, np.random.default_rng(0)))
+    big = fake_space("k")
+    assert _cover_tiny_space(big, set(), [], 4, seed=0) == []  # a real search space is searched, not enumerated
+    seeds = [big.to_params(c) for c in big.sample_many(2, np.random.default_rng(1))]
+    assert _cover_tiny_space(big, set(), seeds, 2, seed=0) == seeds
