@@ -1,11 +1,13 @@
 """Layer chunks as Ray work: each chunk of one layer's trials is its own Ray Tune experiment, run inside a Ray remote
 task pinned to the driver's node (``Tuner.fit`` in threads races in Tune's registry), several at once.
 
-A chunk whose every trial is a given configuration (a follower's sync: its group leader's best configurations) has
-nothing to search: it is *direct*, measured one configuration after another in one Ray task that holds a trial's
-resources (:func:`run_direct_chunk`), through the same measurement code and record writing as a trial. An experiment
-would start a Tune controller and a fresh trial-actor process (``import ray.tune``: about 2 s of a core here) to
-measure two known configurations.
+A chunk whose every trial is a given configuration (a follower's sync: its group leader's best configurations; what
+is left of a tiny space) has nothing to search: it is *direct* (:func:`run_direct_chunk`). Its configurations are
+measured one after another as plain Ray tasks holding a trial's resources (placed by Ray as a trial would be, in pooled
+worker processes), with a trial's own measurement code, and each record is written as it comes back, as the trials'
+:class:`~raydgp.raytune.callbacks.RecordWriter` writes theirs. An experiment would start a Tune controller and a
+fresh trial-actor process (``import ray.tune``: about 2 s of a core on a 2-core node) to measure two known
+configurations.
 
 :class:`ChunkRunner` is everything the model job needs from Ray: start or join Ray, the node's warm measurement
 service, submitting chunks and waiting for the next finished one. A failed chunk comes back as data (its error), and
@@ -82,21 +84,34 @@ class ChunkResult:
     direct: bool = False  # measured without an experiment (run_direct_chunk)
 
 
-def run_direct_chunk(spec: ChunkSpec) -> ChunkResult:
-    """A direct chunk (runs inside a Ray task holding one trial's resources): measure ``spec.seeds[:spec.trials]`` one
-    after another with the trials' own code (:func:`~raydgp.raytune.trainable.measure_config`: on a CPU node through
-    its warm measurement service, on a GPU the one Ray gave this task) and append each record as it is measured, as
-    the trials' :class:`~raydgp.raytune.callbacks.RecordWriter` does: a kill loses no finished measurement."""
+def measure_given(params: dict, task: TaskPayload, space: SearchSpace, settings: MeasureSettings,
+                  measurer: Measurer | None) -> dict:
+    """One given configuration, measured as a trial would (a Ray task body: :func:`run_direct_chunk`)."""
+    from raydgp.raytune.trainable import measure_config
+
+    return measure_config(params, task, space, settings, measurer)
+
+
+def run_direct_chunk(spec: ChunkSpec, measure=None) -> ChunkResult:
+    """A direct chunk (runs inside a Ray task on the driver's node, like an experiment): measure
+    ``spec.seeds[:spec.trials]`` one after another, each through ``measure`` (the Ray task of
+    :func:`measure_given` with a trial's resources; None: in this process), and append each record as it comes
+    back: a kill loses no finished measurement."""
     import time
 
     from raydgp.raytune.callbacks import record_from_result
-    from raydgp.raytune.trainable import measure_config
 
     t0, wall0 = time.monotonic(), time.time()
     store = RecordStore(spec.store_path)
     lats, first = [], None
     for params in spec.seeds[:spec.trials]:
-        result = measure_config(params, spec.task, spec.space, spec.settings, spec.measurer)
+        args = (params, spec.task, spec.space, spec.settings, spec.measurer)
+        if measure is None:
+            result = measure_given(*args)
+        else:
+            import ray
+
+            result = ray.get(measure.remote(*args))
         rec = record_from_result(spec.space, params, result, tag=spec.name)
         store.append(rec)
         first = first if first is not None else rec.time
@@ -173,9 +188,11 @@ class ChunkRunner:
         if env:
             opts["runtime_env"] = {"env_vars": env}
         self._remote = ray.remote(num_cpus=0)(run_chunk).options(**opts)
-        # a direct chunk's task holds what its trial would: the node's CPUs it builds on, the GPU it times on
-        self._direct = ray.remote(run_direct_chunk).options(num_cpus=cpus_per_trial, num_gpus=1 if gpu else 0,
-                                                            **opts)
+        self._direct = ray.remote(num_cpus=0)(run_direct_chunk).options(**opts)
+        # a direct chunk's measurements hold what a trial would (the CPUs it builds on, the GPU it times on), wherever
+        # Ray places them, as a trial actor is placed
+        self._measure = ray.remote(measure_given).options(num_cpus=cpus_per_trial, num_gpus=1 if gpu else 0,
+                                                          **({"runtime_env": opts["runtime_env"]} if env else {}))
         self._service = None
         if service and not gpu:
             from raydgp.raytune.measure_service import start_service
@@ -210,7 +227,8 @@ class ChunkRunner:
         return len(self._inflight) < self.width
 
     def submit(self, spec: ChunkSpec) -> None:
-        ref = self._direct.remote(spec) if spec.direct else self._remote.remote(spec, self._hist_ref, self._callbacks)
+        ref = (self._direct.remote(spec, self._measure) if spec.direct
+               else self._remote.remote(spec, self._hist_ref, self._callbacks))
         self._inflight[ref] = (spec.name, spec.trials)
 
     def wait(self, timeout_s: float = 2.0) -> list[tuple[str, int, ChunkResult]]:

@@ -241,9 +241,11 @@ def test_retime_times_each_layers_fastest_again_later_and_counts_the_faster_timi
 
 def test_a_followers_syncs_are_measured_without_an_experiment(tmp_path):
     """Layers 0 and 1 are siblings: the follower gets its leader's best configurations, measured directly in a Ray
-    task (no Tune experiment, no trial actor), recorded like trials, and counted in the budget."""
+    task (no Tune experiment, no trial actor), recorded like trials, and counted in the budget. One layer at a time,
+    so that the leader's warm-up is over before the follower's starts (with two at once the order is a race)."""
     out = tmp_path / "run"
-    got, p = run_fake(out, trials=24, searcher="random", chunk=4, warmup=4, seed=3, siblings=True)
+    got, p = run_fake(out, trials=24, searcher="random", chunk=4, warmup=4, seed=3, siblings=True,
+                      max_concurrent_layers=1)
     s = got["summary"]
     n = s["trials_total"]  # the budget may keep a last sync's trials unspent: the follower's leader did not improve
     assert s["verified"] and 20 <= n <= 24
