@@ -432,7 +432,8 @@ def render(args) -> None:
                          f"{r.get('history', '?')} | {r.get('commit', '?')}{_options(r)} |")
         # per-layer tables of every machine kind, the one measured last first (each with its own last peak)
         for mcpu in dict.fromkeys(r["machine"]["mcpu"] for r in reversed(data["models"])):
-            last = [r for r in data["models"] if r["machine"]["mcpu"] == mcpu][-1]
+            mine = [r for r in data["models"] if r["machine"]["mcpu"] == mcpu]
+            last = ([r for r in mine if r.get("peak_gflops")] or mine)[-1]  # MetaSchedule's rows measure no peak
             pk = f"{last['peak_gflops']:.0f}" if last.get("peak_gflops") else "?"
             for model in dict.fromkeys(r["model"] for r in data["models"] if r["machine"]["mcpu"] == mcpu):
                 lines += _per_layer(data["models"], model, mcpu, pk, last["machine"]["cores"])
