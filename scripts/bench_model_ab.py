@@ -29,6 +29,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_deploy import _commit  # noqa: E402  (a checkout's commit, "(uncommitted changes)" marked)
 
 ORDER = ["load", "ray", "stage1", "untuned", "peak", "search", "retime", "deploy"]
 
@@ -85,17 +88,6 @@ def sample(out: Path) -> None:
         t_prev = t
         timeline.append([time.time(), row])
     out.write_text(json.dumps(timeline))
-
-
-def _commit(tree: Path) -> str:
-    try:
-        c = subprocess.run(["git", "-C", str(tree), "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                           check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(tree), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True).stdout.strip()
-        return c + (" (uncommitted changes)" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def summarise(run_dir: Path, cpu_file: Path) -> dict:
