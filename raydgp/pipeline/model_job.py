@@ -277,8 +277,8 @@ def _tune_layers(run: ModelRun, m: LoadedModel, store: RecordStore, budget: Budg
                                           k_near=0 if sib else min(2, k_seeds))
             seeds = _cover_tiny_space(l.space, {r.config for r in recs}, seeds, n, seed=n_chunks)
             # a chunk of given configurations only (a follower's sync, a tiny space) has nothing to search: no
-            # experiment
-            direct = len(seeds) >= n
+            # experiment; unless trackers or the user's Ray Tune callbacks watch, which see Tune trials only
+            direct = len(seeds) >= n and not run.trackers and not runner.observed
             runner.submit(ChunkSpec(
                 name=name, experiment=experiment_name(f"{name}.t{st.trials}.{run_id}"), task=l.task, space=l.space,
                 searcher=run.searcher, seed=run.seed * 100003 + n_chunks, trials=n,

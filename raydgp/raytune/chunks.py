@@ -219,6 +219,11 @@ class ChunkRunner:
         self._hist_ref = self._ray.put(history) if history is not None else None
 
     @property
+    def observed(self) -> bool:
+        """Whether extra Ray Tune callbacks watch the experiments (they see Tune trials only: no direct chunks)."""
+        return bool(self._callbacks)
+
+    @property
     def running(self) -> list[tuple[str, int]]:
         """``(layer, trials)`` of every chunk in flight."""
         return list(self._inflight.values())

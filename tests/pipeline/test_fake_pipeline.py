@@ -284,3 +284,15 @@ def test_a_chunk_that_covers_a_tiny_space_is_given_its_points():
     assert _cover_tiny_space(big, set(), [], 4, seed=0) == []  # a real search space is searched, not enumerated
     seeds = [big.to_params(c) for c in big.sample_many(2, np.random.default_rng(1))]
     assert _cover_tiny_space(big, set(), seeds, 2, seed=0) == seeds
+
+
+def test_with_a_tracker_every_chunk_stays_an_experiment(tmp_path):
+    """MLflow (a tracker) sees Tune trials only: a sync is then an experiment too, and every trial is logged."""
+    pytest.importorskip("mlflow")
+    out = tmp_path / "run"
+    got, p = run_fake(out, trials=12, searcher="random", chunk=4, warmup=4, seed=3, siblings=True,
+                      max_concurrent_layers=1, trackers=["mlflow"])
+    n = got["summary"]["trials_total"]
+    chunks = json.loads((out / "chunks.json").read_text())
+    assert n >= 10 and not any(c["direct"] for c in chunks)
+    assert len(list((out / "mlruns").glob("*/*/metrics/latency_ms"))) == n

@@ -41,6 +41,10 @@ def test_tiny_cnn_end_to_end_with_the_dgp_searcher(tmp_path):
     assert "history:" in p.stderr and "stage 1: deep GP pre-trained" in p.stderr  # log records: stderr
     assert "end to end: tuned" in p.stdout  # the result: stdout
     assert s["proposals"]["fallback"] == 0 and s["proposals"]["refit_failures"] == 0, s["proposals"]
+    # the one-point layers (reshape, transpose) are measured directly, outside any experiment, and built into the
+    # verified library like the rest
+    chunks = json.loads((out / "chunks.json").read_text())
+    assert {"reshape1", "transpose1"} <= {c["layer"] for c in chunks if c["direct"]}, chunks
     # the library, loaded as a deployment would, matches PyTorch
     module = seeded(BUILTIN["tiny_cnn"][0](), 0)
     x = np.random.default_rng(7).standard_normal((1, 3, 64, 64)).astype(np.float32)
