@@ -8,7 +8,7 @@ Output directory layout (``out``)::
     ms_database/        MetaSchedule JSONDatabase with the best record of every layer (replaced atomically)
     <model>.so          the tuned library (tvm.runtime.load_module + relax.VirtualMachine)
     ray/                Ray Tune experiment state, one experiment per layer chunk (``<layer>.t<trials-before>.<run>``);
-                        a direct chunk (a follower's sync: given configurations only) has none
+                        a direct chunk (given configurations only: a follower's sync, a one-point space) has none
     tuning_curves.png   the model's estimated latency vs trials, and the layers that weigh most
     chunks.json         each finished layer chunk's costs: wall, start delay, time to its first result (seconds),
                         whether it was direct

@@ -59,7 +59,7 @@ class ChunkSpec:
     search_options: tuple = ()
     max_concurrent: int | None = None
     submitted_at: float | None = None  # time.time() when the driver submitted it
-    direct: bool = False  # every trial is one of ``seeds``: measured in one Ray task, no Tune experiment
+    direct: bool = False  # every trial is one of ``seeds``: measured as plain Ray tasks, no Tune experiment
 
     def __post_init__(self):
         if self.direct and len(self.seeds) < self.trials:
