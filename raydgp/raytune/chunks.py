@@ -92,12 +92,14 @@ def measure_given(params: dict, task: TaskPayload, space: SearchSpace, settings:
     return measure_config(params, task, space, settings, measurer)
 
 
-def run_direct_chunk(spec: ChunkSpec, measure=None) -> ChunkResult:
+def run_direct_chunk(spec: ChunkSpec, measure) -> ChunkResult:
     """A direct chunk (runs inside a Ray task on the driver's node, like an experiment): measure
-    ``spec.seeds[:spec.trials]`` one after another, each through ``measure`` (the Ray task of
-    :func:`measure_given` with a trial's resources; None: in this process), and append each record as it comes
-    back: a kill loses no finished measurement."""
+    ``spec.seeds[:spec.trials]`` one after another, each through ``measure`` (the Ray remote function of
+    :func:`measure_given` with a trial's resources), and append each record as it comes back: a kill loses no
+    finished measurement."""
     import time
+
+    import ray
 
     from raydgp.raytune.callbacks import record_from_result
 
@@ -105,13 +107,7 @@ def run_direct_chunk(spec: ChunkSpec, measure=None) -> ChunkResult:
     store = RecordStore(spec.store_path)
     lats, first = [], None
     for params in spec.seeds[:spec.trials]:
-        args = (params, spec.task, spec.space, spec.settings, spec.measurer)
-        if measure is None:
-            result = measure_given(*args)
-        else:
-            import ray
-
-            result = ray.get(measure.remote(*args))
+        result = ray.get(measure.remote(params, spec.task, spec.space, spec.settings, spec.measurer))
         rec = record_from_result(spec.space, params, result, tag=spec.name)
         store.append(rec)
         first = first if first is not None else rec.time
