@@ -249,17 +249,29 @@ class Budget:
         syncs = [f for f in idle if self.following(f) and self._leader_improved(f)]
         if syncs:
             f = max(syncs, key=lambda f: f.weight * f.estimate_ms())
-            return f, min(self.sync_trials, self._cap(f), self.remaining), True
+            # the budget's last trials are shared among the followers waiting for a sync: one each at least
+            return f, min(self.sync_trials, self._cap(f), max(1, self.remaining // len(syncs))), True
         live = [l for l in idle if not self.converged(l) and not self.cheap(l) and not self.following(l)]
         if not live:
             return None
-        l = max(live, key=self.priority)
-        if self.priority(l) * self.pending_ratio < self.pending_potential():
+        live.sort(key=self.priority, reverse=True)
+        if self.priority(live[0]) * self.pending_ratio < self.pending_potential():
             return None  # a warm-up whose results are still out may matter far more: wait for it
-        n = min(self.chunk, self._cap(l), self.remaining - self._sync_reserve(exclude=l))
-        if n < 1:
-            return None  # what is left is kept for the followers' last syncs
-        return l, n, False
+        # what is left of the budget is kept for the followers' last syncs: the most urgent layer that leaves it
+        for l in live:
+            n = min(self.chunk, self._cap(l), self.remaining - self._sync_reserve(exclude=l))
+            if n >= 1:
+                return l, n, False
+        if any(o.running for o in self.layers.values()):
+            return None  # a running chunk may still need the reserve (its leader improves: its followers sync)
+        # Nothing runs and nothing else can use it: the reserve was kept for syncs after the chunk of a leader that
+        # cannot get one without it. The leader gets what is left but one trial per follower (each follower's last
+        # sync then measures the leader's new best), or all of it where that leaves none: the trials asked for are
+        # spent, none held back.
+        l = live[0]
+        keep = self._sync_reserve(exclude=l) // self.sync_trials
+        n = min(self.chunk, self._cap(l), self.remaining - keep if self.remaining > keep else self.remaining)
+        return (l, n, False) if n >= 1 else None
 
     def _sync_reserve(self, exclude: LayerState | None = None) -> int:
         """Trials kept for followers whose leader is still searching or has improved since their last sync (the

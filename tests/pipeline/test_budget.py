@@ -245,3 +245,33 @@ def test_a_follower_with_a_one_point_space_holds_no_trials_back():
         b.finish(name, [0.05 if name == "conv" else 0.001] * n, n)
     nxt = b.next_chunk()
     assert nxt is not None and nxt[0] == "conv" and b.used == 5, nxt  # without the fix: None, 2 trials held back
+
+
+def test_the_reserve_for_syncs_is_spent_when_no_leader_can_use_it():
+    """A leader whose followers' sync reserve is all that is left of the budget used to get no further chunk (the
+    reserve is kept for syncs after the leader's chunk), so the run ended with those trials unspent (146 of 150 in a
+    ResNet-18 run). The trials asked for are all measured, and a leader that improves with the last of them still
+    has its followers synced, one trial each."""
+    from raydgp.pipeline.budget import Budget, LayerState
+
+    def group():
+        return [LayerState("lead", 2, 1e6, untuned_ms=10.0, group="g"),
+                LayerState("f1", 1, 1e6, untuned_ms=10.0, group="g"),
+                LayerState("f2", 1, 1e6, untuned_ms=10.0, group="g")]
+
+    for improving in (False, True):
+        b = Budget(group(), total_trials=30, chunk=8, warmup=8, sync_trials=2, patience=1000)
+        given = []
+        while (c := b.next_chunk()) is not None:
+            name, n = c
+            given.append(c)
+            t = b.layers[name].trials
+            if name == "lead":  # flat; or, improving, better in the trials the held-back reserve buys
+                lat = [5.0 if improving and t + i >= 22 else 10.0 for i in range(n)]
+            else:
+                lat = [b.layers["lead"].best_ms] * n
+            b.finish(name, lat, n)
+        assert b.finished == 30 and b.done(), given
+        if improving:  # the leader's last improvement reached both followers
+            assert given[-2:] in ([("f1", 1), ("f2", 1)], [("f2", 1), ("f1", 1)]), given
+            assert b.layers["f1"].synced_at == b.layers["lead"].best_ms == b.layers["f2"].synced_at, given
