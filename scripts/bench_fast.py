@@ -399,6 +399,56 @@ def _layer_table(runs: list, what: str, model: str, mcpu: str, peak: str, cores:
     return out
 
 
+def _table1(rows: list) -> list[str]:
+    """The seed paper's Table 1 from this file's whole-model runs: for each MetaSchedule ``tune_relax`` run, the latest
+    ``raydgp tune`` run of the same model at the same trial count, layout and machine kind (``mcpu``).
+
+    Search-time reduction = 1 - raydgp's wall / MetaSchedule's (whole command, all in; and the tuning alone);
+    latency improvement = 1 - raydgp's tuned latency / MetaSchedule's; HV = (1 + reduction) x (1 + improvement) - 1.
+    The two runs are separate runs on a shared host, so the table also gives each tuned latency over the PyTorch
+    eager latency timed in the same run (the host's drift between runs cancels in that ratio) and the improvement
+    computed from those ratios.
+    """
+    out = []
+    for ms in rows:
+        if "MetaSchedule" not in ms["model"] or not ms.get("tuned_ms") or not ms.get("verified"):
+            continue
+        model = ms["model"].split(" (")[0]
+        mcpu, layout = ms["machine"]["mcpu"], ms.get("layout", "NCHW")
+        ours = [r for r in rows if r["model"] == model and str(r["trials"]) == str(ms["trials"])
+                and r["machine"]["mcpu"] == mcpu and r.get("layout", "NCHW") == layout and r.get("tuned_ms")
+                and r.get("verified")]
+        if not ours:
+            continue
+        r = ours[-1]
+        red = 1 - r["wall_s"] / ms["wall_s"]
+        red_t = 1 - r["tuning_wall_s"] / ms["tuning_wall_s"] if r.get("tuning_wall_s") and ms.get(
+            "tuning_wall_s") else None
+        imp = 1 - r["tuned_ms"] / ms["tuned_ms"]
+        rel = (r["tuned_ms"] / r["pytorch_ms"], ms["tuned_ms"] / ms["pytorch_ms"]) if r.get("pytorch_ms") and \
+            ms.get("pytorch_ms") else None
+        imp_rel = 1 - rel[0] / rel[1] if rel else None
+        pct = lambda v: f"{100 * v:+.0f}%" if v is not None else "-"  # noqa: E731
+        out.append(f"| {model} | {mcpu} | {layout} | {ms['trials']} | {r['wall_s']:.0f} s ({r.get('commit', '?')}, "
+                   f"{r['date']}) | {ms['wall_s']:.0f} s ({ms.get('commit', '?')}, {ms['date']}) | {pct(red)} | "
+                   f"{pct(red_t)} | {r['tuned_ms']:.2f} / {ms['tuned_ms']:.2f} ms | {pct(imp)} | "
+                   + (f"{rel[0]:.2f}x / {rel[1]:.2f}x" if rel else "-") + f" | {pct(imp_rel)} | "
+                   f"{pct((1 + red) * (1 + imp) - 1)} |")
+    if not out:
+        return []
+    return ["", "Table 1 (the seed's metrics) for whole models, raydgp against MetaSchedule `tune_relax` at equal "
+            "trials on the same machine kind: each MetaSchedule run beside the latest `raydgp tune` run of the same "
+            "model, trial count, layout and `mcpu` (separate runs, so each tuned latency is also given over the "
+            "PyTorch eager latency timed in its own run, where the host's drift between runs cancels). Search-time "
+            "reduction = 1 - raydgp's wall / MetaSchedule's (all in: the whole command; and the tuning alone); "
+            "latency improvement = 1 - raydgp's tuned latency / MetaSchedule's; HV = (1 + reduction all in) x "
+            "(1 + improvement) - 1. The issue's target: at least 66% less search time at equal or better latency.", "",
+            "| model | mcpu | layout | trials | raydgp all in | MetaSchedule all in | reduction (all in) | "
+            "reduction (tuning) | tuned raydgp / MS | latency improvement | tuned / own PyTorch (raydgp / MS) | "
+            "improvement (vs own PyTorch) | HV |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|"] + out
+
+
 def render(args) -> None:
     out = Path(args.out)
     data = _load(out)
@@ -437,6 +487,7 @@ def render(args) -> None:
             pk = f"{last['peak_gflops']:.0f}" if last.get("peak_gflops") else "?"
             for model in dict.fromkeys(r["model"] for r in data["models"] if r["machine"]["mcpu"] == mcpu):
                 lines += _per_layer(data["models"], model, mcpu, pk, last["machine"]["cores"])
+        lines += _table1(data["models"])
     if data["layers"]:
         lines += ["", "Single layers, equal trials, one after the other; both best schedules re-timed by raydgp's "
                   "measurer (cold caches), interleaved, 5 rounds, medians:", "",
