@@ -62,6 +62,9 @@ def main(argv=None) -> int:
     ap.add_argument("--seeds", type=int, default=1)
     ap.add_argument("--headroom", type=int, default=8)
     ap.add_argument("--gpus-per-node", type=int, default=8)
+    ap.add_argument("--cpus-per-node", type=int, default=None,
+                    help="CPUs each simulated node advertises (default: as many as its GPUs; trials ask for none, "
+                         "but Ray prestarts one idle worker process per advertised CPU)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "bench_wide.json"))
     ap.add_argument("--md", default=None, help="the markdown file whose section 8 is rewritten (default: "
                                                "BENCHMARKS.md, only when --out is the default results file)")
@@ -126,6 +129,22 @@ def _commit() -> str:
 
 
 # -- the wide runs ---------------------------------------------------------------------------------------------------
+def _workers_started() -> int | None:
+    """Worker processes Ray's raylets have started in this cluster so far (their "Started worker process" log lines):
+    each trial actor needs one, and one started for an actor that Tune then drops is a process paid for nothing."""
+    try:
+        import ray
+
+        logs = Path(ray._private.worker._global_node.get_logs_dir_path())  # noqa: SLF001 - Ray has no public call
+    except Exception:  # noqa: BLE001 - a figure for the table only
+        return None
+    n = 0
+    for f in logs.glob("raylet*.out"):
+        with open(f, errors="replace") as fh:
+            n += sum(1 for line in fh if "Started worker process" in line)
+    return n
+
+
 def _problem(args):
     """(param space or SearchSpace, trainable, metric, optimum or None, time scale or None)."""
     from ray import tune
@@ -182,6 +201,7 @@ def _one_run(method, args, width, seed, problem):
     searcher, _ = _searcher(method, space, metric, seed, width)
     trainable = tune.with_resources(fn(), {"cpu": 0, "gpu": 1})
     storage = tempfile.mkdtemp(prefix="raydgp-wide-")
+    started0 = _workers_started()
     t0 = time.time()
     grid = tune.Tuner(trainable, tune_config=tune.TuneConfig(
         search_alg=searcher, num_samples=args.trials, metric=metric, mode="min", reuse_actors=True,
@@ -213,6 +233,8 @@ def _one_run(method, args, width, seed, problem):
            "wall_s": round(wall, 2),
            "width_got": got, "busy": round(busy_fraction(iv, width), 4), "steady_busy": steady and round(steady, 4),
            "proposals_per_s": round(len(rows) / wall, 3), "trial_processes": processes,
+           "workers_started": (lambda a, b: b - a if a is not None and b is not None else None)(
+               started0, _workers_started()),
            "best": {str(n): b for n, b in zip(CHECKPOINTS, best)},
            "regret": {str(n): b - opt for n, b in zip(CHECKPOINTS, best)} if opt is not None else None}
     if lat:
@@ -337,7 +359,8 @@ def run_wide(args, save=lambda partial: None) -> dict:
     problem = _problem(args)
     methods = [m for m in args.methods.split(",") if m]
     res = {"problem": args.problem, "trials": args.trials, "trial_s": args.trial_s, "time_scale": problem[4],
-           "headroom": args.headroom, "gpus_per_node": args.gpus_per_node, "seeds": args.seeds, "runs": []}
+           "headroom": args.headroom, "gpus_per_node": args.gpus_per_node,
+           "cpus_per_node": args.cpus_per_node or args.gpus_per_node, "seeds": args.seeds, "runs": []}
     if args.serial:
         for seed in range(args.seeds):
             res["runs"].append(_serial(args, seed, problem))
@@ -346,7 +369,7 @@ def run_wide(args, save=lambda partial: None) -> dict:
         nodes = max(1, math.ceil(width / args.gpus_per_node))
         t0 = time.time()
         with simulated_cluster(nodes, gpus_per_node=min(width, args.gpus_per_node),
-                               cpus_per_node=min(width, args.gpus_per_node)):
+                               cpus_per_node=args.cpus_per_node or min(width, args.gpus_per_node)):
             up = time.time() - t0
             for seed in range(args.seeds):
                 order = methods if seed % 2 == 0 else methods[::-1]  # interleaved across seeds
@@ -419,10 +442,11 @@ def render(results: dict, md: Path) -> str:
                      "steady = the same from the width-th start to the last start. suggest() is the driver's time "
                      "per proposing call; regret = best loss - optimum after n trials (completion order).")
         lines.append("")
-        lines.append("| width | method | seed | commit | nodes | width got | wall s | busy | steady busy | proposals/s | suggest "
+        lines.append("| width | method | seed | commit | nodes | width got | worker processes started / trial actors "
+                     "used | wall s | busy | steady busy | proposals/s | suggest "
                      "median ms | suggest p99 ms | not ready | batch median s | regret@32 | regret@64 | regret@128 | "
                      "regret@256 |")
-        lines.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+        lines.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
         runs = sorted(w["runs"], key=lambda r: (r.get("width", 0), r["method"], r.get("seed", 0)))
         for r in runs:
             sg = r.get("suggest_ms", {})
@@ -430,6 +454,8 @@ def render(results: dict, md: Path) -> str:
             lines.append("| " + " | ".join(str(x) for x in (
                 r.get("width", "-"), r["method"], r.get("seed", "-"), r.get("commit", "-"), r.get("nodes", "-"),
                 r.get("width_got", "-"),
+                f"{r['workers_started']} / {r.get('trial_processes', '-')}" if r.get("workers_started") is not None
+                else f"- / {r.get('trial_processes', '-')}",
                 r["wall_s"],
                 r.get("busy", "-"), r.get("steady_busy", "-"), r.get("proposals_per_s", "-"), sg.get("median", "-"),
                 sg.get("p99", "-"), sg.get("not_ready", "-"), (r.get("batch_s") or {}).get("median", "-"),

@@ -16,7 +16,9 @@ is warm, the others start from its best configurations (the pipeline seeds them)
 
 Warm-up is shorter (2 trials) for layers that are cheap already by their untuned latency. Layers stop early when they
 are *converged* (no improvement over their last ``patience`` trials, and not far below the peak) or *cheap* (below
-``cheap_fraction`` of the model's estimated latency), or when their space is exhausted.
+``cheap_fraction`` of the model's estimated latency), or when their space is exhausted. Converged layers that are still
+below the attainable rate are searched again whenever no unconverged layer can take a chunk, so a budget is not left
+unspent while the machine says a layer could run faster; the run ends early only when no layer has such headroom.
 
 No decision is taken on stale information: while a layer's warm-up results are still out, a chunk does not go to an
 idle layer that would matter far less than the pending one might.
@@ -137,7 +139,8 @@ class Budget:
     def layers_done(self) -> int:
         """Layers that will get no further trial as things stand: converged, cheap or exhausted, none running."""
         return sum(1 for l in self.layers.values()
-                   if l.running == 0 and (self.converged(l) or self.cheap(l) or self._cap(l) == 0
+                   if l.running == 0 and ((self.converged(l) and not (self.remaining and self.resumable(l)))
+                                          or self.cheap(l) or self._cap(l) == 0
                                           or (self._warm(l) and self.following(l) and not self._leader_improved(l))))
 
     @property
@@ -198,6 +201,12 @@ class Budget:
         patience = self.patience * (3 if self.headroom(l) > 0.5 else 1)
         return l.curve[-patience - 1] <= l.best_ms if len(l.curve) > patience else False
 
+    def resumable(self, l: LayerState) -> bool:
+        """A converged layer that still has headroom (compute-bound, below the attainable rate, space left): it is
+        searched again whenever no unconverged layer can take a chunk."""
+        return self.converged(l) and not self.cheap(l) and not self.following(l) and self._cap(l) > 0 \
+            and self.headroom(l) > 0
+
     def cheap(self, l: LayerState) -> bool:
         total = self.model_estimate_ms()
         return total > 0 and l.weight * l.estimate_ms() < self.cheap_fraction * total
@@ -252,6 +261,10 @@ class Budget:
             # the budget's last trials are shared among the followers waiting for a sync: one each at least
             return f, min(self.sync_trials, self._cap(f), max(1, self.remaining // len(syncs))), True
         live = [l for l in idle if not self.converged(l) and not self.cheap(l) and not self.following(l)]
+        if not live:
+            # no unconverged layer can take a chunk now while trials are left: the converged ones still below the
+            # attainable rate go on (trials asked for are spent where the machine says a layer could run faster)
+            live = [l for l in idle if self.resumable(l)]
         if not live:
             return None
         live.sort(key=self.priority, reverse=True)
