@@ -437,7 +437,8 @@ def render(results: dict, md: Path) -> str:
     w = results.get("wide")
     if w:
         lines.append(f"Problem `{w['problem']}`, {w['trials']} trials of {w['trial_s']} s (sleep) each, "
-                     f"{w['gpus_per_node']} fake GPUs per node, Tune `max_concurrent_trials` = width + "
+                     f"{w['gpus_per_node']} fake GPUs and {w.get('cpus_per_node', w['gpus_per_node'])} CPUs per node, Tune "
+                     f"`max_concurrent_trials` = width + "
                      f"{w['headroom']}; seeds as listed. Busy = trial work / (width x first start..last end); "
                      "steady = the same from the width-th start to the last start. suggest() is the driver's time "
                      "per proposing call; regret = best loss - optimum after n trials (completion order).")

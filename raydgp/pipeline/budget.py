@@ -207,6 +207,22 @@ class Budget:
         return self.converged(l) and not self.cheap(l) and not self.following(l) and self._cap(l) > 0 \
             and self.headroom(l) > 0
 
+    def stop_reason(self, l: LayerState) -> str:
+        """Why the layer gets no further trial as things stand (``""`` while it may): for a run that ends before its
+        budget is spent, said per layer in the log and the summary."""
+        if self._cap(l) == 0:
+            return "failing experiments" if l.stalls >= 2 else "space exhausted"
+        if self.cheap(l):
+            return "cheap (under {:.0%} of the model's latency)".format(self.cheap_fraction)
+        if self.following(l):
+            return "follows its sibling group's leader"
+        if self.converged(l) and not self.resumable(l):
+            rate = self.gflops(l)
+            at = f" at {rate / self.peak_gflops:.0%} of the node's peak" if self.peak_gflops and l.compute_bound \
+                and math.isfinite(rate) else ""
+            return f"converged{at} (no gain in its last {self.patience} trials)"
+        return ""
+
     def cheap(self, l: LayerState) -> bool:
         total = self.model_estimate_ms()
         return total > 0 and l.weight * l.estimate_ms() < self.cheap_fraction * total

@@ -163,6 +163,8 @@ def run_model(run: ModelRun, callbacks: list | None = None, toolchain: Toolchain
     summary.update(tuning_wall_s=round(tune_wall, 2), wall_s=round(time.monotonic() - t_start, 2),
                    stopped_by_time_budget=stopped_by_time, layer_experiments_at_once=runner.width,
                    phases_s=phase.phases)
+    if not stopped_by_time and budget.remaining:  # ended before its trial budget: why, per layer
+        summary["ended_early"] = {name: budget.stop_reason(st) for name, st in budget.layers.items()}
     write_json_atomic(out / "summary.json", summary, indent=2)
     for line in table(summary):
         console(line)
@@ -320,6 +322,12 @@ def _tune_layers(run: ModelRun, m: LoadedModel, store: RecordStore, budget: Budg
                  run.out / "chunks.json")
     if stopped_by_time:
         log.info("time budget of %.0f s reached: no new chunks were started after it", run.time_budget_s)
+    elif budget.remaining:
+        why: dict[str, list[str]] = {}
+        for st in budget.layers.values():
+            why.setdefault(budget.stop_reason(st) or "?", []).append(st.name)
+        log.info("ended early, %d of %d trials: no layer has anything left to gain by the budget's rules (%s)",
+                 budget.used, budget.total, "; ".join(f"{r}: {len(n)}" for r, n in why.items()))
     return stopped_by_time, proposals, estimate
 
 

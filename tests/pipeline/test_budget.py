@@ -300,3 +300,5 @@ def test_converged_layers_below_the_peak_spend_the_trials_that_are_left():
     early = Budget(states(), total_trials=400, chunk=8, warmup=4, patience=16)  # no peak: no headroom known
     got = _run(early, lat)
     assert early.finished < 100 and early.done(), got
+    assert early.stop_reason(early.layers["slow"]).startswith("converged (no gain in its last 16 trials)")
+    assert b.stop_reason(b.layers["fast"]).startswith("converged at 7"), b.stop_reason(b.layers["fast"])
