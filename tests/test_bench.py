@@ -189,3 +189,34 @@ def test_fresh_stage1_gives_every_layer_run_its_own_empty_cache(tmp_path, monkey
     a, b, c, d = envs
     assert a["RAYDGP_CACHE"] != b["RAYDGP_CACHE"] and a["RAYDGP_CACHE"].startswith(str(work / "cache"))
     assert "RAYDGP_CACHE" not in c and "RAYDGP_CACHE" not in d
+
+
+def test_bench_fast_table_1_pairs_each_metaschedule_run_with_the_latest_raydgp_run_of_its_kind():
+    """``scripts/bench_fast.py``'s Table 1: a MetaSchedule ``tune_relax`` run beside the latest verified raydgp run of
+    the same model, trial count, layout and ``mcpu``; other machine kinds, other budgets and unverified runs never
+    pair; the ratios come from the two rows."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_fast_script", ROOT / "scripts" / "bench_fast.py")
+    bf = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bf)
+
+    def row(model, trials, mcpu, tuned, wall, tuning, pt, commit, verified=True, layout="NHWC"):
+        return {"model": model, "trials": trials, "machine": {"mcpu": mcpu}, "layout": layout, "tuned_ms": tuned,
+                "wall_s": wall, "tuning_wall_s": tuning, "pytorch_ms": pt, "verified": verified, "commit": commit,
+                "date": "2026-12-07 10:00"}
+
+    rows = [row("resnet18", "300", "znver3", 50.0, 500.0, 400.0, 50.0, "old"),
+            row("resnet18", "300", "znver3", 40.0, 400.0, 320.0, 40.0, "new"),
+            row("resnet18", "300", "znver3", 30.0, 100.0, 90.0, 40.0, "bad", verified=False),
+            row("resnet18", "300", "emeraldrapids", 10.0, 100.0, 80.0, 20.0, "other kind"),
+            row("resnet18", "default", "znver3", 30.0, 450.0, 400.0, 40.0, "other budget"),
+            row("resnet18 (MetaSchedule tune_relax)", 300, "znver3", 50.0, 1600.0, 1600.0, 40.0, "ms")]
+    lines = bf._table1(rows)
+    body = [l for l in lines if l.startswith("| resnet18 |")]
+    assert len(body) == 1, lines
+    # 1 - 400/1600 = +75% all in, 1 - 320/1600 = +80% tuning; 1 - 40/50 = +20%; own-PyTorch ratios 1.00x / 1.25x
+    # -> +20%; HV = 1.75 x 1.2 - 1 = +110%
+    assert "| 400 s (new," in body[0] and "| +75% | +80% | 40.00 / 50.00 ms | +20% | 1.00x / 1.25x | +20% | +110% |" \
+        in body[0], body[0]
+    assert bf._table1(rows[:-1]) == []  # no MetaSchedule run: no table
