@@ -104,15 +104,12 @@ class Budget:
         sync_gain: a follower is synced again once its leader's best improved by this fraction since the last sync.
         release_ratio: a follower slower than ``release_ratio`` x its leader's best after two syncs is searched on its
             own.
-        resume_fraction: a converged compute-bound layer below this share of the peak is searched again while trials
-            are left and no unconverged layer can take a chunk (1.0: any layer below the peak; the run then ends before
-            its budget only where no compute-bound layer is left below it, or no peak is known).
     """
 
     def __init__(self, layers: list[LayerState], total_trials: int, chunk: int = 16, warmup: int = 8,
                  patience: int = 32, cheap_fraction: float = 0.01, peak_gflops: float | None = None,
                  attainable: float = 0.6, sibling_warmup: int = 2, pending_ratio: float = 4.0, sync_trials: int = 2,
-                 sync_gain: float = 0.02, release_ratio: float = 1.15, resume_fraction: float = 1.0):
+                 sync_gain: float = 0.02, release_ratio: float = 1.15):
         if total_trials < 1:
             raise ValueError(f"total_trials must be >= 1, got {total_trials}")
         self.layers = {l.name: l for l in layers}
@@ -129,7 +126,6 @@ class Budget:
         self.sync_trials = max(1, int(sync_trials))
         self.sync_gain = float(sync_gain)
         self.release_ratio = float(release_ratio)
-        self.resume_fraction = float(resume_fraction)
 
     # -- accounting ----------------------------------------------------------------------------------------------------
     @property
@@ -207,16 +203,16 @@ class Budget:
         return l.curve[-patience - 1] <= l.best_ms if len(l.curve) > patience else False
 
     def resumable(self, l: LayerState) -> bool:
-        """A converged layer that the machine says could still run faster (compute-bound, below ``resume_fraction`` of
-        the node's peak, space left): it is searched again whenever no unconverged layer can take a chunk, so that the
-        trials asked for are spent rather than left while a layer sits below the peak. Its best during the search is
+        """A converged layer that the machine says could still run faster (compute-bound, below the node's peak,
+        space left): it is searched again whenever no unconverged layer can take a chunk, so that the trials asked
+        for are spent rather than left while a layer sits below the peak. Its best during the search is
         what counts here, and on a noisy host that best is optimistic (the best of many noisy timings): a layer can
         look at the attainable rate during the search and re-time far below it."""
         if not (self.converged(l) and not self.cheap(l) and not self.following(l) and self._cap(l) > 0):
             return False
         rate = self.gflops(l)
         return self.peak_gflops is not None and l.compute_bound and math.isfinite(rate) and \
-            rate < self.resume_fraction * self.peak_gflops
+            rate < self.peak_gflops
 
     def stop_reason(self, l: LayerState) -> str:
         """Why the layer gets no further trial as things stand (``""`` while it may): for a run that ends before its
