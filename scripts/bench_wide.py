@@ -11,7 +11,7 @@ Tune can hand a finished trial's actor to the next one instead of starting a pro
 Methods, one after another on the same cluster for each seed:
 
 * ``dgp``: DGPSearcher with the proposal queue (``queue="on"``: a background thread refits on every result and keeps
-  a believer batch of proposals that accounts for every running trial; ``suggest()`` pops from it);
+  a batch of proposals beside every running trial (``SearchSettings.batch_rule``); ``suggest()`` pops from it);
 * ``dgp_inline``: DGPSearcher computing each proposal inside ``suggest()`` (``queue="off"``, background refit: the
   previous design);
 * ``random``: raydgp's RandomSearcher (no model: the host's own ceiling for a custom searcher);
@@ -27,6 +27,8 @@ candidate pool (inline ``suggest()`` and the queue's batch per proposal).
     python scripts/bench_wide.py --out bench/bench_wide.json              # widths 8,32,64, 256 trials of 2 s
     python scripts/bench_wide.py --parts suggest --out bench/bench_wide.json
     python scripts/bench_wide.py render                                   # BENCHMARKS.md section 8 from the JSON
+    python scripts/bench_wide.py --section znver3-2c --parts emulated --serial --seeds 3 --widths 32,64 \
+        --batch-rules believer,thompson                                   # batch rules side by side, this machine
 """
 
 from __future__ import annotations
@@ -59,25 +61,33 @@ def main(argv=None) -> int:
                                                                    "(default: the median trial takes --trial-s)")
     ap.add_argument("--methods", default="dgp,dgp_inline,random")
     ap.add_argument("--serial", action="store_true", help="also run the serial reference (no Ray)")
+    ap.add_argument("--serial-seeds", type=int, default=None, help="the serial reference for the first N seeds only "
+                                                                   "(default: every seed; it refits per trial)")
     ap.add_argument("--seeds", type=int, default=1)
+    ap.add_argument("--batch-rules", default="",
+                    help="emulated part: comma-separated SearchSettings.batch_rule values, each run as its own method "
+                         "(dgp_emulated_<rule>; default: one run with the default settings, dgp_emulated)")
     ap.add_argument("--headroom", type=int, default=8)
     ap.add_argument("--gpus-per-node", type=int, default=8)
     ap.add_argument("--cpus-per-node", type=int, default=None,
                     help="CPUs each simulated node advertises (default: as many as its GPUs; trials ask for none, "
                          "but Ray prestarts one idle worker process per advertised CPU)")
-    ap.add_argument("--out", default=str(ROOT / "bench" / "bench_wide.json"))
+    ap.add_argument("--section", default="", help="a machine kind's own section (e.g. znver3-2c): results in "
+                                                   "bench/bench_wide_<section>.json, rendered as section 8 "
+                                                   "(`<section>`) beside the main one")
+    ap.add_argument("--out", default=None, help="results file (default: bench/bench_wide.json, or the section's)")
     ap.add_argument("--md", default=None, help="the markdown file whose section 8 is rewritten (default: "
                                                "BENCHMARKS.md, only when --out is the default results file)")
     ap.add_argument("--append", action="store_true", help="add this run's wide runs to those already in --out "
                                                           "(more seeds or methods) instead of replacing them")
     args = ap.parse_args(argv)
-    out = Path(args.out)
-    default_out = (ROOT / "bench" / "bench_wide.json").resolve()
+    default_out = (ROOT / "bench" / (f"bench_wide_{args.section}.json" if args.section else "bench_wide.json")).resolve()
+    out = Path(args.out) if args.out else default_out
     if args.md is None and (args.command == "render" or out.resolve() == default_out):
         args.md = str(ROOT / "BENCHMARKS.md")
     results = json.loads(out.read_text()) if out.exists() else {}
     if args.command == "render":
-        print(render(results, Path(args.md)))
+        print(render(results, Path(args.md), args.section))
         return 0
     from bench import machine
 
@@ -107,7 +117,7 @@ def main(argv=None) -> int:
     if args.md is None:  # results elsewhere: the committed section is not rewritten from a partial run
         print(f"results in {out}; BENCHMARKS.md left as it is (--md FILE writes a section from them)")
         return 0
-    print(render(results, Path(args.md)))
+    print(render(results, Path(args.md), args.section))
     return 0
 
 
@@ -298,7 +308,7 @@ def _serial(args, seed, problem):
     return out
 
 
-def _emulated(args, width, seed, problem):
+def _emulated(args, width, seed, problem, rule: str | None = None):
     """The same DGP search and believer batches without Ray: ``width`` trials always running, the oldest quarter
     completing at once and refilled from a batch that believes the rest (a fresh model every width/4 results): how
     good the batch proposals are when the host keeps up."""
@@ -309,7 +319,7 @@ def _emulated(args, width, seed, problem):
     space, _, metric, opt = problem[:4]
     sp = convert_search_space(space)
     fn = PROBLEMS[args.problem][0]
-    s = DGPSearch(sp, SearchSettings(seed=seed))
+    s = DGPSearch(sp, SearchSettings(seed=seed, **({"batch_rule": rule} if rule else {})))
     t0 = time.time()
     vals = []
     k = max(1, width // 4)
@@ -324,7 +334,8 @@ def _emulated(args, width, seed, problem):
         if room > 0:
             pend += s.suggest_batch(min(k, room), pending=pend)
     best = [min(vals[:n]) for n in CHECKPOINTS if n <= len(vals)]
-    out = {"method": "dgp_emulated", "width": width, "seed": seed, "trials": len(vals),
+    out = {"method": f"dgp_emulated_{rule}" if rule else "dgp_emulated", "width": width, "seed": seed,
+           "batch_rule": s.settings.batch_rule, "trials": len(vals),
            "wall_s": round(time.time() - t0, 2), "best": {str(n): b for n, b in zip(CHECKPOINTS, best)},
            "regret": {str(n): b - opt for n, b in zip(CHECKPOINTS, best)},
            "batch_s": {"median": round(statistics.median(s.timings["batch"]), 4), "n": len(s.timings["batch"])}}
@@ -339,12 +350,13 @@ def run_emulated(args, save=lambda partial: None) -> dict:
     problem = _problem(args)
     res = {"problem": args.problem, "trials": args.trials, "seeds": args.seeds, "runs": []}
     for seed in range(args.seeds):
-        if args.serial:
+        if args.serial and seed < (args.seeds if args.serial_seeds is None else args.serial_seeds):
             res["runs"].append(_serial(args, seed, problem))
             save(res)
         for width in [int(w) for w in args.widths.split(",")]:
-            res["runs"].append(_emulated(args, width, seed, problem))
-            save(res)
+            for rule in [r for r in args.batch_rules.split(",") if r] or [None]:  # rules interleaved per seed
+                res["runs"].append(_emulated(args, width, seed, problem, rule))
+                save(res)
     return res
 
 
@@ -425,11 +437,16 @@ def run_suggest_cost(n_hist: int = 10000, pool: int = 5000, calls: int = 12) -> 
 
 
 # -- rendering -------------------------------------------------------------------------------------------------------
-def render(results: dict, md: Path) -> str:
-    lines = [BEGIN, "## 8. Running wide: a simulated Ray cluster (issue 11)", ""]
+def render(results: dict, md: Path, section: str = "") -> str:
+    begin, end = (f"<!-- wide_{section}:begin -->", f"<!-- wide_{section}:end -->") if section else (BEGIN, END)
+    raw = f"bench/bench_wide_{section}.json" if section else "bench/bench_wide.json"
+    title = (f"## 8 (`{section}`). Running wide on another machine kind: a simulated Ray cluster (issue 11)" if section
+             else "## 8. Running wide: a simulated Ray cluster (issue 11)")
+    lines = [begin, title, ""]
     mach = results.get("machine", {})
     lines.append(f"Machine: {mach.get('cpu')} (LLVM mcpu `{mach.get('mcpu')}`), {mach.get('cores')} cores, "
-                 f"{mach.get('platform')}. Produced by `python scripts/bench_wide.py` (raw: `bench/bench_wide.json`); "
+                 f"{mach.get('platform')}. Produced by `python scripts/bench_wide.py"
+                 + (f" --section {section}" if section else "") + f"` (raw: `{raw}`); "
                  "commit per part: " + ", ".join(f"{k} `{results[k].get('commit', results.get('commit'))}`"
                                                  for k in ("emulated", "suggest") if results.get(k))
                  + "; the wide runs' commits are in the table.")
@@ -467,9 +484,11 @@ def render(results: dict, md: Path) -> str:
         import numpy as np
 
         lines.append(f"**Without Ray** (part `emulated`, {e['seeds']} seeds, `{e['problem']}`, {e['trials']} trials): "
-                     "the same search and believer batches with the host out of the way: `width` trials always "
-                     "running, the oldest quarter completing at once and refilled by a batch that believes the rest; "
-                     "`serial` refits on every result. Median regret over seeds (and each seed):")
+                     "the same search and batch proposals with the host out of the way: `width` trials always "
+                     "running, the oldest quarter completing at once and refilled by a batch proposed beside the rest "
+                     "(`dgp_emulated`: the default `batch_rule`; `dgp_emulated_<rule>`: that rule, `believer` "
+                     "believing the rest at their means, `thompson` Thompson picks); `serial` refits on every result. "
+                     "Median regret over seeds (and each seed):")
         lines.append("")
         lines.append("| method | width | regret@32 | regret@64 | regret@128 | regret@256 | per seed @256 | batch median s |")
         lines.append("|---|---|---|---|---|---|---|---|")
@@ -491,11 +510,11 @@ def render(results: dict, md: Path) -> str:
                      f"{s['batch8_ms_per_proposal']} ms per proposal at 8, {s['batch64_ms_per_proposal']} ms at 64; "
                      f"stage 1 (pre-training, once) {s['pretrain_s']} s.")
         lines.append("")
-    lines.append(END)
+    lines.append(end)
     text = "\n".join(lines)
     from bench import write_section
 
-    write_section(md, BEGIN, END, text)
+    write_section(md, begin, end, text)
     return text
 
 

@@ -220,3 +220,31 @@ def test_bench_fast_table_1_pairs_each_metaschedule_run_with_the_latest_raydgp_r
     assert "| 400 s (new," in body[0] and "| +75% | +80% | 40.00 / 50.00 ms | +20% | 1.00x / 1.25x | +20% | +110% |" \
         in body[0], body[0]
     assert bf._table1(rows[:-1]) == []  # no MetaSchedule run: no table
+
+
+def test_bench_wide_renders_a_machine_kinds_own_section_with_each_batch_rule(tmp_path):
+    """``bench_wide.py --section`` writes its own section 8 beside the main one (which it leaves alone), with one
+    emulated row per batch rule and width, medians over the seeds."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import bench_wide
+
+    md = tmp_path / "B.md"
+    md.write_text("# Benchmarks\n\n<!-- wide:begin -->\nmain section\n<!-- wide:end -->\n")
+
+    def run(rule, seed, r256):
+        return {"method": f"dgp_emulated_{rule}", "width": 64, "seed": seed, "batch_rule": rule, "trials": 256,
+                "regret": {"32": 2.0, "64": 1.0, "128": 0.5, "256": r256}, "batch_s": {"median": 1.0, "n": 12}}
+    results = {"machine": {"cpu": "X", "mcpu": "znver3", "cores": 2, "platform": "p"}, "commit": "abc",
+               "emulated": {"problem": "hartmann6", "trials": 256, "seeds": 3, "commit": "abc",
+                            "runs": [run("believer", s, v) for s, v in enumerate((0.4, 0.3, 0.5))]
+                            + [run("thompson", s, v) for s, v in enumerate((0.2, 0.1, 0.3))]}}
+    text = bench_wide.render(results, md, "znver3-2c")
+    out = md.read_text()
+    assert "main section" in out and "<!-- wide_znver3-2c:begin -->" in out and text in out
+    assert "## 8 (`znver3-2c`)" in text and "--section znver3-2c" in text and "bench/bench_wide_znver3-2c.json" in text
+    rows = {ln.split("|")[1].strip(): ln for ln in text.splitlines() if ln.startswith("| dgp_emulated")}
+    assert set(rows) == {"dgp_emulated_believer", "dgp_emulated_thompson"}
+    assert "| 0.400 | 0.400, 0.300, 0.500 |" in rows["dgp_emulated_believer"]
+    assert "| 0.200 | 0.200, 0.100, 0.300 |" in rows["dgp_emulated_thompson"]
+    bench_wide.render(results, md, "znver3-2c")  # again: replaced, not appended
+    assert md.read_text().count("wide_znver3-2c:begin") == 1

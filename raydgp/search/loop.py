@@ -707,8 +707,15 @@ class DGPSearch:
         self.stats[reason] = self.stats.get(reason, 0) + len(got)
         return got
 
+    def _batch_rule(self, q: int, p: int) -> str:
+        """``believer`` or ``thompson`` for a batch of ``q`` picks beside ``p`` pending (``SearchSettings.batch_rule``)."""
+        rule = self.settings.batch_rule
+        if rule == "auto":
+            return "thompson" if q + p >= self.settings.thompson_from else "believer"
+        return rule
+
     def _model_batch(self, q: int, pending: list, exclude: set) -> list:
-        from raydgp.search.batch import believer_batch
+        from raydgp.search.batch import believer_batch, thompson_batch
 
         scored = self._score_pool(exclude)
         if scored is None:
@@ -718,6 +725,7 @@ class DGPSearch:
             self.stats["random"] += len(got) - 1
             return got
         pool, X, scores, members, best_f = scored
+        s = self.settings
         self.stats["model"] -= 1  # _score_pool counted one; the model's picks are counted below
         owed = self._sketch_picks(pool, scores, pending, q)  # counted as sketch_min
         if len(owed) == q:
@@ -734,8 +742,12 @@ class DGPSearch:
             return owed
         log_prior = self._fail.log_ok(X[top])
         try:
-            picks = believer_batch([(m.model, m.weight) for m in members], X[top], best_f, q - len(owed), pending=P,
-                                   log_prior=log_prior)
+            if self._batch_rule(q - len(owed), len(pending)) == "thompson":
+                picks = thompson_batch([(m.model, m.weight) for m in members], X[top], q - len(owed),
+                                       log_prior=log_prior, seed=s.seed * 1_000_003 + self._calls)
+            else:
+                picks = believer_batch([(m.model, m.weight) for m in members], X[top], best_f, q - len(owed),
+                                       pending=P, log_prior=log_prior)
         except torch.linalg.LinAlgError:  # a singular joint posterior: the analytic ranking, counted
             self.stats["joint_fallback"] = self.stats.get("joint_fallback", 0) + 1
             picks = list(range(min(q - len(owed), len(top))))

@@ -15,6 +15,7 @@ MEMBER_MIXES = ("ei", "share")
 #: When the additive member is fitted (``additive_member``).
 ADDITIVE_MODES = ("auto", "on", "off")
 SKETCH_MIN_WHEN = ("distrust", "always")
+BATCH_RULES = ("believer", "thompson", "auto")
 
 
 @dataclass(frozen=True)
@@ -183,6 +184,14 @@ class SearchSettings:
             in 4 of 4 (77-104 s against 63-93 s): the stall shrank to 9 s, but stage 1 beside the builds slowed
             both more than it saved. Off until a node with cores to spare shows otherwise. ``raydgp tune`` refuses
             it (its layers share one stage 1).
+        batch_rule: how a batch's model picks are chosen (:mod:`raydgp.search.batch`): ``believer`` (greedy EI, each
+            pending point and earlier pick believed at its posterior mean), ``thompson`` (each pick the maximum of a
+            joint posterior sample; the pending points are not believed, the batch's earlier picks are) or ``auto``
+            (``thompson`` once the picks and their pending points number ``thompson_from`` or more, the believer
+            below). Emulated on Hartmann-6 (BENCHMARKS.md section 8 (``znver3-2c``)): with 64 in flight, believing
+            48 running trials pushed the believer's picks away from the posterior's mass and Thompson picks did
+            better; with 32 the two were level.
+        thompson_from: see ``batch_rule``; 64 by the measurement above.
         queue_refit_every: with the queue run wide, the results that arrive before the proposer refits while its
             newest batch still holds fresh proposals (a dry queue is refilled on the first new result; the newest
             batch believed the trials then running, Kriging believer). None (auto): 2 where the model shares the
@@ -231,6 +240,8 @@ class SearchSettings:
     stacked_member: bool = False
     additive_member: str = "auto"
     prefetch: bool = False
+    batch_rule: str = "auto"
+    thompson_from: int = 64
 
     def __post_init__(self):
         if self.init not in INIT_MODES:
@@ -274,6 +285,9 @@ class SearchSettings:
                               f"each must be >= 1 (pretrain_threads may be None: torch_threads)")
         if self.max_staleness < 0:
             raise ConfigError(f"max_staleness={self.max_staleness}: must be >= 0 (0: refit on every result)")
+        if self.batch_rule not in BATCH_RULES or self.thompson_from < 1:
+            raise ConfigError(f"batch_rule={self.batch_rule!r}, thompson_from={self.thompson_from}: choose a rule "
+                              f"of {BATCH_RULES} and thompson_from >= 1")
         if not 0.0 <= self.idle_member_weight < 1.0 or self.idle_member_every < 1:
             raise ConfigError(f"idle_member_weight={self.idle_member_weight} must be in [0, 1) (0: every member on "
                               f"every refit) and idle_member_every={self.idle_member_every} >= 1")

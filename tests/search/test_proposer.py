@@ -3,6 +3,7 @@ batches spread; a failing model never stalls the search."""
 
 from __future__ import annotations
 
+import math
 import random
 import threading
 import time
@@ -261,6 +262,50 @@ def test_believer_batch_spreads_and_believes_pending_points():
         assert again != picks[:1]  # the pending point is believed: the next pick goes elsewhere
         assert abs(float(C[again[0]] - C[picks[1]])) < 0.05  # near where the batch put its second pick
     assert sorted(ratios)[1] > 2, ratios  # the median fit's batch spreads more than twice as far as top-q
+
+
+def test_thompson_batch_picks_distinct_likely_optima_and_avoids_failures():
+    """A Thompson batch: distinct picks, reproducible for a seed, most of them near the posterior's optimum (where the
+    believer's greedy EI spreads), and candidates the failure model rejects only when nothing else is left."""
+    from raydgp.dgp.botorch_model import DGPModel
+    from raydgp.dgp.train import fit_dgp
+    from raydgp.search.batch import thompson_batch
+
+    g = torch.Generator().manual_seed(2)
+    X = torch.rand(12, 1, generator=g)
+    y = torch.sin(6 * X[:, 0])
+    y = (y - y.mean()) / y.std()
+    C = torch.linspace(0, 1, 201).unsqueeze(-1)
+    dgp = fit_dgp(X, y, DGPSettings(hidden_dims=(1,), num_inducing=8, num_samples=4), steps=60, seed=0)
+    m = DGPModel(dgp, seed=0)
+    picks = thompson_batch([(m, 1.0)], C, 8, seed=3)
+    assert len(picks) == len(set(picks)) == 8
+    assert picks == thompson_batch([(m, 1.0)], C, 8, seed=3)
+    assert picks != thompson_batch([(m, 1.0)], C, 8, seed=4)
+    # sin(6x) peaks at x = pi/12 = 0.26 on [0, 1] (the next peak, 1.31, is outside): most picks near it
+    near = sum(abs(float(C[i]) - math.pi / 12) < 0.2 for i in picks)
+    assert near >= 5, [float(C[i]) for i in picks]
+    bad = torch.zeros(201, dtype=torch.float64)
+    bad[C[:, 0] < 0.5] = math.log(0.01)  # the failure model rejects the left half
+    ok = thompson_batch([(m, 1.0)], C, 8, log_prior=bad, seed=3)
+    assert all(float(C[i]) >= 0.5 for i in ok)
+    assert len(set(thompson_batch([(m, 1.0)], C[:10], 12, log_prior=bad[:10], seed=3))) == 10  # all, once each
+
+
+def test_a_wide_batch_follows_the_batch_rule():
+    """``batch_rule="auto"`` takes Thompson picks from ``thompson_from`` proposals in flight (the batch plus its
+    pending points), the believer below; both return distinct unmeasured configurations."""
+    sp = _space()
+    for rule, expect in (("auto", ("believer", "thompson")), ("believer", ("believer", "believer")),
+                         ("thompson", ("thompson", "thompson"))):
+        s = DGPSearch(sp, replace(FAST, batch_rule=rule, thompson_from=16))
+        assert (s._batch_rule(4, 4), s._batch_rule(8, 8)) == expect
+    s = DGPSearch(sp, replace(FAST, batch_rule="auto", thompson_from=16))
+    for c in sp.sample_many(12, np.random.default_rng(1)):
+        s.observe(c, float((c[0] - 200) ** 2 / 1e4 + 1))
+    first = s.suggest_batch(8)
+    more = s.suggest_batch(8, pending=first)
+    assert len(set(first + more)) == 16 and not set(first + more) & s.seen
 
 
 def test_queue_paused_reads_a_consistent_search():
