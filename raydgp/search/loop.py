@@ -708,10 +708,11 @@ class DGPSearch:
         return got
 
     def _batch_rule(self, q: int, p: int) -> str:
-        """``believer`` or ``thompson`` for a batch of ``q`` picks beside ``p`` pending (``SearchSettings.batch_rule``)."""
+        """``believer`` or ``thompson`` for a batch of ``q`` picks beside ``p`` pending (``SearchSettings.batch_rule``:
+        ``auto`` takes Thompson picks from ``thompson_from`` pending on, where believing them all misleads)."""
         rule = self.settings.batch_rule
         if rule == "auto":
-            return "thompson" if q + p >= self.settings.thompson_from else "believer"
+            return "thompson" if p >= self.settings.thompson_from else "believer"
         return rule
 
     def _model_batch(self, q: int, pending: list, exclude: set) -> list:
@@ -745,6 +746,7 @@ class DGPSearch:
             if self._batch_rule(q - len(owed), len(pending)) == "thompson":
                 picks = thompson_batch([(m.model, m.weight) for m in members], X[top], q - len(owed),
                                        log_prior=log_prior, seed=s.seed * 1_000_003 + self._calls)
+                self.stats["thompson"] = self.stats.get("thompson", 0) + len(picks)  # model picks made this way
             else:
                 picks = believer_batch([(m.model, m.weight) for m in members], X[top], best_f, q - len(owed),
                                        pending=P, log_prior=log_prior)

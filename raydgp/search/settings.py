@@ -187,11 +187,11 @@ class SearchSettings:
         batch_rule: how a batch's model picks are chosen (:mod:`raydgp.search.batch`): ``believer`` (greedy EI, each
             pending point and earlier pick believed at its posterior mean), ``thompson`` (each pick the maximum of a
             joint posterior sample; the pending points are not believed, the batch's earlier picks are) or ``auto``
-            (``thompson`` once the picks and their pending points number ``thompson_from`` or more, the believer
-            below). Emulated on Hartmann-6 (BENCHMARKS.md section 8 (``znver3-2c``)): with 64 in flight, believing
-            48 running trials pushed the believer's picks away from the posterior's mass and Thompson picks did
-            better; with 32 the two were level.
-        thompson_from: see ``batch_rule``; 64 by the measurement above.
+            (``thompson`` once ``thompson_from`` or more trials are pending beside the batch, the believer below).
+            Emulated on Hartmann-6 (BENCHMARKS.md section 8 (``znver3-2c``)): 64 wide, where each batch of 16 was
+            proposed beside 48 running trials, believing them pushed the believer's picks away from the
+            posterior's mass and Thompson picks did better; 32 wide (24 running) the two were level.
+        thompson_from: see ``batch_rule``; 48 by the measurement above.
         queue_refit_every: with the queue run wide, the results that arrive before the proposer refits while its
             newest batch still holds fresh proposals (a dry queue is refilled on the first new result; the newest
             batch believed the trials then running, Kriging believer). None (auto): 2 where the model shares the
@@ -241,7 +241,7 @@ class SearchSettings:
     additive_member: str = "auto"
     prefetch: bool = False
     batch_rule: str = "auto"
-    thompson_from: int = 64
+    thompson_from: int = 48
 
     def __post_init__(self):
         if self.init not in INIT_MODES:

@@ -293,19 +293,22 @@ def test_thompson_batch_picks_distinct_likely_optima_and_avoids_failures():
 
 
 def test_a_wide_batch_follows_the_batch_rule():
-    """``batch_rule="auto"`` takes Thompson picks from ``thompson_from`` proposals in flight (the batch plus its
-    pending points), the believer below; both return distinct unmeasured configurations."""
+    """``batch_rule="auto"`` takes Thompson picks from ``thompson_from`` pending trials on, the believer below; both
+    return distinct unmeasured configurations."""
     sp = _space()
-    for rule, expect in (("auto", ("believer", "thompson")), ("believer", ("believer", "believer")),
-                         ("thompson", ("thompson", "thompson"))):
+    for rule, expect in (("auto", ("believer", "believer", "thompson")), ("believer", ("believer",) * 3),
+                         ("thompson", ("thompson",) * 3)):
         s = DGPSearch(sp, replace(FAST, batch_rule=rule, thompson_from=16))
-        assert (s._batch_rule(4, 4), s._batch_rule(8, 8)) == expect
-    s = DGPSearch(sp, replace(FAST, batch_rule="auto", thompson_from=16))
+        assert (s._batch_rule(4, 4), s._batch_rule(64, 15), s._batch_rule(1, 16)) == expect
+    assert SearchSettings().batch_rule == "auto" and SearchSettings().thompson_from == 48
+    s = DGPSearch(sp, replace(FAST, batch_rule="auto", thompson_from=8))
     for c in sp.sample_many(12, np.random.default_rng(1)):
         s.observe(c, float((c[0] - 200) ** 2 / 1e4 + 1))
     first = s.suggest_batch(8)
+    assert s.stats.get("thompson", 0) == 0
     more = s.suggest_batch(8, pending=first)
     assert len(set(first + more)) == 16 and not set(first + more) & s.seen
+    assert s.stats["thompson"] == 8
 
 
 def test_queue_paused_reads_a_consistent_search():
