@@ -14,6 +14,7 @@ Methods, one after another on the same cluster for each seed:
   a batch of proposals beside every running trial (``SearchSettings.batch_rule``); ``suggest()`` pops from it);
 * ``dgp_inline``: DGPSearcher computing each proposal inside ``suggest()`` (``queue="off"``, background refit: the
   previous design);
+* ``dgp_believer``, ``dgp_thompson``: ``dgp`` with that ``SearchSettings.batch_rule`` (the default is ``auto``);
 * ``random``: raydgp's RandomSearcher (no model: the host's own ceiling for a custom searcher);
 * ``serial`` (``--serial``): the same DGP search without Ray, one trial at a time, refitting on every result: the
   quality reference.
@@ -197,8 +198,13 @@ def _searcher(method, space, metric, seed, width):
     if method == "random":
         sp = convert_search_space(space) if isinstance(space, dict) else space
         return RandomSearcher(sp, metric=metric, mode="min", seed=seed), sp
+    rule = method.partition("_")[2]  # dgp_believer / dgp_thompson: the queue with that batch rule
+    if rule in ("believer", "thompson", "auto"):
+        method, extra = "dgp", {"batch_rule": rule}
+    else:
+        extra = {}
     queue = {"dgp": "on", "dgp_inline": "off"}[method]
-    st = SearchSettings(seed=seed, async_refit=True, queue=queue,
+    st = SearchSettings(seed=seed, async_refit=True, queue=queue, **extra,
                         **({"evolve_generations": 0, "pool_refresh": 1.0} if not isinstance(space, dict) else {}))
     sp = convert_search_space(space) if isinstance(space, dict) else space
     return DGPSearcher(sp, metric=metric, mode="min", settings=st, seed=seed), sp
