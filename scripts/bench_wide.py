@@ -498,13 +498,15 @@ def render(results: dict, md: Path, section: str = "") -> str:
         lines.append("")
         lines.append("| method | width | regret@32 | regret@64 | regret@128 | regret@256 | per seed @256 | batch median s |")
         lines.append("|---|---|---|---|---|---|---|---|")
-        keys = sorted({(r["method"], r.get("width", 1)) for r in e["runs"]}, key=lambda t: (t[0] != "serial", t[1]))
+        keys = sorted({(r["method"], r.get("width", 1)) for r in e["runs"]},
+                      key=lambda t: (t[0] != "serial", t[1], t[0]))
         for m, wd in keys:
             rs = [r for r in e["runs"] if r["method"] == m and r.get("width", 1) == wd]
             med = [_f(float(np.median([r["regret"][str(n)] for r in rs]))) if all(str(n) in r["regret"] for r in rs)
                    else "-" for n in CHECKPOINTS]
             per = ", ".join(_f(r["regret"].get("256")) for r in rs)
-            bt = statistics.median(r["batch_s"]["median"] for r in rs) if all("batch_s" in r for r in rs) else "-"
+            bt = round(statistics.median(r["batch_s"]["median"] for r in rs), 3) if all("batch_s" in r for r in rs) \
+                else "-"
             lines.append(f"| {m} | {wd if m != 'serial' else 1} | " + " | ".join(med) + f" | {per} | {bt} |")
         lines.append("")
     s = results.get("suggest")

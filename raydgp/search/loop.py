@@ -709,10 +709,11 @@ class DGPSearch:
 
     def _batch_rule(self, q: int, p: int) -> str:
         """``believer`` or ``thompson`` for a batch of ``q`` picks beside ``p`` pending (``SearchSettings.batch_rule``:
-        ``auto`` takes Thompson picks once the believer's last pick would believe ``thompson_from`` points or more)."""
+        ``auto`` takes Thompson picks from ``thompson_from`` pending on, where believing them all before the first
+        pick pushes the believer off the posterior's mass)."""
         rule = self.settings.batch_rule
         if rule == "auto":
-            return "thompson" if q + p >= self.settings.thompson_from else "believer"
+            return "thompson" if p >= self.settings.thompson_from else "believer"
         return rule
 
     def _model_batch(self, q: int, pending: list, exclude: set) -> list:
