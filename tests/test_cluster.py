@@ -137,6 +137,7 @@ SetEnv HOME={home}
 
 
 @pytest.mark.slow
+@pytest.mark.alone
 def test_ray_up_submit_down_on_this_machine(tmp_path, ssh_server):
     port, key, user, home = ssh_server["port"], ssh_server["key"], ssh_server["user"], ssh_server["home"]
     ray_port = _free_port()
