@@ -5,6 +5,7 @@ against MetaSchedule's ``tune_tir`` at equal trials; every figure measured in th
     python scripts/bench_fast.py models --model resnet18 --trials 300 --out runs/bench_fast
     python scripts/bench_fast.py models --model depthwise_small --trials 120 --out runs/bench_fast   # ONNX vs ORT
     python scripts/bench_fast.py layers --workloads conv2d:1,160,14,14,320,3,1,1 --trials 64 --out runs/bench_fast
+    python scripts/bench_fast.py ort-nodes --model depthwise_small --out runs/bench_fast  # ORT time per graph node
     python scripts/bench_fast.py render --out runs/bench_fast     # (re)writes the BENCHMARKS.md section
 
 ``models`` runs ``raydgp tune`` (its summary already holds the tuned library's latency, verified against the framework,
@@ -291,6 +292,76 @@ def make_depthwise_onnx(path: Path) -> Path:
     return path
 
 
+def run_ort_nodes(args) -> None:
+    """ONNX Runtime's own time per graph node (its profiler; ``intra_op_num_threads`` = the node's cores, as the
+    reference timing of ``raydgp tune`` uses): where the runtime a user already has spends its time, to set beside
+    raydgp's per-layer bests. ``--rounds`` rounds of ``--runs`` calls, each in a fresh session after 20 warm-up calls,
+    ``--pause`` seconds apart (this host's speed drifts over seconds); per node the median over every call, and each
+    round's sum of node medians (the spread)."""
+    import statistics
+    import tempfile
+
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+
+    out, data, mach = _begin(args)
+    for model in args.model.split(","):
+        path = str(make_depthwise_onnx(out / "depthwise_small.onnx")) if model == "depthwise_small" else model
+        g = onnx.load(path).graph
+        init = {i.name for i in g.initializer}
+        inp = next(i for i in g.input if i.name not in init)
+        shape = [d.dim_value or 1 for d in inp.type.tensor_type.shape.dim]
+        x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+        per: dict = {}
+        round_sums = []
+        for rnd in range(int(args.rounds)):
+            if rnd:
+                time.sleep(float(args.pause))
+            so = ort.SessionOptions()
+            so.intra_op_num_threads = int(mach["cores"])
+            so.enable_profiling = True
+            so.profile_file_prefix = str(Path(tempfile.mkdtemp()) / "ort")
+            sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+            for _ in range(20 + int(args.runs)):
+                sess.run(None, {inp.name: x})
+            events = json.loads(Path(sess.end_profiling()).read_text())
+            mine: dict = {}
+            for e in events:
+                if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
+                    key = (e["name"][:-len("_kernel_time")], e["args"].get("op_name", "?"))
+                    mine.setdefault(key, []).append(e["dur"])
+            for key, v in mine.items():  # the first 20 calls of the round are its warm-up: dropped
+                per.setdefault(key, []).extend(v[20:] or v)
+            round_sums.append(round(sum(statistics.median(v[20:] or v) for v in mine.values()) / 1e3, 4))
+        nodes = [{"name": n, "op": op, "median_ms": round(statistics.median(v) / 1e3, 4)}
+                 for (n, op), v in per.items()]
+        row = {"model": path, "machine": mach, "date": time.strftime("%Y-%m-%d %H:%M"), "commit": commit(),
+               "threads": int(mach["cores"]), "runs": int(args.runs), "rounds": int(args.rounds),
+               "onnxruntime": ort.__version__, "nodes": nodes,
+               "sum_ms": round(sum(n["median_ms"] for n in nodes), 4), "round_sums_ms": round_sums}
+        data.setdefault("ort_nodes", []).append(row)
+        print(json.dumps(row), flush=True)
+    _save(out, data)
+
+
+def _ort_nodes(rows: list, model: str, mcpu: str) -> list[str]:
+    """ONNX Runtime's per-node table for ``model`` on ``mcpu`` (its latest profile)."""
+    mine = [r for r in rows if Path(r["model"]).name == Path(model).name and r["machine"]["mcpu"] == mcpu]
+    if not mine:
+        return []
+    r = mine[-1]
+    spread = r.get("round_sums_ms") or []
+    rounds = f"{r.get('rounds', 1)} rounds of {r['runs']} calls, each in a fresh session"
+    out = ["", f"ONNX Runtime {r['onnxruntime']} per node, {Path(model).name} on {mcpu} ({r['date']}, "
+           f"`python scripts/bench_fast.py ort-nodes --model ...`): its profiler's kernel time, median over "
+           f"{rounds}, {r['threads']} threads; sum {r['sum_ms']:.3f} ms (kernels only: no session overhead)"
+           + (f"; the rounds' sums {', '.join(f'{v:.3f}' for v in spread)} ms" if spread else "") + ":", "",
+           "| node | op | ms |", "|---|---|---|"]
+    out += [f"| {n['name']} | {n['op']} | {n['median_ms']:.3f} |" for n in r["nodes"]]
+    return out
+
+
 def _r(v, nd: int):
     return "-" if v is None else (f"{v:.{nd}f}")
 
@@ -485,8 +556,12 @@ def render(args) -> None:
             mine = [r for r in data["models"] if r["machine"]["mcpu"] == mcpu]
             last = ([r for r in mine if r.get("peak_gflops")] or mine)[-1]  # MetaSchedule's rows measure no peak
             pk = f"{last['peak_gflops']:.0f}" if last.get("peak_gflops") else "?"
-            for model in dict.fromkeys(r["model"] for r in data["models"] if r["machine"]["mcpu"] == mcpu):
+            models = list(dict.fromkeys(r["model"] for r in data["models"] if r["machine"]["mcpu"] == mcpu))
+            for model in models:
                 lines += _per_layer(data["models"], model, mcpu, pk, last["machine"]["cores"])
+                # ONNX Runtime's per-node profile once, after the model file's last per-layer tables
+                if not any(Path(m).name == Path(model).name for m in models[models.index(model) + 1:]):
+                    lines += _ort_nodes(data.get("ort_nodes", []), model, mcpu)
         lines += _table1(data["models"])
     if data["layers"]:
         lines += ["", "Single layers, equal trials, one after the other; both best schedules re-timed by raydgp's "
@@ -549,10 +624,17 @@ def main(argv=None) -> int:
     mm.add_argument("--model", default="resnet18")
     mm.add_argument("--trials", type=int, default=300)
     mm.add_argument("--out", default="bench")
+    on = sub.add_parser("ort-nodes")
+    on.add_argument("--model", default="depthwise_small", help="comma-separated .onnx paths or depthwise_small")
+    on.add_argument("--runs", type=int, default=100, help="calls per round (after 20 warm-up calls)")
+    on.add_argument("--rounds", type=int, default=10)
+    on.add_argument("--pause", type=float, default=3.0, help="seconds between rounds")
+    on.add_argument("--out", default="bench")
     r = sub.add_parser("render")
     r.add_argument("--out", default="bench")
     args = ap.parse_args(argv)
-    {"models": run_models, "layers": run_layers, "ms-model": run_ms_model, "render": render}[args.cmd](args)
+    {"models": run_models, "layers": run_layers, "ms-model": run_ms_model, "ort-nodes": run_ort_nodes,
+     "render": render}[args.cmd](args)
     return 0
 
 

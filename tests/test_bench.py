@@ -222,6 +222,27 @@ def test_bench_fast_table_1_pairs_each_metaschedule_run_with_the_latest_raydgp_r
     assert bf._table1(rows[:-1]) == []  # no MetaSchedule run: no table
 
 
+def test_bench_fast_ort_nodes_profiles_onnx_runtime_per_node_and_renders_the_latest_profile(tmp_path):
+    """``scripts/bench_fast.py ort-nodes``: ONNX Runtime's profiler, for real, on the small depthwise net: one row per
+    graph node with its median kernel time; the render shows the latest profile of that model on that machine kind."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_fast_script", ROOT / "scripts" / "bench_fast.py")
+    bf = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bf)
+    assert bf.main(["ort-nodes", "--model", "depthwise_small", "--runs", "5", "--rounds", "2", "--pause", "0",
+                    "--out", str(tmp_path)]) == 0
+    (row,) = json.loads((tmp_path / "bench_fast.json").read_text())["ort_nodes"]
+    convs = [n for n in row["nodes"] if n["op"] == "Conv"]
+    assert len(convs) == 7 and all(n["median_ms"] > 0 for n in convs)  # the stem and three depthwise + pointwise pairs
+    assert row["sum_ms"] >= sum(n["median_ms"] for n in convs) and row["runs"] == 5 and len(row["round_sums_ms"]) == 2
+    old = dict(row, date="2026-01-01 00:00", sum_ms=99.0)
+    lines = bf._ort_nodes([old, row], "depthwise_small.onnx", row["machine"]["mcpu"])
+    assert f"sum {row['sum_ms']:.3f} ms" in "\n".join(lines) and sum(l.endswith("|") for l in lines) == 2 + len(
+        row["nodes"])
+    assert bf._ort_nodes([row], "depthwise_small.onnx", "another-cpu") == []
+
+
 def test_bench_wide_renders_a_machine_kinds_own_section_with_each_batch_rule(tmp_path):
     """``bench_wide.py --section`` writes its own section 8 beside the main one (which it leaves alone), with one
     emulated row per batch rule and width, medians over the seeds."""
