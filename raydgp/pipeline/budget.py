@@ -5,9 +5,8 @@ the layer whose tuning is expected to cut end-to-end latency most,
 
     priority = weight x best_ms x expected relative gain,
 
-where the expected gain is the relative improvement the layer's last chunk bought (during its warm-up: below the slower
-of its untuned build and a typical configuration of its own), a small optimism bonus that shrinks with its trial count,
-and the layer's *headroom*: how far its FLOP rate is from what this machine can do (a fraction
+where the expected gain is the relative improvement the layer's last chunk bought, a small optimism bonus that shrinks
+with its trial count, and the layer's *headroom*: how far its FLOP rate is from what this machine can do (a fraction
 ``attainable`` of the peak measured once per node, :mod:`raydgp.measure.peak`). A compute-bound layer far below the peak
 keeps a high priority, and is not called converged, while others are.
 
@@ -31,8 +30,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-import numpy as np
-
 
 @dataclass
 class LayerState:
@@ -45,7 +42,6 @@ class LayerState:
         untuned_ms: latency of the untuned build of this layer (NaN if unknown), ms.
         trials: trials measured so far.
         curve: best latency (ms) after each trial so far (inf while none succeeded).
-        measured: the latencies (ms) of the trials that succeeded so far, in order.
         running: trials handed out and not yet returned.
         stalls: chunks that came back without a single trial (a failing experiment); two and the layer is dropped.
         group: sibling group (layers with the same anchor loop nest); "" = a group of its own.
@@ -66,7 +62,6 @@ class LayerState:
     released: bool = False
     trials: int = 0
     curve: list = field(default_factory=list)
-    measured: list = field(default_factory=list)
     running: int = 0
     stalls: int = 0
 
@@ -84,9 +79,8 @@ class LayerState:
         """Record finished trials (NaN for failures)."""
         best = self.best_ms
         for v in latencies_ms:
-            if v is not None and math.isfinite(v):
-                self.measured.append(float(v))
-                best = min(best, v)
+            if v is not None and math.isfinite(v) and v < best:
+                best = v
             self.curve.append(best)
             self.trials += 1
 
@@ -241,23 +235,11 @@ class Budget:
         return total > 0 and l.weight * l.estimate_ms() < self.cheap_fraction * total
 
     def expected_gain(self, l: LayerState) -> float:
-        """Relative latency improvement expected from the layer's next chunk (dimensionless).
-
-        Its first term is what the layer's last chunk bought: ``1 - best / before``, ``before`` its best a chunk ago.
-        While the layer has measured no more than a chunk (its warm-up), ``before`` is its untuned build's latency or
-        the median of its own measurements, whichever is slower: a layer whose untuned build is already fair (a
-        depthwise or a 3-channel stem conv) is then measured by how far its best lies below a typical configuration of
-        its space, instead of looking done after its warm-up while the search could still make it 2-3x faster
-        (``depthwise_small.onnx`` on znver3, BENCHMARKS.md 6f); a layer with a poor untuned build reads as before.
-        """
+        """Relative latency improvement expected from the layer's next chunk (dimensionless)."""
         if not math.isfinite(l.best_ms):
             return 1.0
         k = min(len(l.curve), max(self.chunk, 1))
-        if len(l.curve) > k:
-            before = l.curve[-k - 1]
-        else:
-            typical = float(np.median(l.measured)) if l.measured else l.best_ms
-            before = max(l.untuned_ms, typical) if math.isfinite(l.untuned_ms) else typical
+        before = l.curve[-k - 1] if len(l.curve) > k else (l.untuned_ms if math.isfinite(l.untuned_ms) else l.best_ms)
         recent = max(0.0, (before - l.best_ms) / max(before, 1e-12)) if math.isfinite(before) else 1.0
         return recent + 0.1 / math.sqrt(max(l.trials, 1)) + 0.5 * self.headroom(l)
 
