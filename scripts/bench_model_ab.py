@@ -123,14 +123,15 @@ def table(rows: list) -> str:
     for r in rows:
         cats += [c for c in r["search_cpu_s"] if c not in cats and c != "other"]
     head = ("| run | commit | trials | chunks (direct) | search s | wall s | tuned ms | PyTorch ms | ORT ms | "
-            + " | ".join(f"{c} core-s" for c in cats) + " |")
-    lines = [head, "|" + "---|" * (9 + len(cats))]
+            "tuned/ORT | " + " | ".join(f"{c} core-s" for c in cats) + " |")
+    lines = [head, "|" + "---|" * (10 + len(cats))]
+    f2 = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731  (an ONNX model has no PyTorch timing)
     for r in rows:
         ph = r["phases_s"]
         lines.append(f"| {r['side']} {r['pair']} | {r['commit']} | {r['trials']} | {r['chunks']} ({r['direct_chunks']}) "
-                     f"| {ph.get('search', 0):.1f} | {r['wall_s']:.0f} | {r['tuned_ms']:.2f} | {r['pytorch_ms']:.2f} | "
-                     f"{r['onnxruntime_ms']:.2f} | " + " | ".join(f"{r['search_cpu_s'].get(c, 0):.1f}" for c in cats)
-                     + " |")
+                     f"| {ph.get('search', 0):.1f} | {r['wall_s']:.0f} | {f2(r['tuned_ms'])} | {f2(r['pytorch_ms'])} | "
+                     f"{f2(r['onnxruntime_ms'])} | {f2(_ratio(r))} | "
+                     + " | ".join(f"{r['search_cpu_s'].get(c, 0):.1f}" for c in cats) + " |")
     by = {}
     for r in rows:
         by.setdefault(r["side"], []).append(r)
@@ -139,8 +140,14 @@ def table(rows: list) -> str:
         med = lambda f: statistics.median(f(r) for r in rs)  # noqa: E731
         lines.append(f"median {side}: search {med(lambda r: r['phases_s'].get('search', 0)):.1f} s, "
                      f"{med(lambda r: r['phases_s'].get('search', 0) / max(r['trials'], 1)):.2f} s per trial, "
-                     f"chunks {med(lambda r: r['chunks']):.0f}, tuned {med(lambda r: r['tuned_ms']):.2f} ms")
+                     f"chunks {med(lambda r: r['chunks']):.0f}, tuned {med(lambda r: r['tuned_ms']):.2f} ms"
+                     + (f", tuned/ORT {med(_ratio):.2f}" if all(_ratio(r) for r in rs) else ""))
     return "\n".join(lines)
+
+
+def _ratio(r: dict) -> float | None:
+    """The run's tuned latency over its own ONNX Runtime timing (None where either is missing)."""
+    return r["tuned_ms"] / r["onnxruntime_ms"] if r.get("tuned_ms") and r.get("onnxruntime_ms") else None
 
 
 def main() -> int:
