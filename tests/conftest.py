@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import sys
 
 import pytest
 
@@ -57,9 +58,7 @@ def _alone_when_marked(request, tmp_path_factory):
         try:
             yield
         finally:
-            import sys
-
-            ray = sys.modules.get("ray")
+            ray = sys.modules.get("ray")  # a Ray this module started (in-process) ends with it
             if ray is not None and ray.is_initialized():
                 ray.shutdown()
             fcntl.flock(f, fcntl.LOCK_UN)

@@ -707,8 +707,8 @@ class DGPSearch:
         self.stats[reason] = self.stats.get(reason, 0) + len(got)
         return got
 
-    def _batch_rule(self, q: int, p: int) -> str:
-        """``believer`` or ``thompson`` for a batch of ``q`` picks beside ``p`` pending (``SearchSettings.batch_rule``:
+    def _batch_rule(self, p: int) -> str:
+        """``believer`` or ``thompson`` for a batch beside ``p`` pending trials (``SearchSettings.batch_rule``:
         ``auto`` takes Thompson picks from ``thompson_from`` pending on, where believing them all before the first
         pick pushes the believer off the posterior's mass)."""
         rule = self.settings.batch_rule
@@ -744,7 +744,7 @@ class DGPSearch:
             return owed
         log_prior = self._fail.log_ok(X[top])
         try:
-            if self._batch_rule(q - len(owed), len(pending)) == "thompson":
+            if self._batch_rule(len(pending)) == "thompson":
                 picks = thompson_batch([(m.model, m.weight) for m in members], X[top], q - len(owed),
                                        log_prior=log_prior, seed=s.seed * 1_000_003 + self._calls)
                 self.stats["thompson"] = self.stats.get("thompson", 0) + len(picks)  # model picks made this way
