@@ -108,7 +108,7 @@ def test_dataset_layers_list_every_machine_kinds_key_most_records_first():
     recs = RecordStore(shipped_dataset()).records()
     layers = layers_of(recs)
     keys = layers["conv2d:1,64,56,56,64,3,1,1"]
-    # Zen 3 and Intel AVX-512 in NCHW, and the NHWC loop nest of the same layer on Intel AVX-512: one layer
+    # Zen 3 and Intel AVX-512 in NCHW, and the NHWC loop nest of the same layer (Intel AVX-512 and Zen 3): one layer
     assert len(keys) == 3
     assert not any("_nhwc:" in spec for spec in layers)
     n = [sum(r.workload.key == k and r.result.ok for r in recs) for k in keys]
