@@ -166,18 +166,26 @@ def main(argv=None) -> int:
     from raydgp.datasets import layer_spec, layers_of
 
     spec_of = {r.workload.key: layer_spec(r.tag) for r in recs}
-    # A layer recorded on two machine kinds has two keys: the target is the one with the most records (the Zen 3
-    # recordings), and the history leaves out the layer on every machine.
-    key_of = {s: ks[0] for s, ks in layers_of(recs).items()}
-    if args.target_hardware:
-        from raydgp.space.hardware import hardware_tag
+    # A layer has a key per layout (and per kernel signature), and one key may hold recordings of several machine
+    # kinds (the NHWC parts 3 and 4 of the shipped dataset: the same kernels on emeraldrapids and znver3). A target is
+    # one (key, hardware) task: by default the layer's task with the most ok records (the Zen 3 NCHW recordings),
+    # with --target-hardware its task on that machine kind; the history leaves out the layer on every machine.
+    from raydgp.space.hardware import hardware_tag
 
-        hw_of = {r.workload.key: hardware_tag(r.target or {}) for r in recs}
-        key_of = {s: next(k for k in ks if hw_of[k] == args.target_hardware) for s, ks in layers_of(recs).items()
-                  if any(hw_of[k] == args.target_hardware for k in ks)}
-        if not key_of:
-            ap.error(f"--target-hardware {args.target_hardware}: no layer was recorded there (tags look like "
-                     "llvm:emeraldrapids:2)")
+    ok_of: dict = {}
+    for r in recs:
+        task = (r.workload.key, hardware_tag(r.target or {}))
+        ok_of[task] = ok_of.get(task, 0) + int(r.result.ok)
+    task_of = {}
+    for s, ks in layers_of(recs).items():
+        tasks = [(k, hw) for (k, hw) in ok_of if k in ks
+                 and (args.target_hardware is None or hw == args.target_hardware)]
+        if tasks:
+            task_of[s] = max(tasks, key=lambda t: (ok_of[t], -ks.index(t[0])))
+    if args.target_hardware and not task_of:
+        ap.error(f"--target-hardware {args.target_hardware}: no layer was recorded there (tags look like "
+                 "llvm:emeraldrapids:2)")
+    key_of = {s: t[0] for s, t in task_of.items()}
     allowed = set(MODELS["resnet18"]) if args.lomo else None
     if args.targets:
         targets = args.targets.split(";")
@@ -219,24 +227,23 @@ def main(argv=None) -> int:
         results["targets"] = {t: {k: e for k, e in v.items() if k not in methods} for t, v in earlier["targets"].items()}
     for spec in targets:
         t_start = time.time()
-        tkey = key_of[spec]
+        tkey, thw = task_of[spec]
+        sp = _target_space(spaces[tkey], recs, tkey, thw)
         src = [r for r in recs if spec_of[r.workload.key] != spec
                and (allowed is None or spec_of[r.workload.key] in allowed)]
         if args.subsample == "near":
             from raydgp.pipeline.history import nearest_records
 
-            src = nearest_records([r for r in src if r.workload.key in spaces], [spaces[tkey]], args.max_history,
-                                  seed=0)
+            src = nearest_records([r for r in src if r.workload.key in spaces], [sp], args.max_history, seed=0)
         hist = history_from_records(src, spaces, exclude_workload=tkey)
         if args.subsample in ("own", "own_only"):
-            hist, same = subsample_history(hist, spaces[tkey].target, args.max_history, seed=0)
+            hist, same = subsample_history(hist, sp.target, args.max_history, seed=0)
             if args.subsample == "own_only":
                 hist = History(hist.X[same], hist.y[same])
         elif len(hist) > args.max_history:
             idx = np.sort(np.random.default_rng(0).choice(len(hist), args.max_history, replace=False))
             hist = History(hist.X[idx], hist.y[idx])
-        lat = _latencies(recs, tkey, median=spec in live_specs)
-        sp = spaces[tkey]
+        lat = _latencies(recs, tkey, median=spec in live_specs, hardware=thw)
         best = min(lat.values())
         out = {"candidates": len(lat), "best_ms": best, "history_points": len(hist)}
         rs = []
@@ -273,15 +280,32 @@ def main(argv=None) -> int:
     return 0
 
 
-def _latencies(recs, key, median: bool = False) -> dict:
-    """``{config: ms}`` of the ``ok`` records of workload ``key``: with ``median``, the median of a configuration's
+def _latencies(recs, key, median: bool = False, hardware: str | None = None) -> dict:
+    """``{config: ms}`` of the ``ok`` records of workload ``key`` measured on ``hardware`` (a
+    :func:`~raydgp.space.hardware.hardware_tag`; None: any): with ``median``, the median of a configuration's
     records' medians (live runs measure a configuration several times); else its last record's (the recorded
-    dataset, whose few repeats the replay has always read this way)."""
+    dataset, whose few repeats the replay has always read this way). One key can hold several machines'
+    recordings of the same configurations: without ``hardware`` they would be mixed."""
+    from raydgp.space.hardware import hardware_tag
+
     by: dict = {}
     for r in recs:
-        if r.workload.key == key and r.result.ok:
+        if r.workload.key == key and r.result.ok and (hardware is None or hardware_tag(r.target or {}) == hardware):
             by.setdefault(r.config, []).append(r.result.median_ms)
     return {c: float(np.median(v)) if median else v[-1] for c, v in by.items()}
+
+
+def _target_space(space, recs, key, hardware: str):
+    """``space`` (the workload's design space as its store keeps it, with the target it was first recorded on)
+    on the target the target task was measured on: the candidates of a target on another machine kind than the
+    stored one are encoded with that machine's hardware features."""
+    from raydgp.space.design_space import DesignSpace
+    from raydgp.space.hardware import hardware_tag
+
+    if hardware_tag(space.target or {}) == hardware:
+        return space
+    target = next(r.target for r in recs if r.workload.key == key and hardware_tag(r.target or {}) == hardware)
+    return DesignSpace(space.workload, dict(target), space.sketches)
 
 
 def _live_records(dirs, history_keys) -> tuple[list, dict, list]:

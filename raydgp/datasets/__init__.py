@@ -20,9 +20,9 @@ def layers_of(records: Iterable) -> dict[str, list[str]]:
     """Workload keys per dataset layer (:func:`layer_spec` of a record's ``dataset:<spec>`` tag), most ``ok`` records
     first.
 
-    One layer measured on two machine kinds, or in two layouts, has one key per kind and layout (the key includes the
-    target and the loop nest), so a benchmark that holds a layer out must leave out every key of its spec, and usually
-    targets the key with the most records.
+    One layer has one key per layout and kernel signature (weights layout-free or not); one key can hold several
+    machine kinds' recordings (each record carries its target: a task is a ``(key, hardware)`` pair). A benchmark
+    that holds a layer out must leave out every key of its spec, and usually targets the task with the most records.
     """
     ok: Counter = Counter()
     keys: dict[str, set] = {}
