@@ -1147,7 +1147,8 @@ def main(argv=None) -> int:
     ap.add_argument("--layout", default="NCHW", choices=["NCHW", "NHWC"],
                     help="layers part: tune its layers in this activation layout (NHWC: the `conv2d_nhwc:` loop "
                          "nests `raydgp tune` builds on CPU, and the layout of the shipped history's parts measured "
-                         "on emeraldrapids and znver3); NHWC results go to their own JSON (bench_<machine>-nhwc.json) and section")
+                         "on emeraldrapids and znver3); NHWC results go to their own JSON "
+                         "(bench_<machine>-nhwc.json) and section")
     args = ap.parse_args(argv)
     mode = "quick" if args.quick else "full"
     out_dir = Path(args.out)
