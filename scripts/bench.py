@@ -1225,7 +1225,9 @@ def main(argv=None) -> int:
         print(render(results, Path(args.benchmarks), out_dir, file_suffix(path)))
         return 0
     for p in [path] + sorted(out_dir.glob("bench_*-*c.json")):  # render: every machine kind's file
-        if p.exists():
+        # the glob also matches other scripts' per-machine files (``bench_wide_<machine>.json``): only this
+        # script's results (they carry a ``mode``) are rendered
+        if p.exists() and (p == path or _load(p).get("mode")):
             print(render(_load(p), Path(args.benchmarks), out_dir, file_suffix(p)))
     return 0
 

@@ -20,14 +20,6 @@ from raydgp.tvm_loader import import_tvm, load_intrinsics
 #: Compute locations tried when enumerating a SampleComputeLocation knob (-2: inline, -1: root, i: loop i).
 _LOCATION_PROBE = range(-2, 48)
 
-#: Replays of a sketch with every decision left to TVM's own samplers (seeds 1..N) whose compute locations join the
-#: probe's: which loop positions exist depends on the tiles (TVM moves a location at a loop the tiles made vanish), so
-#: a probe under one set of tiles finds only part of the positions TVM samples. On a 3x3 conv (160 -> 320, 14x14,
-#: NHWC) the probe alone found 7 positions and 48 replays 12-13, the union all 14 that 100 replays found; 29 of 48
-#: configurations TVM sampled there, and the second fastest of MetaSchedule's own 64-trial run, were outside the
-#: probe's positions.
-_LOCATION_REPLAYS = 48
-
 
 def make_target(target: Mapping):
     """``tvm.target.Target`` from raydgp's target dict."""
@@ -144,32 +136,8 @@ def build_space(task: Task) -> DesignSpace:
                 if dict((i, d) for i, d in _readback(sch)).get(k.inst) == loc:
                     ok.append(loc)
             knobs[ki] = Knob("compute_location", k.inst, values=tuple(ok or [decisions[k.inst]]))
-        _add_sampled_locations(task.mod, insts, knobs)
     return DesignSpace(workload=task.workload, target=dict(task.target),
                        sketches=tuple(Sketch(insts=e[0], knobs=tuple(e[2])) for e in sketches))
-
-
-def _add_sampled_locations(mod, insts: list, knobs: list) -> None:
-    """Widen each compute-location knob of a sketch (in place) by the positions TVM's own sampler picks in
-    :data:`_LOCATION_REPLAYS` replays of the sketch with no decisions (fixed seeds: the same space every time)."""
-    if not any(k.kind == "compute_location" for k in knobs):
-        return
-    import_tvm()
-    from tvm import s_tir
-
-    seen: dict[int, set] = {k.inst: set(k.values) for k in knobs if k.kind == "compute_location"}
-    for seed in range(1, _LOCATION_REPLAYS + 1):
-        sch = s_tir.Schedule(mod, seed=seed)
-        try:
-            s_tir.Trace.apply_json_to_schedule([insts, []], sch)
-        except Exception:  # noqa: BLE001 - a sampled combination TVM rejects adds nothing
-            continue
-        for i, d in _readback(sch):
-            if i in seen and isinstance(d, int):
-                seen[i].add(d)
-    for ki, k in enumerate(knobs):
-        if k.kind == "compute_location":
-            knobs[ki] = Knob("compute_location", k.inst, values=tuple(sorted(seen[k.inst])))
 
 
 def apply_config(mod, trace_json: list, postprocs: Any) -> tuple[Any, list]:

@@ -24,7 +24,7 @@ from raydgp.space.workloads import Task
 log = logging.getLogger("raydgp.space")
 
 #: Bumped whenever :func:`~raydgp.space.metaschedule.build_space` changes what it returns for the same module.
-SPACE_RECIPE = "2-post-order-apply-location-probe(-2,48)+48-replays"
+SPACE_RECIPE = "1-post-order-apply-location-probe(-2,48)"
 
 
 def default_space_cache() -> Path:

@@ -293,38 +293,3 @@ def test_configurations_the_space_breeds_are_points_of_it_without_rechecking(sma
     assert again == small_space and not again._known_valid
     assert np.array_equal(again.encode_many(pool[:5]), small_space.encode_many(pool[:5]))
     assert np.array_equal(small_space.encode_many(pool[:5]), np.stack([small_space.encode(p) for p in pool[:5]]))
-
-
-def _tvm_sampled_locations(task, space, seeds) -> list:
-    """The compute locations TVM's own sampler picks when each sketch is replayed with no decisions."""
-    import tvm
-    from tvm import s_tir
-
-    from raydgp.space.metaschedule import _readback
-
-    mod = tvm.ir.load_json(task.mod_json)
-    got = []
-    for sk in space.sketches:
-        insts = {k.inst for k in sk.knobs if k.kind == "compute_location"}
-        for seed in seeds:
-            sch = s_tir.Schedule(mod, seed=seed)
-            s_tir.Trace.apply_json_to_schedule([sk.insts, []], sch)
-            got += [(sk, i, d) for i, d in _readback(sch) if i in insts]
-    return got
-
-
-def test_compute_locations_cover_what_tvm_samples(small_task, small_space, monkeypatch):
-    """Which loop positions exist depends on the tiles, so the space's locations come from TVM's own sampler under
-    many tiles, not from one probe under the sketch's default tiles: what MetaSchedule would sample is in the space."""
-    from raydgp.space import metaschedule
-
-    picked = _tvm_sampled_locations(small_task, small_space, range(500, 540))
-    assert picked
-    inside = sum(d in next(k for k in sk.knobs if k.inst == i).values for sk, i, d in picked)
-    assert inside >= 0.95 * len(picked)  # the rarest deep positions (1-2% of draws each) may be left out
-    # the probe under the default tiles alone misses positions TVM samples
-    monkeypatch.setattr(metaschedule, "_LOCATION_REPLAYS", 0)
-    probe_only = metaschedule.build_space(small_task)
-    narrower = sum(len(a.values) < len(b.values) for sa, sb in zip(probe_only.sketches, small_space.sketches)
-                   for a, b in zip(sa.knobs, sb.knobs) if a.kind == "compute_location")
-    assert narrower >= 1
