@@ -192,20 +192,22 @@ def run_depth(cfg: dict, out: Path, results: dict) -> None:
     store = RecordStore(ROOT / "raydgp" / "datasets" / "shipped")
     recs = [r for r in store.records() if r.config.sketch >= 0]
     spaces = {k: DesignSpace.from_json(e["space"]) for k, e in store.workload_entries().items() if e.get("space")}
-    from raydgp.datasets import layers_of
+    from raydgp.datasets import layers_of, target_task
 
     layers = layers_of(recs)
     rows = []
     for spec in cfg["targets"]:
-        tkey = layers[spec][0]  # the layer's key with the most records; the history leaves out every key of it
+        # the layer's task (key and machine) with the most records, one key holding two machines' recordings; the
+        # history leaves out every key of the layer
+        tkey, _thw, tgt = target_task(recs, layers[spec])
         hist = history_from_records([r for r in recs if r.workload.key not in layers[spec]], spaces)
         if len(hist) > cfg["max_history"]:
             idx = np.sort(np.random.default_rng(0).choice(len(hist), cfg["max_history"], replace=False))
             hist = History(hist.X[idx], hist.y[idx])
         sc = InputScaler.fit(hist.X)
         X, y = sc.transform(hist.X), torch.as_tensor(hist.y, dtype=torch.float32)
-        tgt = [r for r in recs if r.workload.key == tkey and r.result.ok]
-        Xt = sc.transform(np.stack([spaces[tkey].encode(r.config) for r in tgt]))
+        tspace = DesignSpace(spaces[tkey].workload, dict(tgt[0].target), spaces[tkey].sketches)  # its machine
+        Xt = sc.transform(np.stack([tspace.encode(r.config) for r in tgt]))
         yt = -np.log([r.result.median_ms for r in tgt])
         for name, kw in cfg["variants"].items():
             kw = dict(kw)

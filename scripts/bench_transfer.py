@@ -58,7 +58,7 @@ def main(argv=None) -> int:
     from raydgp.records import RecordStore
     from raydgp.space.design_space import DesignSpace
     from raydgp.models.layer_specs import MODELS
-    from raydgp.datasets import layer_spec, layers_of
+    from raydgp.datasets import layer_spec, layers_of, target_task
 
     store = RecordStore(args.history)
     recs = [r for r in store.records() if r.config.sketch >= 0]
@@ -74,19 +74,16 @@ def main(argv=None) -> int:
     settings = DGPSettings() if args.pretrain_steps is None else DGPSettings(pretrain_steps=args.pretrain_steps)
     search = SearchSettings()  # the search's own stage-2 defaults: the "MAP DGP" row
 
-    def encode(rs):
-        return np.stack([spaces[r.workload.key].encode(r.config) for r in rs])
-
     rows = []
     layers = layers_of(recs)
     for spec in targets:
-        tkey = layers.get(spec, [None])[0]  # the layer's key with the most records
+        # the layer's task (key and machine) with the most records: one key can hold two machines' recordings
+        tkey, thw, tgt = target_task(recs, layers.get(spec, []))
         if tkey is None:
             print(f"skip {spec}: not in the dataset", file=sys.stderr)
             continue
         src = [r for r in recs if spec_of[r.workload.key] != spec
                and (allowed is None or spec_of[r.workload.key] in allowed)]
-        tgt = [r for r in recs if r.workload.key == tkey and r.result.ok]
         # The same stage-1 data as the search (and scripts/bench_search_replay.py, whose cached models this reuses):
         # every other workload, subsampled to --max-history points (seed 0).
         hist = history_from_records(src, spaces, exclude_workload=tkey)
@@ -99,7 +96,9 @@ def main(argv=None) -> int:
         base = pretrain(scaler.transform(Xs), torch.as_tensor(ys, dtype=torch.float32), settings, seed=0,
                         cache_dir=args.cache).model
         pre_s = time.monotonic() - t0
-        Xt_all = encode(tgt)
+        tspace = spaces[tkey]  # encoded on the machine the target was measured on (its hardware features)
+        Xt_all = np.stack([DesignSpace(tspace.workload, dict(tgt[0].target), tspace.sketches).encode(r.config)
+                           for r in tgt])
         lat = np.array([r.result.median_ms for r in tgt])
         for seed in range(args.seeds):
             rng = np.random.default_rng(seed)
@@ -131,7 +130,7 @@ def main(argv=None) -> int:
             for name, p in preds.items():
                 top_true = set(np.argsort(-y_te)[:10])
                 top_pred = set(np.argsort(-p)[:10])
-                rows.append({"target": spec, "seed": seed, "model": name,
+                rows.append({"target": spec, "target_key": tkey, "target_hardware": thw, "seed": seed, "model": name,
                              "mae": float(np.mean(np.abs(p - y_te))),
                              "spearman": float(spearmanr(p, y_te).correlation),
                              "top10_recall": len(top_true & top_pred), "pretrain_s": pre_s, "finetune_s": ft_s})

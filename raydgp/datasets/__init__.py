@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from typing import Iterable
+from typing import Iterable, Sequence
 
 
 def layer_spec(tag: str) -> str:
@@ -33,3 +33,23 @@ def layers_of(records: Iterable) -> dict[str, list[str]]:
         keys.setdefault(spec, set()).add(r.workload.key)
         ok[r.workload.key] += r.result.ok
     return {s: sorted(ks, key=lambda k: (-ok[k], k)) for s, ks in keys.items()}
+
+
+def target_task(records: Iterable, keys: Sequence[str]) -> tuple[str | None, str | None, list]:
+    """A held-out layer's target task among its ``keys`` (:func:`layers_of`): the ``(workload key, hardware)`` pair
+    with the most ``ok`` records, as ``(key, hardware tag, those ok records)``; ``(None, None, [])`` if none.
+
+    One key can hold several machine kinds' recordings of the same configurations (the shipped history's NHWC parts:
+    emeraldrapids and znver3); a target read by key alone would take one machine's latencies for another's.
+    """
+    from raydgp.space.hardware import hardware_tag
+
+    wanted = set(keys)
+    by: dict[tuple[str, str], list] = {}
+    for r in records:
+        if r.workload.key in wanted and r.result.ok:
+            by.setdefault((r.workload.key, hardware_tag(r.target or {})), []).append(r)
+    if not by:
+        return None, None, []
+    (key, hw), recs = max(by.items(), key=lambda kv: (len(kv[1]), kv[0]))
+    return key, hw, recs

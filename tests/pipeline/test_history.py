@@ -115,6 +115,28 @@ def test_dataset_layers_list_every_machine_kinds_key_most_records_first():
     assert n[0] > n[1] > 0 and n[2] > 0
 
 
+def test_a_held_out_target_is_one_machines_recording_of_one_key(small_space):
+    """One key recorded on two machines (the same configurations): the target task is the (key, machine) pair with
+    the most ok records, and only that machine's records come with it."""
+    from dataclasses import replace
+
+    from raydgp.datasets import target_task
+    from raydgp.records import MeasureResult, Record
+
+    cfgs = small_space.sample_many(3, np.random.default_rng(2))
+    a, b = {"kind": "llvm", "mcpu": "znver3", "num-cores": 2}, {"kind": "llvm", "mcpu": "emeraldrapids", "num-cores": 2}
+    other = replace(small_space.workload, key="conv2d-llvm-other-layout")
+    recs = ([Record.now(small_space.workload, a, c, MeasureResult("ok", (1.0 + i,))) for i, c in enumerate(cfgs)]
+            + [Record.now(small_space.workload, b, c, MeasureResult("ok", (9.0 + i,))) for i, c in enumerate(cfgs)]
+            + [Record.now(small_space.workload, b, cfgs[0], MeasureResult("ok", (9.5,))),
+               Record.now(small_space.workload, a, cfgs[1], MeasureResult("build_error", ())),
+               Record.now(other, a, cfgs[0], MeasureResult("ok", (2.0,)))])
+    key, hw, got = target_task(recs, [small_space.workload.key, other.key])
+    assert key == small_space.workload.key and hw.startswith("llvm:emeraldrapids")
+    assert len(got) == 4 and all(r.target["mcpu"] == "emeraldrapids" for r in got)
+    assert target_task(recs, ["no-such-key"]) == (None, None, [])
+
+
 def test_donors_of_the_same_shape_on_the_likest_hardware_come_first(small_space):
     """Every workload's best has ratio 1.0: the order among them goes by likeness to the layer (the same loop-nest
     shape on this hardware kind, on hardware of the same vector width, on other hardware), not by file order."""
