@@ -4,7 +4,10 @@ timed interleaved by raydgp's measurer: does the design space and its sampler co
 
 ``raydgp`` draws with :meth:`raydgp.space.design_space.DesignSpace.sample`; ``tvm`` replays a uniformly chosen sketch
 with no decisions, so TVM's ``SamplePerfectTile``, ``SampleCategorical`` and ``SampleComputeLocation`` pick them (the
-decisions read back; a configuration outside raydgp's space is still measured, and counted). Reported per sampler:
+decisions read back; a configuration outside raydgp's space is still measured, and counted); ``ms_evolutionary`` takes
+MetaSchedule's evolutionary search's first batch under a random cost model (``RandomModel``), which is what
+``tune_tir``'s first 64 trials are: its XGBoost model answers random scores until it holds 100 measurements (built as
+MetaSchedule compiles them, so its schedules are measured as modules, not as raydgp configurations). Reported per sampler:
 ok count, best, 10th percentile and median latency, how many draws lie inside raydgp's space, and the compute
 locations drawn.
 
@@ -74,19 +77,23 @@ def main(argv=None) -> int:
 
     ours = [space.sample(random.Random(args.seed * 7919 + i)) for i in range(args.configs)]
     theirs = [tvm_draw() for _ in range(args.configs)]
+    evolved = _ms_evolutionary(task, target, args.configs, args.seed)
     rows = []
     t0 = time.time()
     with LocalMeasurer(MeasureSettings()) as m:
         m.measure(payload, None)
-        for a, b in zip(ours, theirs):  # interleaved: the host's drift falls on both alike
+        for a, b, e in zip(ours, theirs, evolved):  # interleaved: the host's drift falls on all alike
             for name, c in (("raydgp", a), ("tvm", b)):
                 res = m.measure(payload, trace(c)).result
                 rows.append({"sampler": name, "sketch": c.sketch, "in_space": space.is_valid(c), "status": res.status,
                              "ms": res.median_ms if res.ok else None,
                              "locations": [d for k, d in zip(space.sketches[c.sketch].knobs, c.decisions)
                                            if k.kind == "compute_location"]})
+            res = m.measure(payload, None, e).result
+            rows.append({"sampler": "ms_evolutionary", "sketch": None, "in_space": False, "status": res.status,
+                         "ms": res.median_ms if res.ok else None, "locations": []})
     summary = {}
-    for name in ("raydgp", "tvm"):
+    for name in ("raydgp", "tvm", "ms_evolutionary"):
         mine = [r for r in rows if r["sampler"] == name]
         ms = sorted(r["ms"] for r in mine if r["ms"] is not None)
         summary[name] = {"ok": len(ms), "best_ms": ms[0] if ms else None,
@@ -105,6 +112,24 @@ def main(argv=None) -> int:
         runs = json.loads(out.read_text()) if out.exists() else []
         out.write_text(json.dumps(runs + [run], indent=1))
     return 0
+
+
+def _ms_evolutionary(task, target, n: int, seed: int) -> list:
+    """``n`` schedules (module JSON) of MetaSchedule's evolutionary search's first batch under a random cost model."""
+    import tvm
+
+    from raydgp.space.metaschedule import make_target
+    from raydgp.tvm_loader import import_tvm, load_intrinsics
+
+    import_tvm()
+    load_intrinsics("llvm")
+    from tvm.s_tir import meta_schedule as ms
+
+    ctx = ms.TuneContext(mod=task.mod, target=make_target(target), space_generator="post-order-apply",
+                         search_strategy="evolutionary", task_name="main", rand_state=seed + 1, num_threads=2)
+    ctx.pre_tuning(max_trials=max(64, n), num_trials_per_iter=max(64, n), design_spaces=ctx.generate_design_space(),
+                   database=ms.database.MemoryDatabase(), cost_model=ms.cost_model.RandomModel())
+    return [tvm.ir.save_json(c.sch.mod) for c in ctx.generate_measure_candidates()[:n]]
 
 
 def _ms_records(args) -> int:

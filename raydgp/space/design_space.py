@@ -270,9 +270,10 @@ class DesignSpace(SearchSpace):
         about uniformly over the valid tilings (on a 320-extent, 4-way tile with innermost at most 64 it puts 26% of
         draws at innermost 1 and 9% at 16, 32 or 64, this sampler 15% and 2%), and ``SampleComputeLocation`` picks among
         the positions the drawn tiles leave, some of which the space's knob lacks (:func:`~raydgp.space.metaschedule.
-        build_space` probes them under one set of tiles). On a 3x3 conv (160 -> 320, 14x14, NHWC, znver3) 48 draws of
-        each, built and timed interleaved, read best 3.62 vs 2.96 ms and median 12.5 vs 14.2 ms (``scripts/
-        bench_sampling.py``; BENCHMARKS 7.3d, where widening the locations to TVM's was tried and reverted).
+        build_space` probes them under one set of tiles). On a 3x3 conv (160 -> 320, 14x14, NHWC, znver3), 48 draws of
+        each built and timed interleaved, twice: best 3.62 and 4.13 ms against TVM's 2.96 and 2.46, median 12.5 and
+        12.6 against 14.2 and 10.1 (``scripts/bench_sampling.py``; BENCHMARKS 7.3d, where widening the locations to
+        TVM's was tried and reverted).
         ``rng``: a numpy Generator (one Python ``random.Random`` is seeded from it) or a ``random.Random`` (fast:
         :meth:`sample_many` draws thousands per proposal).
         """
