@@ -269,3 +269,18 @@ def test_bench_wide_renders_a_machine_kinds_own_section_with_each_batch_rule(tmp
     assert "| 0.200 | 0.200, 0.100, 0.300 |" in rows["dgp_emulated_thompson"]
     bench_wide.render(results, md, "znver3-2c")  # again: replaced, not appended
     assert md.read_text().count("wide_znver3-2c:begin") == 1
+
+
+@pytest.mark.slow
+def test_bench_sampling_times_three_samplers_interleaved_for_real(tmp_path):
+    """``scripts/bench_sampling.py`` on a small conv: raydgp's draws, TVM's own and MetaSchedule's first evolutionary
+    batch, each built and timed; the run lands in the JSON with every row and a summary per sampler."""
+    out = tmp_path / "sampling.json"
+    p = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_sampling.py"), "--workload",
+                        "conv2d_nhwc:1,16,14,14,16,3,1,1", "--configs", "2", "--out", str(out)], cwd=ROOT,
+                       capture_output=True, text=True, timeout=900)
+    assert p.returncode == 0, p.stderr[-3000:]
+    (run,) = json.loads(out.read_text())
+    assert len(run["rows"]) == 6 and set(run["summary"]) == {"raydgp", "tvm", "ms_evolutionary"}
+    assert run["summary"]["raydgp"]["in_space"] == 2 and run["summary"]["ms_evolutionary"]["ok"] >= 1
+    assert all(r["ms"] > 0 for r in run["rows"] if r["status"] == "ok")
