@@ -206,7 +206,7 @@ def run_depth(cfg: dict, out: Path, results: dict) -> None:
             hist = History(hist.X[idx], hist.y[idx])
         sc = InputScaler.fit(hist.X)
         X, y = sc.transform(hist.X), torch.as_tensor(hist.y, dtype=torch.float32)
-        tspace = DesignSpace(spaces[tkey].workload, dict(tgt[0].target), spaces[tkey].sketches)  # its machine
+        tspace = spaces[tkey].on_target(tgt[0].target)  # encoded on the machine it was measured on
         Xt = sc.transform(np.stack([tspace.encode(r.config) for r in tgt]))
         yt = -np.log([r.result.median_ms for r in tgt])
         for name, kw in cfg["variants"].items():

@@ -299,13 +299,12 @@ def _target_space(space, recs, key, hardware: str):
     """``space`` (the workload's design space as its store keeps it, with the target it was first recorded on)
     on the target the target task was measured on: the candidates of a target on another machine kind than the
     stored one are encoded with that machine's hardware features."""
-    from raydgp.space.design_space import DesignSpace
     from raydgp.space.hardware import hardware_tag
 
     if hardware_tag(space.target or {}) == hardware:
         return space
     target = next(r.target for r in recs if r.workload.key == key and hardware_tag(r.target or {}) == hardware)
-    return DesignSpace(space.workload, dict(target), space.sketches)
+    return space.on_target(target)
 
 
 def _live_records(dirs, history_keys) -> tuple[list, dict, list]:

@@ -96,9 +96,8 @@ def main(argv=None) -> int:
         base = pretrain(scaler.transform(Xs), torch.as_tensor(ys, dtype=torch.float32), settings, seed=0,
                         cache_dir=args.cache).model
         pre_s = time.monotonic() - t0
-        tspace = spaces[tkey]  # encoded on the machine the target was measured on (its hardware features)
-        Xt_all = np.stack([DesignSpace(tspace.workload, dict(tgt[0].target), tspace.sketches).encode(r.config)
-                           for r in tgt])
+        tspace = spaces[tkey].on_target(tgt[0].target)  # encoded on the machine it was measured on
+        Xt_all = np.stack([tspace.encode(r.config) for r in tgt])
         lat = np.array([r.result.median_ms for r in tgt])
         for seed in range(args.seeds):
             rng = np.random.default_rng(seed)

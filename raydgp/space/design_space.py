@@ -22,7 +22,7 @@ import json
 import math
 import random
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -212,6 +212,11 @@ class DesignSpace(SearchSpace):
         known.add(config)
 
     # -- basics --------------------------------------------------------------------------------------------------------
+    def on_target(self, target: Mapping) -> "DesignSpace":
+        """The same space on another machine: its encodings carry that machine's hardware features (a workload key can
+        hold several machines' recordings of the same configurations). ``self`` when the target is the same."""
+        return self if dict(target) == self.target else DesignSpace(self.workload, dict(target), self.sketches)
+
     @property
     def size(self) -> int:
         """Number of distinct configurations (sum over sketches of the product of the knobs' choice counts)."""

@@ -293,3 +293,17 @@ def test_configurations_the_space_breeds_are_points_of_it_without_rechecking(sma
     assert again == small_space and not again._known_valid
     assert np.array_equal(again.encode_many(pool[:5]), small_space.encode_many(pool[:5]))
     assert np.array_equal(small_space.encode_many(pool[:5]), np.stack([small_space.encode(p) for p in pool[:5]]))
+
+
+def test_on_target_keeps_the_space_and_encodes_the_other_machine(small_space):
+    from raydgp.space.hardware import hardware_features
+
+    assert small_space.on_target(dict(small_space.target)) is small_space
+    other = {"kind": "llvm", "mcpu": "emeraldrapids", "num-cores": 2}
+    moved = small_space.on_target(other)
+    assert moved.target == other and moved.sketches == small_space.sketches and moved.workload == small_space.workload
+    c = small_space.sample(np.random.default_rng(0))
+    x, y = small_space.encode(c), moved.encode(c)
+    n = len(hardware_features(other))
+    assert list(y[-n:]) == list(hardware_features(other)) and list(x[:-n]) == list(y[:-n])
+    assert list(x[-n:]) != list(y[-n:])
